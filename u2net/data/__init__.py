@@ -1,0 +1,39 @@
+"""Datasets, preprocessing and loaders."""
+
+from .datamodule import ResumableBatchSampler, SaliencyDataModule
+from .folder import (
+    DatasetCheckError,
+    Problem,
+    SaliencyDataset,
+    SourceSpec,
+    check_pairs,
+    collect_pairs,
+    scan_source,
+    split_pairs,
+)
+from .io import IMAGE_EXTENSIONS, list_images, read_image, read_mask
+from .synthetic import ensure_synthetic_dataset, generate_synthetic_dataset
+from .transforms import SaliencyTransform, eval_transform, normalize_image, train_transform
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DatasetCheckError",
+    "Problem",
+    "ResumableBatchSampler",
+    "SaliencyDataModule",
+    "SaliencyDataset",
+    "SaliencyTransform",
+    "SourceSpec",
+    "check_pairs",
+    "collect_pairs",
+    "ensure_synthetic_dataset",
+    "eval_transform",
+    "generate_synthetic_dataset",
+    "list_images",
+    "normalize_image",
+    "read_image",
+    "read_mask",
+    "scan_source",
+    "split_pairs",
+    "train_transform",
+]

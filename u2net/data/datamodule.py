@@ -1,0 +1,170 @@
+"""Training and validation loaders built from plain settings (what a Hydra data config holds)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..models.pretrained import IMAGENET_MEAN, IMAGENET_STD
+from .folder import SaliencyDataset, SourceSpec, collate, collect_pairs, split_pairs, workers_default
+from .transforms import eval_transform, train_transform
+
+
+class ResumableBatchSampler(Sampler):
+    """Endless batches of ``(index, augmentation_seed)`` keys, reshuffled every epoch.
+
+    Everything is a function of ``(seed, step)``: epoch ``e`` uses the permutation drawn from
+    ``(seed, e)``, and each sample gets its augmentation seed from the same place. Starting at
+    ``start_step`` therefore yields exactly what an uninterrupted run would have yielded from there
+    on, which is what makes resumed training bit-for-bit identical.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, start_step: int = 0) -> None:
+        if num_samples < batch_size:
+            raise ValueError(f"batch size {batch_size} is larger than the training set ({num_samples} samples)")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start_step = start_step
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // self.batch_size  # the last incomplete batch is dropped
+
+    def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(permutation of sample indices, per-position augmentation seeds) of ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch])
+        return rng.permutation(self.num_samples), rng.integers(0, 2**31 - 1, size=self.num_samples)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, order = -1, None
+        for step in itertools.count(self.start_step):
+            if step // self.steps_per_epoch != epoch:
+                epoch = step // self.steps_per_epoch
+                order = self.epoch_order(epoch)
+            first = (step % self.steps_per_epoch) * self.batch_size
+            indices, seeds = order[0][first : first + self.batch_size], order[1][first : first + self.batch_size]
+            yield [(int(i), int(s)) for i, s in zip(indices, seeds)]
+
+    def __len__(self) -> int:  # DataLoader needs a length; the stream itself is endless
+        return 2**62
+
+
+def _as_sources(items: Sequence[Mapping | SourceSpec] | None) -> list[SourceSpec]:
+    return [item if isinstance(item, SourceSpec) else SourceSpec(**dict(item)) for item in (items or [])]
+
+
+class SaliencyDataModule:
+    """Datasets and loaders for training and validation.
+
+    ``train`` and ``val`` are lists of sources (``name``, ``root``, ``images``, ``masks``); several
+    training sources are concatenated (e.g. DUTS-TR + HKU-IS). Without ``val`` sources,
+    ``val_fraction`` of the training pairs is held out. ``synthetic`` (generator arguments incl.
+    ``root``) makes the built-in synthetic set first if it is missing.
+    """
+
+    def __init__(
+        self,
+        train: Sequence[Mapping] | None = None,
+        val: Sequence[Mapping] | None = None,
+        test: Sequence[Mapping] | None = None,
+        val_fraction: float = 0.0,
+        batch_size: int = 12,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        image_size: int = 320,
+        crop_size: int | None = 288,
+        val_image_size: int | None = None,
+        hflip: float = 0.5,
+        vflip: float = 0.0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        normalization: str = "max",
+        interpolation: str = "linear",
+        check: str = "full",
+        on_invalid: str = "error",
+        max_val_samples: int | None = None,
+        synthetic: Mapping | None = None,
+        pin_memory: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.train_sources = _as_sources(train)
+        self.val_sources = _as_sources(val)
+        self.test_sources = _as_sources(test)  # scored by evaluate.py, not used in training
+        self.val_fraction = val_fraction
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.check, self.on_invalid = check, on_invalid
+        self.max_val_samples = max_val_samples
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.pin_memory = pin_memory
+        self.progress = progress
+        common = {"mean": mean, "std": std, "normalization": normalization, "interpolation": interpolation}
+        self.preprocessing = {"image_size": val_image_size or image_size, **common}
+        self.train_transform = train_transform(image_size, crop_size, hflip, vflip, **common)
+        self.val_transform = eval_transform(val_image_size or image_size, **common)
+        self.train_set: SaliencyDataset | None = None
+        self.val_set: SaliencyDataset | None = None
+
+    def setup(self, seed: int = 0) -> None:
+        """Make the synthetic set if configured and missing, then scan and check every source."""
+        if self.synthetic:
+            from .synthetic import ensure_synthetic_dataset
+
+            options = dict(self.synthetic)
+            ensure_synthetic_dataset(Path(options.pop("root")), progress=self.progress, **options)
+        if not self.train_sources:
+            raise ValueError("the data config names no training sources (data.train is empty)")
+        kwargs = {"check": self.check, "on_invalid": self.on_invalid, "progress": self.progress}
+        kwargs["workers"] = workers_default()
+        train_pairs = collect_pairs(self.train_sources, **kwargs)
+        if self.val_sources:
+            val_pairs = collect_pairs(self.val_sources, **kwargs)
+        elif self.val_fraction > 0:
+            train_pairs, val_pairs = split_pairs(train_pairs, self.val_fraction, seed)
+        else:
+            val_pairs = []
+        if self.max_val_samples is not None and len(val_pairs) > self.max_val_samples:
+            val_pairs = val_pairs[: self.max_val_samples]
+        self.train_set = SaliencyDataset(train_pairs, self.train_transform)
+        self.val_set = SaliencyDataset(val_pairs, self.val_transform) if val_pairs else None
+
+    def train_loader(self, seed: int = 0, start_step: int = 0) -> DataLoader:
+        """An endless loader of training batches starting at micro-batch ``start_step``."""
+        if self.train_set is None:
+            raise RuntimeError("call setup() before train_loader()")
+        sampler = ResumableBatchSampler(len(self.train_set), self.batch_size, seed, start_step)
+        return DataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            prefetch_factor=4 if self.num_workers > 0 else None,
+        )
+
+    def val_loader(self) -> DataLoader | None:
+        """Validation batches in a fixed order, or ``None`` without a validation set."""
+        if self.val_set is None:
+            return None
+        return DataLoader(
+            self.val_set,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+        )
+
+    def steps_per_epoch(self) -> int:
+        """Training batches in one pass over the training set."""
+        if self.train_set is None:
+            raise RuntimeError("call setup() before steps_per_epoch()")
+        return len(self.train_set) // self.batch_size
+

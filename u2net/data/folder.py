@@ -1,0 +1,237 @@
+"""Image/mask folder datasets: pairing by file stem, checking before training, loading samples."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .io import list_images, oriented_size, read_image, read_mask
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One dataset on disk: ``root/images`` holds the images, ``root/masks`` the masks."""
+
+    name: str
+    root: str
+    images: str = "images"
+    masks: str = "masks"
+    recursive: bool = False
+
+    @property
+    def image_dir(self) -> Path:
+        return Path(self.root).expanduser() / self.images
+
+    @property
+    def mask_dir(self) -> Path:
+        return Path(self.root).expanduser() / self.masks
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file that cannot be used, and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class PairScan:
+    """The outcome of pairing one source: usable pairs and the problems found on the way."""
+
+    source: SourceSpec
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+class DatasetCheckError(ValueError):
+    """A dataset failed its pre-training check; the message lists every offending file."""
+
+
+def _by_stem(files: list[Path], folder: Path, problems: list[Problem]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in files:
+        key = path.relative_to(folder).with_suffix("").as_posix()
+        if key in found:
+            problems.append(Problem(str(path), f"same stem as {found[key].name}; cannot tell which to pair"))
+            continue
+        found[key] = path
+    return found
+
+
+def scan_source(source: SourceSpec) -> PairScan:
+    """Pair images and masks of ``source`` by stem (any of jpg/jpeg/png/bmp/webp/tif extensions).
+
+    Images without masks and masks without images become problems; a missing folder or a source
+    with no pairs at all raises ``DatasetCheckError`` at once.
+    """
+    scan = PairScan(source)
+    for folder, what in ((source.image_dir, "image"), (source.mask_dir, "mask")):
+        if not folder.is_dir():
+            raise DatasetCheckError(f"dataset {source.name}: {what} folder {folder} does not exist")
+    images = _by_stem(list_images(source.image_dir, source.recursive), source.image_dir, scan.problems)
+    masks = _by_stem(list_images(source.mask_dir, source.recursive), source.mask_dir, scan.problems)
+    for key, image in images.items():
+        if key in masks:
+            scan.pairs.append((image, masks[key]))
+        else:
+            scan.problems.append(Problem(str(image), f"no mask with this stem in {source.mask_dir}"))
+    for key, mask in masks.items():
+        if key not in images:
+            scan.problems.append(Problem(str(mask), f"no image with this stem in {source.image_dir}"))
+    if not scan.pairs:
+        raise DatasetCheckError(
+            f"dataset {source.name}: no image/mask pairs found in {source.image_dir} and {source.mask_dir}"
+        )
+    return scan
+
+
+def _check_pair(pair: tuple[Path, Path], decode: bool) -> list[Problem]:
+    sizes = []
+    problems = []
+    for path, reader in ((pair[0], read_image), (pair[1], read_mask)):
+        try:
+            if decode:
+                array = reader(path)
+                sizes.append((array.shape[1], array.shape[0]))
+            else:
+                sizes.append(oriented_size(path))
+        except Exception as exc:  # PIL raises many types for corrupt files
+            problems.append(Problem(str(path), f"unreadable or corrupt ({type(exc).__name__}: {exc})"))
+    if not problems and sizes[0] != sizes[1]:
+        problems.append(
+            Problem(str(pair[1]), f"mask is {sizes[1][0]}×{sizes[1][1]} but its image is {sizes[0][0]}×{sizes[0][1]}")
+        )
+    return problems
+
+
+def check_pairs(
+    pairs: Sequence[tuple[Path, Path]], mode: str = "full", workers: int = 4, progress: bool = True, desc: str = ""
+) -> list[Problem]:
+    """Open every pair: ``mode="full"`` decodes both files (finds truncated/corrupt data),
+    ``"header"`` reads only headers (sizes and formats), ``"none"`` skips the check."""
+    if mode == "none":
+        return []
+    if mode not in ("full", "header"):
+        raise ValueError(f"check mode must be 'full', 'header' or 'none', got {mode!r}")
+    from tqdm import tqdm
+
+    decode = mode == "full"
+    problems: list[Problem] = []
+    # Decoding releases the GIL in PIL, so threads give a real speed-up.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(lambda p: _check_pair(p, decode), pairs)
+        for found in tqdm(results, total=len(pairs), desc=f"checking {desc}".strip(), disable=not progress):
+            problems.extend(found)
+    return problems
+
+
+def collect_pairs(
+    sources: Sequence[SourceSpec],
+    check: str = "full",
+    on_invalid: str = "error",
+    workers: int = 4,
+    progress: bool = True,
+) -> list[tuple[Path, Path]]:
+    """Scan and check ``sources`` and return the usable (image, mask) pairs of all of them.
+
+    ``on_invalid="error"`` (default) raises one :class:`DatasetCheckError` listing every offending
+    file; ``"skip"`` leaves them out with a warning that gives their number.
+    """
+    if on_invalid not in ("error", "skip"):
+        raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+    all_pairs: list[tuple[Path, Path]] = []
+    all_problems: list[Problem] = []
+    for source in sources:
+        scan = scan_source(source)
+        problems = scan.problems + check_pairs(scan.pairs, check, workers, progress, source.name)
+        bad = {Path(p.path) for p in problems}
+        all_pairs.extend(pair for pair in scan.pairs if pair[0] not in bad and pair[1] not in bad)
+        all_problems.extend(problems)
+    if all_problems:
+        listing = "\n".join(f"  {p}" for p in all_problems)
+        names = ", ".join(s.name for s in sources)
+        if on_invalid == "error":
+            raise DatasetCheckError(
+                f"dataset {names}: {len(all_problems)} problem(s) found "
+                f"(set data.on_invalid=skip to train without these files):\n{listing}"
+            )
+        warnings.warn(f"dataset {names}: skipping {len(all_problems)} invalid file(s):\n{listing}", stacklevel=2)
+    if not all_pairs:
+        raise DatasetCheckError(f"dataset {', '.join(s.name for s in sources)}: no usable pairs left")
+    return all_pairs
+
+
+SampleKey = int | tuple[int, int]
+
+
+class SaliencyDataset(Dataset):
+    """(image, mask) pairs read from disk and passed through ``transform``.
+
+    ``transform(image, mask, seed)`` takes H×W×3 uint8 and H×W float32 and returns the image as a
+    3×h×w float tensor and the mask as 1×h×w. Indexing with ``(index, seed)`` gives that sample's
+    augmentation a seed of its own, so a sample looks the same whichever worker loads it and a
+    resumed run sees exactly the augmentations of an uninterrupted one.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], transform: Callable) -> None:
+        self.pairs = list(pairs)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: SampleKey) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image_path, mask_path = self.pairs[index]
+        try:
+            image = read_image(image_path)
+        except Exception as exc:
+            raise RuntimeError(f"{image_path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        try:
+            mask = read_mask(mask_path)
+        except Exception as exc:
+            raise RuntimeError(f"{mask_path}: cannot read mask ({type(exc).__name__}: {exc})") from exc
+        if image.shape[:2] != mask.shape:
+            raise RuntimeError(f"{mask_path}: mask size {mask.shape[::-1]} differs from image {image.shape[1::-1]}")
+        image_t, mask_t = self.transform(image, mask, seed)
+        return {"image": image_t, "mask": mask_t, "index": index}
+
+
+def split_pairs(
+    pairs: Sequence[tuple[Path, Path]], fraction: float, seed: int
+) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+    """Hold out ``fraction`` of ``pairs`` (at least one) for validation, chosen by ``seed``."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = max(1, round(len(pairs) * fraction))
+    held = set(order[:n_val].tolist())
+    train = [p for i, p in enumerate(pairs) if i not in held]
+    val = [p for i, p in enumerate(pairs) if i in held]
+    return train, val
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack samples into a batch: image N×3×h×w, mask N×1×h×w, index N."""
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "mask": torch.stack([s["mask"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples]),
+    }
+
+
+def workers_default() -> int:
+    """Number of threads for checking: the cores we may use."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))

@@ -1,0 +1,282 @@
+"""The training loop: read it top to bottom in :meth:`Trainer.fit`."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from ..data.datamodule import SaliencyDataModule
+from ..metrics import SaliencyMetrics, evaluate_batch
+from .checkpoint import rng_state, save_checkpoint, set_rng_state
+from .utils import autocast_context, pick_device, seed_everything
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stopped without touching the saved checkpoints."""
+
+
+@dataclass
+class TrainerConfig:
+    """How to train: length, precision, validation and logging cadence, where to write."""
+
+    out_dir: str = "runs/default"
+    max_steps: int = 1000
+    val_every: int = 500
+    log_every: int = 10
+    checkpoint_every: int = 0  # extra last.pt saves between validations; 0 = only at validation
+    grad_accum: int = 1
+    grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only, with gradient scaling)
+    device: str = "auto"  # auto = cuda, then mps, then cpu
+    channels_last: bool = False
+    seed: int = 42
+    monitor: str = "mae"  # validation metric that picks best.pt
+    monitor_mode: str = "min"
+    image_log_count: int = 4  # validation images shown in TensorBoard
+    progress: bool = True
+    tensorboard: bool = True
+    num_threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+
+
+class Trainer:
+    """Trains ``model`` with deep supervision on the batches of ``data``.
+
+    ``loss_fn(outputs, target) -> (total, per_output)``; ``optimizer`` and ``scheduler`` are
+    ready-built (the scheduler is stepped once per optimizer step). ``run_config`` is the resolved
+    configuration, stored in every checkpoint so it describes itself.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable,
+        optimizer: Optimizer,
+        scheduler: LRScheduler | None,
+        data: SaliencyDataModule,
+        config: TrainerConfig,
+        run_config: Mapping | None = None,
+    ) -> None:
+        self.cfg = config
+        self.device = pick_device(config.device)
+        if config.num_threads > 0:
+            torch.set_num_threads(config.num_threads)
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn, self.optimizer, self.scheduler, self.data = loss_fn, optimizer, scheduler, data
+        self.run_config = dict(run_config or {})
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.out_dir = Path(config.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.step = 0
+        self.metrics: dict[str, float] = {}
+        self.best: float | None = None
+        self.stop_requested = False
+        self.writer = None
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, ckpt_path: str | None = None) -> dict[str, float]:
+        """Train up to ``max_steps`` optimizer steps (resuming from ``ckpt_path`` if given) and
+        return the last validation metrics. Ctrl-C saves ``last.pt`` and returns early."""
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.data.setup(seed=cfg.seed)
+        if ckpt_path:
+            self.restore(ckpt_path)
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+        batches = iter(self.data.train_loader(cfg.seed, start_step=self.step * cfg.grad_accum))
+        images_per_step = self.data.batch_size * cfg.grad_accum
+        progress = _progress_bar(self.step, cfg.max_steps, cfg.progress)
+        previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+        try:
+            while self.step < cfg.max_steps and not self.stop_requested:
+                started = time.perf_counter()
+                batch_group = self._next_batches(batches)
+                if batch_group is None:  # interrupted while waiting for data
+                    break
+                losses = self.train_step(batch_group)
+                self.step += 1
+                speed = images_per_step / (time.perf_counter() - started)
+                progress.update(1)
+                progress.set_postfix(loss=f"{losses[0]:.4f}", img_s=f"{speed:.2f}")
+                if self.step % cfg.log_every == 0 or self.step == 1:
+                    self._log_train(losses, speed)
+                at_end = self.step == cfg.max_steps
+                if (cfg.val_every and self.step % cfg.val_every == 0) or at_end:
+                    self.metrics = self.validate()
+                    self._save_checkpoints()
+                elif cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save("last.pt")
+            if self.stop_requested:
+                path = self.save("last.pt")
+                progress.write(f"Interrupted: saved {path} at step {self.step}. Resume with ckpt_path={path}")
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+            progress.close()
+            if self.writer is not None:
+                self.writer.close()
+        return self.metrics
+
+    def train_step(self, batch_group: list[dict]) -> list[float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns [total, fused, side1..]."""
+        cfg = self.cfg
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = None
+        for batch in batch_group:
+            images, masks = self._to_device(batch)
+            with autocast_context(self.device, cfg.precision):
+                outputs = self.model(images)
+            total, per_output = self.loss_fn(outputs, masks)
+            if not torch.isfinite(total):
+                raise NonFiniteLossError(
+                    f"loss became {total.item()} at step {self.step + 1}; training stopped and the last saved "
+                    f"checkpoint in {self.ckpt_dir} is intact (try a lower optim.lr, trainer.grad_clip or "
+                    "trainer.precision=fp32)"
+                )
+            self.scaler.scale(total / len(batch_group)).backward()
+            parts = torch.cat([total.detach()[None], per_output.detach()]) / len(batch_group)
+            totals = parts if totals is None else totals + parts
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return totals.tolist()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """MAE and F-measure of the fused output on the validation set (empty dict without one)."""
+        loader = self.data.val_loader()
+        if loader is None:
+            return {}
+        self.model.eval()
+        meter = SaliencyMetrics()
+        shown = None
+        for batch in loader:
+            images, masks = self._to_device(batch)
+            with autocast_context(self.device, self.cfg.precision):
+                fused = self.model(images)[0]
+            probs = torch.sigmoid(fused.float())
+            evaluate_batch(meter, probs.cpu(), masks.cpu())
+            if shown is None:
+                shown = (images[: self.cfg.image_log_count], masks, probs)
+        results = meter.results()
+        metrics = {k: float(results[k]) for k in ("mae", "max_f", "mean_f", "adp_f")}
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(f"val/{key}", value, self.step)
+            self._log_images(*shown)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Everything needed to resume, plus what evaluate/export need to rebuild the model."""
+        model = getattr(self.model, "module", self.model)
+        return {
+            "model": model.state_dict(),
+            "model_name": getattr(model, "model_name", None),
+            "model_args": getattr(model, "model_args", {}),
+            "preprocessing": dict(self.data.preprocessing),
+            "config": self.run_config,
+            "trainer": asdict(self.cfg),
+            "step": self.step,
+            "epoch": self.step * self.cfg.grad_accum // max(1, self.data.steps_per_epoch()),
+            "metrics": dict(self.metrics),
+            "best": self.best,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def save(self, name: str) -> Path:
+        """Write the current state to ``out_dir/checkpoints/name`` atomically."""
+        return save_checkpoint(self.state_dict(), self.ckpt_dir / name)
+
+    def restore(self, path: str | Path) -> None:
+        """Resume from a checkpoint written by :meth:`save`."""
+        from ..models.weights import load_state_dict
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if "optimizer" not in state:
+            raise ValueError(f"{path}: holds no training state; to fine-tune from weights use model.weights={path}")
+        load_state_dict(getattr(self.model, "module", self.model), state["model"], source=str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.metrics, self.best = state["step"], state.get("metrics", {}), state.get("best")
+        set_rng_state(state["rng"])
+
+    def _save_checkpoints(self) -> None:
+        value = self.metrics.get(self.cfg.monitor)
+        improved = value is not None and (
+            self.best is None or (value < self.best if self.cfg.monitor_mode == "min" else value > self.best)
+        )
+        if improved:
+            self.best = value
+        self.save("last.pt")
+        if improved:
+            self.save("best.pt")
+
+    # ------------------------------------------------------------------ helpers
+    def _request_stop(self, signum, frame) -> None:  # noqa: ARG002
+        # Finish the current step so the saved state is consistent; a second Ctrl-C aborts at once.
+        self.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _next_batches(self, batches) -> list[dict] | None:
+        try:
+            return [next(batches) for _ in range(self.cfg.grad_accum)]
+        except (RuntimeError, KeyboardInterrupt):
+            # Ctrl-C reaches the loader workers too; they exit and the loader raises.
+            if self.stop_requested:
+                return None
+            raise
+
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        non_blocking = self.device.type == "cuda"
+        images = batch["image"].to(self.device, non_blocking=non_blocking)
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, batch["mask"].to(self.device, non_blocking=non_blocking)
+
+    def _log_train(self, losses: list[float], speed: float) -> None:
+        if self.writer is None:
+            return
+        self.writer.add_scalar("train/loss", losses[0], self.step)
+        for i, value in enumerate(losses[1:]):
+            self.writer.add_scalar(f"train/loss_{'fused' if i == 0 else f'side{i}'}", value, self.step)
+        self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
+        self.writer.add_scalar("train/images_per_s", speed, self.step)
+
+    def _log_images(self, images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor) -> None:
+        n = images.shape[0]
+        mean = torch.tensor(self.data.preprocessing["mean"], device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.data.preprocessing["std"], device=images.device).view(1, 3, 1, 1)
+        shown = (images.float() * std + mean).clamp(0, 1)
+        # One row each for inputs, ground truth and predictions; one column per image.
+        rows = [shown, masks[:n].float().expand(-1, 3, -1, -1), probs[:n].expand(-1, 3, -1, -1)]
+        grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)
+        self.writer.add_image("val/input_gt_prediction", grid.cpu(), self.step)
+
+
+def _progress_bar(initial: int, total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(initial=initial, total=total, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
+

@@ -1,0 +1,30 @@
+"""U²-Net architectures, the model registry and weight loading."""
+
+from . import factory as _factory  # noqa: F401  (registers the architectures)
+from .factory import create_model
+from .pretrained import PRETRAINED, PretrainedCfg, download_weights, get_pretrained_cfg, list_pretrained
+from .registry import is_model, list_models, register_model
+from .u2net import RSU, U2NET_STAGES, U2NETP_STAGES, StageSpec, U2Net
+from .weights import infer_architecture, load_model, load_state_dict, load_weights, read_checkpoint
+
+__all__ = [
+    "PRETRAINED",
+    "RSU",
+    "U2NET_STAGES",
+    "U2NETP_STAGES",
+    "PretrainedCfg",
+    "StageSpec",
+    "U2Net",
+    "create_model",
+    "download_weights",
+    "get_pretrained_cfg",
+    "infer_architecture",
+    "is_model",
+    "list_models",
+    "list_pretrained",
+    "load_model",
+    "load_state_dict",
+    "load_weights",
+    "read_checkpoint",
+    "register_model",
+]

@@ -1,0 +1,47 @@
+"""Registered U²-Net architectures and ``create_model``."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+from torch import nn
+
+from .registry import model_factory, register_model
+from .u2net import U2NET_STAGES, U2NETP_STAGES, U2Net
+
+
+def _build(name: str, default_stages: dict, stages: dict | None, in_ch: int, out_ch: int) -> U2Net:
+    model = U2Net(stages if stages is not None else copy.deepcopy(default_stages), in_ch=in_ch, out_ch=out_ch)
+    model.model_name = name
+    # What create_model needs to rebuild this exact model; stored in checkpoints.
+    model.model_args = {"in_ch": in_ch, "out_ch": out_ch}
+    if stages is not None:
+        model.model_args["stages"] = model.stages
+    return model
+
+
+@register_model
+def u2net(stages: dict | None = None, in_ch: int = 3, out_ch: int = 1) -> U2Net:
+    """U²-Net (full): 44.0 M parameters, about 117 GFLOP at 320×320."""
+    return _build("u2net", U2NET_STAGES, stages, in_ch, out_ch)
+
+
+@register_model
+def u2netp(stages: dict | None = None, in_ch: int = 3, out_ch: int = 1) -> U2Net:
+    """U²-Net† (lite, ``u2netp``): 1.13 M parameters, about 39.5 GFLOP at 320×320."""
+    return _build("u2netp", U2NETP_STAGES, stages, in_ch, out_ch)
+
+
+def create_model(name: str, weights: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+    """Build a registered model; ``weights`` loads a file (official ``.pth`` or our checkpoint)
+    or a pretrained tag such as ``"u2net.duts"`` (downloaded into the cache on first use).
+
+    Extra keyword arguments go to the factory (``stages``, ``in_ch``, ``out_ch``).
+    """
+    model = model_factory(name)(**kwargs)
+    if weights is not None:
+        from .weights import load_weights
+
+        load_weights(model, weights)
+    return model

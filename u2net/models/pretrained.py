@@ -1,0 +1,156 @@
+"""Published U²-Net weights: where they live and what input they expect.
+
+Kept apart from the architecture (as in timm): a tag names an architecture plus the data it was
+trained on. ``download_weights(tag)`` fetches a file once into the cache folder
+(``$U2NET_HOME``, default ``~/.cache/u2net``) and returns its path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """Everything needed to use a published checkpoint, apart from the architecture itself.
+
+    ``normalization="max"`` is the original recipe: divide the image by its own maximum, then
+    subtract ``mean`` and divide by ``std`` per channel.
+    """
+
+    architecture: str
+    file_name: str
+    urls: tuple[str, ...]
+    sha256: str | None = None
+    input_size: int = 320
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    normalization: str = "max"
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _gdrive(file_id: str) -> str:
+    # The usercontent endpoint with confirm=t serves large files without the virus-scan page.
+    return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
+
+
+PRETRAINED: dict[str, PretrainedCfg] = {
+    "u2net.duts": PretrainedCfg(
+        "u2net",
+        "u2net.pth",
+        (_gdrive("1ao1ovG1Qtx4b7EoskHXmi2E9rp5CHLcZ"),),
+        description="official U²-Net trained on DUTS-TR (173.6 MB)",
+    ),
+    "u2netp.duts": PretrainedCfg(
+        "u2netp",
+        "u2netp.pth",
+        (_gdrive("1rbSTGKAE-MTxBYHd-51l2hMOQPT_7EPy"),),
+        description="official U²-Net† (lite) trained on DUTS-TR (4.7 MB)",
+    ),
+    "u2net.human_seg": PretrainedCfg(
+        "u2net",
+        "u2net_human_seg.pth",
+        (_gdrive("1m_Kgs91b21gayc2XLW0ou8yugAIadWVP"),),
+        description="official U²-Net for human segmentation (Supervisely person data)",
+    ),
+    "u2net.portrait": PretrainedCfg(
+        "u2net",
+        "u2net_portrait.pth",
+        (_gdrive("1IG3HdpcRiDoWNookbncQjeaPN28t90yW"),),
+        description="official U²-Net portrait-drawing model (outputs line drawings, not masks)",
+    ),
+}
+
+
+def list_pretrained(architecture: str | None = None) -> list[str]:
+    """Tags of the published weights, optionally only those for one architecture."""
+    return sorted(t for t, cfg in PRETRAINED.items() if architecture is None or cfg.architecture == architecture)
+
+
+def get_pretrained_cfg(tag: str) -> PretrainedCfg:
+    """The :class:`PretrainedCfg` for ``tag`` (e.g. ``"u2net.human_seg"``)."""
+    try:
+        return PRETRAINED[tag]
+    except KeyError:
+        raise ValueError(f"unknown pretrained tag {tag!r}; available: {', '.join(list_pretrained())}") from None
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights are kept: ``$U2NET_HOME`` or ``~/.cache/u2net``."""
+    return Path(os.environ.get("U2NET_HOME", Path.home() / ".cache" / "u2net")).expanduser()
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` through a temporary file, checking ``sha256`` if given.
+
+    ``dest`` only appears once the download is complete and verified, so an interrupted download
+    never leaves a truncated file behind.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0)
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr)
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+            if bar is not None:
+                bar.close()
+        if sha256 is not None and (actual := sha256_of(tmp_name)) != sha256:
+            raise ValueError(f"{url}: checksum mismatch (expected sha256 {sha256}, got {actual})")
+        if _looks_like_html(tmp_name):
+            raise ValueError(f"{url}: the server returned a web page instead of a weights file")
+        shutil.move(tmp_name, dest)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _looks_like_html(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    return head.startswith(b"<!doctype html") or head.startswith(b"<html")
+
+
+def download_weights(tag: str, directory: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Path to the weights for ``tag``, downloading them into the cache first if needed."""
+    cfg = get_pretrained_cfg(tag)
+    dest = Path(directory) if directory is not None else cache_dir()
+    dest = dest / cfg.file_name
+    if dest.exists():
+        return dest
+    errors = []
+    for url in cfg.urls:
+        try:
+            return download_file(url, dest, cfg.sha256, progress=progress)
+        except Exception as exc:  # try the next mirror
+            errors.append(f"{url}: {exc}")
+    raise RuntimeError(f"could not download {cfg.file_name} for {tag!r}: " + "; ".join(errors))

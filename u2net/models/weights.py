@@ -1,0 +1,116 @@
+"""Reading weights: official ``.pth`` files, our checkpoints, and tags of published weights."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .pretrained import PRETRAINED, download_weights
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
+
+
+def _resolve(path_or_tag: str | os.PathLike) -> Path:
+    path = Path(path_or_tag).expanduser()
+    if not path.exists() and str(path_or_tag) in PRETRAINED:
+        return download_weights(str(path_or_tag))
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    return path
+
+
+def read_checkpoint(path_or_tag: str | os.PathLike) -> dict:
+    """Load a weights file into a dict: our checkpoint as saved, an official ``.pth`` as ``{"model": sd}``."""
+    path = _resolve(path_or_tag)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable PyTorch weights file ({type(exc).__name__}: {exc})") from None
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        return dict(obj)
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        return {"model": obj["state_dict"]}
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"model": dict(obj)}
+    raise ValueError(f"{path}: holds neither a state dict nor a u2net checkpoint")
+
+
+def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip ``module.`` / ``_orig_mod.`` prefixes left by DataParallel, DDP or torch.compile."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        cleaned[key] = value
+    return cleaned
+
+
+def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
+    """Strictly load ``state_dict`` into ``model``, accepting wrapper prefixes and files saved before
+    BatchNorm had ``num_batches_tracked`` (PyTorch 0.4, as the official u2net.pth was).
+
+    Raises ``ValueError`` naming ``source`` and the first offending keys on any other mismatch.
+    """
+    state_dict = clean_state_dict(state_dict)
+    own = model.state_dict()
+    for key, value in own.items():
+        if key.endswith("num_batches_tracked") and key not in state_dict:
+            state_dict[key] = value.clone()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and state_dict[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+                parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+        name = getattr(model, "model_name", type(model).__name__)
+        raise ValueError(f"{source}: does not fit model {name!r}: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_weights(model: nn.Module, path_or_tag: str | os.PathLike) -> nn.Module:
+    """Load an official ``.pth``, one of our checkpoints, or a pretrained tag into ``model`` (strict)."""
+    checkpoint = read_checkpoint(path_or_tag)
+    load_state_dict(model, checkpoint["model"], source=str(path_or_tag))
+    return model
+
+
+def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``"u2net"`` or ``"u2netp"`` from a state dict's shapes (the official files carry no name)."""
+    state_dict = clean_state_dict(state_dict)
+    key = "stage1.rebnconv1.conv_s1.weight"
+    if key not in state_dict:
+        raise ValueError("not a U²-Net state dict (no stage1.rebnconv1.conv_s1.weight)")
+    mid = state_dict[key].shape[0]
+    return {32: "u2net", 16: "u2netp"}.get(mid) or _unknown(mid)
+
+
+def _unknown(mid: int) -> str:
+    raise ValueError(f"cannot tell the architecture: stage1 has {mid} middle channels (u2net 32, u2netp 16)")
+
+
+def load_model(path_or_tag: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from a file alone: our checkpoints name their model and arguments; for an
+    official ``.pth`` the architecture is inferred from the weights. Returns the model in eval mode.
+    """
+    from .factory import create_model
+
+    checkpoint = read_checkpoint(path_or_tag)
+    name = checkpoint.get("model_name") or infer_architecture(checkpoint["model"])
+    model = create_model(name, **(checkpoint.get("model_args") or {}))
+    load_state_dict(model, checkpoint["model"], source=str(path_or_tag))
+    return model.to(map_location).eval()
