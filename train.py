@@ -1,9 +1,9 @@
 """Train or fine-tune U²-Net: compose the Hydra config, build the pieces, run the trainer.
 
-    python train.py                                   # U²-Net† on the built-in synthetic set (CPU, ~5 min)
-    python train.py experiment=paper_u2net            # the original recipe on DUTS-TR
-    python train.py model=u2net model.weights=u2net.pth data=human_seg   # fine-tune
-    python train.py ckpt_path=runs/.../checkpoints/last.pt               # resume
+python train.py                                   # U²-Net† on the built-in synthetic set (CPU, ~5 min)
+python train.py experiment=paper_u2net            # the original recipe on DUTS-TR
+python train.py model=u2net model.weights=u2net.pth data=human_seg   # fine-tune
+python train.py ckpt_path=runs/.../checkpoints/last.pt               # resume
 """
 
 from __future__ import annotations

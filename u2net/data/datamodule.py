@@ -7,7 +7,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..models.pretrained import IMAGENET_MEAN, IMAGENET_STD
@@ -167,4 +166,3 @@ class SaliencyDataModule:
         if self.train_set is None:
             raise RuntimeError("call setup() before steps_per_epoch()")
         return len(self.train_set) // self.batch_size
-

@@ -81,7 +81,9 @@ class SaliencyTransform:
         self.mean, self.std, self.normalization = tuple(mean), tuple(std), normalization
         self.output_size = crop_size or image_size
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if seed is not None:
             self.geometry.set_random_seed(int(seed))
         out = self.geometry(image=image, mask=mask)

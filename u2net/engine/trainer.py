@@ -279,4 +279,3 @@ def _progress_bar(initial: int, total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(initial=initial, total=total, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
-
