@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from ..data.datamodule import SaliencyDataModule
 from ..metrics import SaliencyMetrics, evaluate_batch
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
-from .utils import autocast_context, pick_device, seed_everything
+from .utils import autocast_context, pick_device, resolve_precision, seed_everything
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -34,7 +34,7 @@ class TrainerConfig:
     checkpoint_every: int = 0  # extra last.pt saves between validations; 0 = only at validation
     grad_accum: int = 1
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only, with gradient scaling)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA only, with gradient scaling)
     device: str = "auto"  # auto = cuda, then mps, then cpu
     channels_last: bool = False
     seed: int = 42
@@ -66,6 +66,7 @@ class Trainer:
     ) -> None:
         self.cfg = config
         self.device = pick_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
         self.model = model.to(self.device)
@@ -73,7 +74,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn, self.optimizer, self.scheduler, self.data = loss_fn, optimizer, scheduler, data
         self.run_config = dict(run_config or {})
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.out_dir = Path(config.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.step = 0
@@ -136,7 +137,7 @@ class Trainer:
         totals = None
         for batch in batch_group:
             images, masks = self._to_device(batch)
-            with autocast_context(self.device, cfg.precision):
+            with autocast_context(self.device, self.precision):
                 outputs = self.model(images)
             total, per_output = self.loss_fn(outputs, masks)
             if not torch.isfinite(total):
@@ -168,7 +169,7 @@ class Trainer:
         shown = None
         for batch in loader:
             images, masks = self._to_device(batch)
-            with autocast_context(self.device, self.cfg.precision):
+            with autocast_context(self.device, self.precision):
                 fused = self.model(images)[0]
             probs = torch.sigmoid(fused.float())
             evaluate_batch(meter, probs.cpu(), masks.cpu())
@@ -217,7 +218,12 @@ class Trainer:
         load_state_dict(getattr(self.model, "module", self.model), state["model"], source=str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
+            # LambdaLR.load_state_dict also overwrites the schedule's own settings (total steps,
+            # warm-up); keep this run's, so that resuming with a larger max_steps stretches the schedule.
+            factors = [dict(getattr(f, "__dict__", {})) for f in getattr(self.scheduler, "lr_lambdas", [])]
             self.scheduler.load_state_dict(state["scheduler"])
+            for f, saved in zip(getattr(self.scheduler, "lr_lambdas", []), factors):
+                f.__dict__.update(saved)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.metrics, self.best = state["step"], state.get("metrics", {}), state.get("best")
         set_rng_state(state["rng"])

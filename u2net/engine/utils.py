@@ -33,6 +33,21 @@ def seed_everything(seed: int) -> None:
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` becomes bf16 where the hardware runs it fast (CUDA with bf16 support, CPUs with
+    AVX512-BF16/AMX through oneDNN) and fp32 elsewhere; other values are returned unchanged."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        try:
+            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+        except (AttributeError, RuntimeError):
+            return "fp32"
+    return "fp32"
+
+
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context for ``precision``: bf16 on CPU and GPU, fp16 on CUDA only."""
     if precision not in PRECISIONS:

@@ -1,0 +1,217 @@
+"""The training loop: a short run learns and writes checkpoints; resume is exact; Ctrl-C and NaN are safe."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+import u2net
+from u2net.data import SaliencyDataModule
+from u2net.engine import NonFiniteLossError, Trainer, TrainerConfig, build_scheduler
+from u2net.engine.schedulers import LRFactor
+from u2net.engine.utils import autocast_context, resolve_precision
+from u2net.losses import DeepSupervisionLoss
+
+from .conftest import REPO
+
+CHECKPOINT_KEYS = {"model", "model_name", "model_args", "config", "step", "epoch", "metrics", "optimizer"}
+CHECKPOINT_KEYS |= {"scheduler", "scaler", "rng", "preprocessing"}
+
+
+def _data(root, **overrides) -> SaliencyDataModule:
+    def source(split):
+        return [{"name": split, "root": str(root / split), "images": f"{split}-Image", "masks": f"{split}-Mask"}]
+
+    kwargs = dict(batch_size=4, num_workers=0, image_size=48, crop_size=40, progress=False, check="header")
+    kwargs.update(overrides)
+    return SaliencyDataModule(train=source("DUTS-TR"), val=source("DUTS-TE"), **kwargs)
+
+
+def _trainer(root, out_dir, max_steps, loss_fn=None, precision="fp32", schedule="cosine", **cfg) -> Trainer:
+    torch.manual_seed(0)
+    model = u2net.create_model("u2netp")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = build_scheduler(optimizer, max_steps, schedule, warmup_steps=2)
+    config = TrainerConfig(
+        out_dir=str(out_dir), max_steps=max_steps, progress=False, device="cpu", precision=precision, seed=3, **cfg
+    )
+    return Trainer(model, loss_fn or DeepSupervisionLoss(), optimizer, scheduler, _data(root), config, {"note": "t"})
+
+
+def _stop_at(trainer: Trainer, step: int) -> None:
+    """Make ``trainer`` behave as if Ctrl-C was pressed during step ``step``."""
+    base = trainer.loss_fn
+
+    def interrupting(outputs, target):
+        if trainer.step == step - 1:
+            trainer._request_stop(signal.SIGINT, None)  # what the SIGINT handler calls
+        return base(outputs, target)
+
+    trainer.loss_fn = interrupting
+
+
+def test_short_run_writes_self_describing_checkpoints(tiny_synthetic, tmp_path) -> None:
+    trainer = _trainer(tiny_synthetic, tmp_path, max_steps=4, val_every=2)
+    metrics = trainer.fit()
+    assert set(metrics) >= {"mae", "max_f"} and 0 <= metrics["mae"] <= 1
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert set(last) >= CHECKPOINT_KEYS
+    assert last["step"] == 4 and last["model_name"] == "u2netp" and last["config"] == {"note": "t"}
+    assert last["metrics"] == metrics and last["preprocessing"]["image_size"] == 48
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    # evaluate/export need only the path: the model rebuilds itself and gives the same outputs
+    model = u2net.load_model(tmp_path / "checkpoints" / "last.pt")
+    x = torch.randn(1, 3, 48, 48)
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], trainer.model(x)[0].contiguous())
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_is_bit_exact(tiny_synthetic, tmp_path, schedule: str) -> None:
+    straight = _trainer(tiny_synthetic, tmp_path / "straight", max_steps=6, val_every=3, schedule=schedule)
+    straight.fit()
+    if schedule == "constant":  # a run of K steps, then continued to 2K
+        first = _trainer(tiny_synthetic, tmp_path / "resumed", max_steps=3, val_every=3, schedule=schedule)
+    else:  # a 2K-step run interrupted after step K
+        first = _trainer(tiny_synthetic, tmp_path / "resumed", max_steps=6, val_every=3, schedule=schedule)
+        _stop_at(first, 3)
+    first.fit()
+    assert first.step == 3
+    resumed = _trainer(tiny_synthetic, tmp_path / "resumed", max_steps=6, val_every=3, schedule=schedule)
+    torch.manual_seed(1234)  # a different global RNG state before resuming must not matter
+    resumed.fit(ckpt_path=str(tmp_path / "resumed" / "checkpoints" / "last.pt"))
+    assert resumed.step == 6
+    for (key, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), key
+    opt_a, opt_b = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"]) for k in opt_a)
+    assert straight.optimizer.param_groups[0]["lr"] == resumed.optimizer.param_groups[0]["lr"]
+    assert straight.metrics == resumed.metrics
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_synthetic, tmp_path) -> None:
+    base = DeepSupervisionLoss()
+    calls = {"n": 0}
+
+    def exploding(outputs, target):
+        calls["n"] += 1
+        total, parts = base(outputs, target)
+        return (total * float("nan"), parts) if calls["n"] == 4 else (total, parts)
+
+    trainer = _trainer(tiny_synthetic, tmp_path, max_steps=6, loss_fn=exploding, val_every=2)
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 4.*last saved checkpoint"):
+        trainer.fit()
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == 2
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_stop_request_saves_and_returns(tiny_synthetic, tmp_path) -> None:
+    trainer = _trainer(tiny_synthetic, tmp_path, max_steps=50, val_every=0)
+    _stop_at(trainer, 3)
+    trainer.fit()
+    assert trainer.step == 3  # the step in flight finishes, then it stops
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_bf16_and_accumulation_and_clipping(tiny_synthetic, tmp_path) -> None:
+    trainer = _trainer(tiny_synthetic, tmp_path, max_steps=2, precision="bf16", grad_accum=2, grad_clip=1.0)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit()
+    assert trainer.step == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_precision_and_schedules() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("auto", cpu) in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        autocast_context(cpu, "fp16")
+    warm = LRFactor("cosine", total_steps=110, warmup_steps=10, min_ratio=0.1)
+    assert warm(0) == 0.0 and warm(5) == 0.5 and warm(10) == 1.0
+    assert warm(60) == pytest.approx(0.55) and warm(110) == pytest.approx(0.1)
+    poly = LRFactor("poly", total_steps=100, power=1.0)
+    assert poly(50) == pytest.approx(0.5)
+    assert LRFactor("constant", total_steps=10)(7) == 1.0
+    with pytest.raises(ValueError, match="unknown schedule"):
+        LRFactor("step")
+
+
+def _train_cli(tmp_path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        f"paths.data_dir={tmp_path / 'data'}",
+        "data.synthetic.num_train=16",
+        "data.synthetic.num_val=4",
+        "data.image_size=48",
+        "data.crop_size=40",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *overrides,
+    ]
+
+
+def test_train_script_ctrl_c_then_resume(tmp_path) -> None:
+    proc = subprocess.Popen(
+        _train_cli(tmp_path, "trainer.max_steps=1000", "trainer.val_every=0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 240
+    while not re.search(r"\| +[2-9]\d*/1000", "".join(output)) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0, "".join(output)[-2000:]
+    reader.join(timeout=10)
+    text = "".join(output)
+    assert "Interrupted: saved" in text and "Traceback" not in text
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    stopped_at = torch.load(last, weights_only=True)["step"]
+    assert stopped_at >= 2
+
+    resumed = subprocess.run(
+        _train_cli(tmp_path, f"trainer.max_steps={stopped_at + 2}", f"ckpt_path={last}", "trainer.val_every=1"),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    state = torch.load(last, weights_only=True)
+    assert state["step"] == stopped_at + 2 and state["config"]["data"]["batch_size"] == 4
+    assert f"done at step {stopped_at + 2}" in resumed.stdout
+
+
+def test_train_script_reports_bad_dataset_in_one_line(tmp_path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "data=ecssd",
+            f"paths.data_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "error: dataset ECSSD: image folder" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
