@@ -32,6 +32,11 @@ def main(cfg: DictConfig) -> dict:
     except (DatasetCheckError, NonFiniteLossError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")
     print(f"done at step {trainer.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    if trainer.initial_metrics and metrics:
+        print(
+            f"validation MAE {trainer.initial_metrics['mae']:.4f} at the start -> {metrics['mae']:.4f} now "
+            f"(predicting all background: {metrics['mae_all_background']:.4f})"
+        )
     print(f"checkpoints and TensorBoard logs in {trainer.out_dir}")
     return metrics
 

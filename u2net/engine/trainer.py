@@ -44,6 +44,7 @@ class TrainerConfig:
     progress: bool = True
     tensorboard: bool = True
     num_threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+    validate_at_start: bool = True  # score the untrained (or fine-tuning start) model as a reference
 
 
 class Trainer:
@@ -79,6 +80,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.step = 0
         self.metrics: dict[str, float] = {}
+        self.initial_metrics: dict[str, float] = {}
         self.best: float | None = None
         self.stop_requested = False
         self.writer = None
@@ -97,6 +99,8 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
         batches = iter(self.data.train_loader(cfg.seed, start_step=self.step * cfg.grad_accum))
+        if cfg.validate_at_start and self.step == 0:
+            self.initial_metrics = self.validate()
         images_per_step = self.data.batch_size * cfg.grad_accum
         progress = _progress_bar(self.step, cfg.max_steps, cfg.progress)
         previous_handler = signal.signal(signal.SIGINT, self._request_stop)
@@ -167,16 +171,20 @@ class Trainer:
         self.model.eval()
         meter = SaliencyMetrics()
         shown = None
+        background_error = 0.0
         for batch in loader:
             images, masks = self._to_device(batch)
             with autocast_context(self.device, self.precision):
                 fused = self.model(images)[0]
             probs = torch.sigmoid(fused.float())
             evaluate_batch(meter, probs.cpu(), masks.cpu())
+            background_error += (masks > 128 / 255).flatten(1).float().mean(1).sum().item()
             if shown is None:
                 shown = (images[: self.cfg.image_log_count], masks, probs)
         results = meter.results()
         metrics = {k: float(results[k]) for k in ("mae", "max_f", "mean_f", "adp_f")}
+        # What a model that predicts "all background" would score: the yardstick for "it learned".
+        metrics["mae_all_background"] = background_error / results["n_images"]
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(f"val/{key}", value, self.step)
