@@ -1,36 +1,57 @@
 """Train or fine-tune U²-Net: compose the Hydra config, build the pieces, run the trainer.
 
-python train.py                                   # U²-Net† on the built-in synthetic set (CPU, ~5 min)
-python train.py experiment=paper_u2net            # the original recipe on DUTS-TR
-python train.py model=u2net model.weights=u2net.pth data=human_seg   # fine-tune
-python train.py ckpt_path=runs/.../checkpoints/last.pt               # resume
+    python train.py                                   # U²-Net† on the built-in synthetic set (CPU, ~5 min)
+    python train.py experiment=paper_u2net            # the original recipe on DUTS-TR
+    python train.py model=u2net model.weights=u2net.pth data=human_seg   # fine-tune
+    python train.py ckpt_path=runs/.../checkpoints/last.pt               # resume
+
+Problems with the user's input (data, weights files) end with a one-line ``error: ...``; set
+HYDRA_FULL_ERROR=1 to see the traceback instead.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from u2net.data import DatasetCheckError
 from u2net.engine import NonFiniteLossError, Trainer
 
+USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError)  # DatasetCheckError is a ValueError
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> dict:
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The user-facing cause of ``exc`` (Hydra wraps errors raised while building objects), if any."""
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc if isinstance(exc, USER_ERRORS) else None
+
+
+def build_and_fit(cfg: DictConfig) -> tuple[Trainer, dict]:
+    """Instantiate model, data, loss, optimizer, schedule and trainer from ``cfg`` and train."""
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model, _convert_="all")
     data = instantiate(cfg.data, _convert_="all")
     loss_fn = instantiate(cfg.loss, _convert_="all")
     optimizer = instantiate(cfg.optim, _convert_="all")(model.parameters())
     scheduler = instantiate(cfg.sched)(optimizer, total_steps=cfg.trainer.max_steps)
     trainer = Trainer(model, loss_fn, optimizer, scheduler, data, instantiate(cfg.trainer), run_config)
+    return trainer, trainer.fit(ckpt_path=cfg.ckpt_path)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> dict:
     try:
-        metrics = trainer.fit(ckpt_path=cfg.ckpt_path)
-    except (DatasetCheckError, NonFiniteLossError, FileNotFoundError) as exc:
-        sys.exit(f"error: {exc}")
+        trainer, metrics = build_and_fit(cfg)
+    except Exception as exc:
+        cause = _user_error(exc)
+        if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(f"error: {cause}")
     print(f"done at step {trainer.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     if trainer.initial_metrics and metrics:
         print(

@@ -215,3 +215,34 @@ def test_train_script_reports_bad_dataset_in_one_line(tmp_path) -> None:
     assert result.returncode == 1
     assert "error: dataset ECSSD: image folder" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_train_script_fine_tunes_from_official_weights(tmp_path) -> None:
+    source = u2net.create_model("u2netp")
+    official = tmp_path / "u2netp.pth"  # as saved by PyTorch 0.4: no num_batches_tracked
+    torch.save({k: v for k, v in source.state_dict().items() if "num_batches_tracked" not in k}, official)
+    done = subprocess.run(
+        _train_cli(tmp_path, f"model.weights={official}", "trainer.max_steps=1", "trainer.val_every=1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["config"]["model"]["weights"] == str(official)
+    # one Adam step moves each weight by at most ~lr: the run started from the official weights
+    start = source.state_dict()["stage1.rebnconvin.conv_s1.weight"]
+    assert (state["model"]["stage1.rebnconvin.conv_s1.weight"] - start).abs().max() < 2e-3
+
+    wrong = tmp_path / "u2net_wrong.pth"
+    torch.save({"stage1.rebnconv1.conv_s1.weight": torch.zeros(32, 64, 3, 3)}, wrong)
+    failed = subprocess.run(
+        _train_cli(tmp_path, f"model.weights={wrong}", f"hydra.run.dir={tmp_path / 'run2'}"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert failed.returncode == 1
+    last_line = failed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: {wrong}: does not fit model 'u2netp'") and "missing" in last_line
+    assert "Traceback" not in failed.stderr
