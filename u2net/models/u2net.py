@@ -76,7 +76,9 @@ class RSU(nn.Module):
         hx = getattr(self, f"rebnconv{self.height}")(hx)
         for i in range(self.height - 1, 0, -1):
             skip = skips[i - 1]
-            if hx.shape[2:] != skip.shape[2:]:
+            # Static structure (no shape test) so that traced/exported graphs stay valid for any size:
+            # below the bottom level, the non-dilated block's features are a pool level coarser.
+            if not self.dilated and i < self.height - 1:
                 hx = upsample_like(hx, skip)
             hx = getattr(self, f"rebnconv{i}d")(torch.cat((hx, skip), 1))
         return hx + hxin
