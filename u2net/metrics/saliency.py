@@ -1,205 +1,173 @@
-"""MAE and F-measure for salient-object detection, computed exactly as PySODMetrics does, but faster.
+"""Streaming salient-object metrics: one ``update`` per image, one ``results`` per dataset.
 
-Conventions (PySODMetrics' ``prepare_data``, itself MATLAB's ``mapminmax(im2double(pred))``): the prediction is a
-uint8 map divided by 255 and min-max normalised per image (a constant map is left at ``pred / 255``), the ground
-truth is ``gt > 128``.
+Metrics (definitions in the module that computes each; conventions are PySODMetrics': the uint8 prediction is divided
+by 255 and min-max normalised per image, the ground truth is ``gt > 128``):
 
-Why it is faster: a uint8 prediction has at most 256 distinct levels and the normalisation maps each level on its own,
-so one ``np.bincount`` of (gt, level) pairs plus a 256-entry look-up table of normalised values gives everything MAE and
-F-measure need, without building the H×W float image. The table is computed with the very same float operations
-as PySODMetrics, so the per-pixel values, the histogram bins and hence the PR curves are bit-identical; MAE and the
-mean used by the adaptive threshold are sums in another order (differences of ~1e-16).
+==============================  ==============================================================  ================
+key                             metric                                                          module
+==============================  ==============================================================  ================
+mae                             mean absolute error                                             pixelwise
+max_f, mean_f, adp_f            F-measure (β² = 0.3): max / mean of the F curve, adaptive       pixelwise
+wfm                             weighted F-measure (β² = 1)                                     structure
+sm                              S-measure (α = 0.5)                                             structure
+max_em, mean_em, adp_em         E-measure: max / mean of the E curve, adaptive                  pixelwise
+iou, dice                       IoU / Dice of ``pred > 0.5``                                    pixelwise
+max_iou, mean_iou, max_dice,    max / mean of the IoU / Dice curves over the 256 thresholds     pixelwise
+mean_dice
+relax_bf                        relaxed boundary F-measure (ρ = 3 px, β² = 0.3) of ``pred > 0.5``   boundary
+biou                            Boundary IoU (band = max(1, round(0.02 × diagonal))) of ``pred > 0.5``  boundary
+==============================  ==============================================================  ================
 
-Extending: a new metric gets the per-image :class:`PreparedPair` (``pair.pred`` / ``pair.gt`` give the full float
-and bool images, built lazily and once, for metrics that need the spatial layout: S-, E-measure, weighted F ...),
-computes its per-image score and keeps a running sum in :class:`SaliencyMetrics`, whose ``results()`` averages.
+Dataset scores follow PySODMetrics: curves (precision, recall, F, E, IoU, Dice; 256 entries, entry i = threshold
+255 - i) are averaged over images first and max / mean are taken on the averaged curve; every other score is the
+mean of the per-image scores. Wherever PySODMetrics defines a metric (all but relax_bf and biou) the values equal
+its ``MAE``, ``Fmeasure``, ``WeightedFmeasure``, ``Smeasure``, ``Emeasure`` and ``FmeasureV2`` (``IOUHandler`` /
+``DICEHandler``, dynamic and binary modes) to 1e-6; the one deviation is the S-measure of an image whose foreground
+centroid rounds to the last row or column, where PySODMetrics returns NaN and we return a finite score
+(see :mod:`u2net.metrics.structure`).
+
+Speed: everything comes from one pass over the image (:class:`~u2net.metrics.pair.PreparedPair`: 256-level
+histograms per ground-truth class and S-measure quadrant) plus the few spatial operations the weighted F-measure and
+the boundary metrics need, done with OpenCV. ``benchmarks/metrics_speed.py`` compares with PySODMetrics.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
-
 import numpy as np
 import torch
 
-__all__ = ["PreparedPair", "SaliencyMetrics", "evaluate_batch", "prepare_pair", "probabilities_to_uint8"]
+from .boundary import boundary_iou, relaxed_boundary_f
+from .pair import N_LEVELS, PreparedPair, prepare_pair
+from .pixelwise import (
+    ThresholdCounts,
+    adaptive_counts,
+    adaptive_em,
+    adaptive_f,
+    binary_iou_dice,
+    dice_curve,
+    e_curve,
+    f_curve,
+    iou_curve,
+    mae,
+)
+from .structure import s_measure, weighted_f_measure
 
-N_LEVELS = 256  # uint8 levels = PySODMetrics' 256 thresholds
-_LEVELS = np.arange(N_LEVELS) / 255  # im2double of every uint8 level; bit-identical to ``uint8_array / 255``
-_TIE_TOL = 1e-9  # far above the ~1e-13 summation error of a mean over an image, far below the 1/255 level spacing
+__all__ = [
+    "CURVE_KEYS",
+    "PER_IMAGE_KEYS",
+    "RESULT_KEYS",
+    "PreparedPair",
+    "SaliencyMetrics",
+    "evaluate_batch",
+    "prepare_pair",
+    "probabilities_to_uint8",
+]
 
+#: Scalar keys of :meth:`SaliencyMetrics.results` (``n_images`` first, then the issue's ``results.json`` order).
+RESULT_KEYS = (
+    "n_images", "mae", "max_f", "mean_f", "adp_f", "wfm", "sm", "max_em", "mean_em", "adp_em",
+    "iou", "dice", "max_iou", "max_dice", "relax_bf", "biou", "mean_iou", "mean_dice",
+)  # fmt: skip
+#: 256-entry curves of :meth:`SaliencyMetrics.results` (entry i = threshold 255 - i).
+CURVE_KEYS = ("precision", "recall", "f_curve", "e_curve", "iou_curve", "dice_curve")
+#: Keys of the per-image dict returned by :meth:`SaliencyMetrics.update` (max / mean over that image's own curves).
+PER_IMAGE_KEYS = tuple(k for k in RESULT_KEYS if k != "n_images")
 
-def _check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
-    for name, arr in (("pred", pred), ("gt", gt)):
-        if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 2:
-            desc = f"{type(arr).__name__} {getattr(arr, 'dtype', '')} {getattr(arr, 'shape', '')}"
-            raise TypeError(f"{name} must be a uint8 H×W numpy array (0..255), got {desc}")
-    if pred.shape != gt.shape:
-        raise ValueError(f"shape mismatch: pred {pred.shape} vs gt {gt.shape}")
-    if pred.size == 0:
-        raise ValueError(f"empty image {pred.shape}")
-
-
-def prepare_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 H×W pred and gt -> (float64 pred in [0,1] min-max normalised, bool gt) exactly like PySODMetrics.
-
-    This is the literal (full-image) reference path; :class:`SaliencyMetrics` uses the equivalent look-up table.
-    """
-    _check_pair(pred, gt)
-    gt_bool = gt > 128
-    pred_f = pred / 255
-    # A constant map cannot be stretched: PySODMetrics keeps it as pred/255 (so all-128 stays ~0.502, not 0 or 1).
-    if pred_f.max() != pred_f.min():
-        pred_f = (pred_f - pred_f.min()) / (pred_f.max() - pred_f.min())
-    return pred_f, gt_bool
-
-
-@dataclass
-class PreparedPair:
-    """One image pair reduced to what the metrics need; build with :meth:`from_uint8`.
-
-    ``lut[v]`` is the normalised value of uint8 level ``v`` and ``fg_hist`` / ``bg_hist`` count the pixels of each
-    level inside / outside the ground truth, so any per-pixel sum is a 256-term dot product.
-    """
-
-    pred_u8: np.ndarray  # H×W uint8, as given
-    gt_u8: np.ndarray  # H×W uint8, as given
-    lut: np.ndarray  # (256,) float64
-    fg_hist: np.ndarray  # (256,) int64
-    bg_hist: np.ndarray  # (256,) int64
-    n_pixels: int = field(init=False)
-    n_fg: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.n_pixels = int(self.pred_u8.size)
-        self.n_fg = int(self.fg_hist.sum())
-
-    @classmethod
-    def from_uint8(cls, pred: np.ndarray, gt: np.ndarray) -> PreparedPair:
-        _check_pair(pred, gt)
-        # One bincount over key = (gt > 128) << 8 | level: bg levels land in 0..255, fg levels in 256..511.
-        key = (gt > 128).view(np.uint8).astype(np.uint16) << 8
-        key |= pred
-        hist = np.bincount(key.ravel(), minlength=2 * N_LEVELS)
-        bg_hist, fg_hist = hist[:N_LEVELS], hist[N_LEVELS:]
-        present = np.flatnonzero(bg_hist + fg_hist)
-        lo, hi = _LEVELS[present[0]], _LEVELS[present[-1]]
-        # Same float operations, in the same order, as prepare_pair -> bit-identical per-pixel values.
-        lut = (_LEVELS - lo) / (hi - lo) if hi != lo else _LEVELS.copy()
-        return cls(pred, gt, lut, fg_hist, bg_hist)
-
-    @cached_property
-    def pred(self) -> np.ndarray:
-        """Full H×W float64 normalised prediction (equal to ``prepare_pair(...)[0]``), built on first use."""
-        return self.lut[self.pred_u8]
-
-    @cached_property
-    def gt(self) -> np.ndarray:
-        """Full H×W bool ground truth (``gt > 128``), built on first use."""
-        return self.gt_u8 > 128
-
-
-def _mae(pair: PreparedPair) -> float:
-    # |pred - 0| on background pixels, |pred - 1| on foreground ones (same expression PySODMetrics evaluates).
-    return float((pair.bg_hist @ pair.lut + pair.fg_hist @ np.abs(pair.lut - 1.0)) / pair.n_pixels)
-
-
-def _pr_curve(pair: PreparedPair, beta2: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision, recall, F at the 256 thresholds, index i = threshold 255 - i (PySODMetrics' ``cal_pr`` order)."""
-    # PySODMetrics bins (pred * 255).astype(uint8) with edges 0..256, i.e. bin = truncated value; the bin of a
-    # level depends only on the level, so re-bin the level histogram (the bin map is monotonic, no pixel is lost).
-    bins = (pair.lut * 255).astype(np.uint8)
-    fg = np.bincount(bins, weights=pair.fg_hist, minlength=N_LEVELS).astype(np.int64)
-    bg = np.bincount(bins, weights=pair.bg_hist, minlength=N_LEVELS).astype(np.int64)
-    # Pixels >= each threshold, from 255 down to 0, as PySODMetrics' flip + cumsum.
-    tps = np.cumsum(fg[::-1])
-    ps = tps + np.cumsum(bg[::-1])
-    ps[ps == 0] = 1  # nothing predicted at this threshold -> TP is 0 too, so precision 0 (PySODMetrics' choice)
-    precision = tps / ps
-    recall = tps / max(pair.n_fg, 1)  # empty gt -> recall 0 everywhere
-    numerator = (1 + beta2) * precision * recall
-    f = numerator / np.where(numerator == 0, 1, beta2 * precision + recall)
-    return precision, recall, f
-
-
-def _adaptive_f(pair: PreparedPair, beta2: float) -> float:
-    """F at threshold min(2 * mean(pred), 1), as PySODMetrics' ``cal_adaptive_fm``."""
-    raw = 2 * float(pair.lut @ (pair.fg_hist + pair.bg_hist)) / pair.n_pixels
-    present = pair.lut[(pair.fg_hist + pair.bg_hist) > 0]
-    if raw > 1 + _TIE_TOL:
-        thr = 1.0  # clipped: exact whichever way the mean is summed
-    elif np.any(np.abs(present - raw) <= _TIE_TOL):
-        # A level sits on the threshold (e.g. eleven 0s, one 85, two 255s: 2*mean == 85/255): ``>=`` then hinges on
-        # the last bit of the mean, so take it exactly as PySODMetrics does, from the full image with np.mean.
-        thr = min(2 * pair.pred.mean(), 1)
-    else:
-        thr = min(raw, 1.0)
-    above = pair.lut >= thr
-    intersection = int(pair.fg_hist[above].sum())
-    if intersection == 0:
-        return 0.0
-    precision = intersection / int((pair.fg_hist + pair.bg_hist)[above].sum())
-    recall = intersection / pair.n_fg
-    return float((1 + beta2) * precision * recall / (beta2 * precision + recall))
+_MEAN_KEYS = ("mae", "adp_f", "wfm", "sm", "adp_em", "iou", "dice", "relax_bf", "biou")  # per-image means
 
 
 class SaliencyMetrics:
-    """Streaming MAE and F-measure (β²=0.3): max, mean and adaptive F over 256 thresholds, plus the PR curve.
+    """Streaming salient-object metrics (see the module docstring for the list and the conventions).
 
-    Call :meth:`update` once per image and :meth:`results` once per dataset; dataset scores follow PySODMetrics:
-    MAE and adaptive F are means over images, the precision / recall / F curves are averaged over images first and
-    max F / mean F are the max / mean of the averaged F curve.
+    Call :meth:`update` once per image and :meth:`results` once per dataset. Only running sums are kept, so memory
+    stays O(256) however large the dataset.
+
+    Args:
+        beta2: β² of the F-measure and of the relaxed boundary F-measure (PySODMetrics calls it ``beta``).
+        wfm_beta2: β² of the weighted F-measure (PySODMetrics' ``WeightedFmeasure`` default: 1).
+        alpha: S-measure weight of the object score.
+        rho: relaxed boundary F-measure tolerance in px.
+        band_ratio: Boundary IoU band width as a fraction of the image diagonal.
     """
 
-    def __init__(self, beta2: float = 0.3):
-        self.beta2 = beta2  # PySODMetrics calls this ``beta`` but uses it as β²
+    def __init__(
+        self,
+        beta2: float = 0.3,
+        *,
+        wfm_beta2: float = 1.0,
+        alpha: float = 0.5,
+        rho: int = 3,
+        band_ratio: float = 0.02,
+    ):
+        self.beta2 = beta2
+        self.wfm_beta2 = wfm_beta2
+        self.alpha = alpha
+        self.rho = rho
+        self.band_ratio = band_ratio
         self.reset()
 
     def reset(self) -> None:
         """Forget all images."""
         self.n_images = 0
-        self._mae_sum = 0.0
-        self._adp_f_sum = 0.0
-        self._precision_sum = np.zeros(N_LEVELS)
-        self._recall_sum = np.zeros(N_LEVELS)
-        self._f_sum = np.zeros(N_LEVELS)
+        self._sums = dict.fromkeys(_MEAN_KEYS, 0.0)
+        self._curve_sums = {key: np.zeros(N_LEVELS) for key in CURVE_KEYS}
 
     def update(self, pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-        """pred, gt: uint8 H×W arrays of equal shape. Returns this image's own scores {"mae","max_f","adp_f"} (for
-        per-image reports)."""
+        """pred, gt: uint8 H×W arrays of equal shape (gt is foreground where > 128).
+
+        Returns this image's own scores as floats, keyed by :data:`PER_IMAGE_KEYS` (max_* / mean_* over this
+        image's curves), e.g. for a per-image CSV.
+        """
         pair = PreparedPair.from_uint8(pred, gt)
-        mae = _mae(pair)
-        precision, recall, f = _pr_curve(pair, self.beta2)
-        adp_f = _adaptive_f(pair, self.beta2)
-        # Only running sums are kept: memory stays O(256) however large the dataset.
+        counts = ThresholdCounts(pair)
+        precision, recall, f = f_curve(counts, self.beta2)
+        curves = {
+            "precision": precision,
+            "recall": recall,
+            "f_curve": f,
+            "e_curve": e_curve(counts),
+            "iou_curve": iou_curve(counts),
+            "dice_curve": dice_curve(counts),
+        }
+        tp, fp = adaptive_counts(pair)
+        iou, dice = binary_iou_dice(pair)
+        pred_bin = pair.pred_binary
+        scores = {
+            "mae": mae(pair),
+            "adp_f": adaptive_f(pair, tp, fp, self.beta2),
+            "wfm": weighted_f_measure(pair, self.wfm_beta2),
+            "sm": s_measure(pair, self.alpha),
+            "adp_em": adaptive_em(pair, tp, fp),
+            "iou": iou,
+            "dice": dice,
+            "relax_bf": relaxed_boundary_f(pred_bin, pair.gt, self.rho, self.beta2),
+            "biou": boundary_iou(pred_bin, pair.gt, self.band_ratio),
+        }
         self.n_images += 1
-        self._mae_sum += mae
-        self._adp_f_sum += adp_f
-        self._precision_sum += precision
-        self._recall_sum += recall
-        self._f_sum += f
-        return {"mae": mae, "max_f": float(f.max()), "adp_f": adp_f}
+        for key, value in scores.items():
+            self._sums[key] += value
+        for key, curve in curves.items():
+            self._curve_sums[key] += curve
+        per_image = {**scores, **_curve_summaries(curves)}
+        return {key: float(per_image[key]) for key in PER_IMAGE_KEYS}
 
     def results(self) -> dict:
-        """{"n_images", "mae", "max_f", "mean_f", "adp_f", "precision" (256,), "recall" (256,), "f_curve" (256,)}
-
-        Curves are indexed like PySODMetrics': entry i is threshold 255 - i (high threshold first).
-        """
+        """Dataset scores: the :data:`RESULT_KEYS` scalars (``n_images`` an int, the rest floats) and the
+        :data:`CURVE_KEYS` curves ((256,) float64 arrays, entry i = threshold 255 - i, high threshold first)."""
         if self.n_images == 0:
             raise RuntimeError("SaliencyMetrics.results() called before any update()")
         n = self.n_images
-        f_curve = self._f_sum / n
-        return {
-            "n_images": n,
-            "mae": self._mae_sum / n,
-            "max_f": float(f_curve.max()),
-            "mean_f": float(f_curve.mean()),
-            "adp_f": self._adp_f_sum / n,
-            "precision": self._precision_sum / n,
-            "recall": self._recall_sum / n,
-            "f_curve": f_curve,
-        }
+        curves = {key: total / n for key, total in self._curve_sums.items()}
+        scalars = {"n_images": n, **{key: total / n for key, total in self._sums.items()}, **_curve_summaries(curves)}
+        return {**{key: scalars[key] for key in RESULT_KEYS}, **curves}
+
+
+def _curve_summaries(curves: dict[str, np.ndarray]) -> dict[str, float]:
+    summary = {}
+    for name, key in (("f", "f_curve"), ("em", "e_curve"), ("iou", "iou_curve"), ("dice", "dice_curve")):
+        summary[f"max_{name}"] = float(curves[key].max())
+        summary[f"mean_{name}"] = float(curves[key].mean())
+    return summary
 
 
 def probabilities_to_uint8(prob: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..fileio import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,36 +107,32 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, 
     never leaves a truncated file behind.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            total = int(response.headers.get("Content-Length") or 0)
-            bar = None
-            if progress:
-                from tqdm import tqdm
+    with atomic_write(dest) as out, urllib.request.urlopen(url, timeout=60) as response:
+        total = int(response.headers.get("Content-Length") or 0)
+        bar = None
+        if progress:
+            from tqdm import tqdm
 
-                bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr)
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
+            bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr)
+        head = b""
+        digest = hashlib.sha256()
+        while chunk := response.read(1 << 20):
+            head = head or chunk[:512]
+            digest.update(chunk)
+            out.write(chunk)
             if bar is not None:
-                bar.close()
-        if sha256 is not None and (actual := sha256_of(tmp_name)) != sha256:
-            raise ValueError(f"{url}: checksum mismatch (expected sha256 {sha256}, got {actual})")
-        if _looks_like_html(tmp_name):
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise ValueError(f"{url}: checksum mismatch (expected sha256 {sha256}, got {digest.hexdigest()})")
+        if _looks_like_html(head):
             raise ValueError(f"{url}: the server returned a web page instead of a weights file")
-        shutil.move(tmp_name, dest)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     return dest
 
 
-def _looks_like_html(path: str) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(512).lstrip().lower()
+def _looks_like_html(head: bytes) -> bool:
+    head = head.lstrip().lower()
     return head.startswith(b"<!doctype html") or head.startswith(b"<html")
 
 

@@ -1,0 +1,118 @@
+"""Score a model (checkpoint, official .pth or .onnx) on dataset configs, or saved predictions against
+ground truth, with the field's metrics; write tables, per-image scores, curves and a gallery.
+
+    python evaluate.py weights=runs/.../checkpoints/best.pt datasets=[duts_te,ecssd,hku_is]
+    python evaluate.py pred_dir=rembg_masks gt_dir=data/DUTS-TE/DUTS-TE-Mask
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from u2net.data import collect_pairs, ensure_synthetic_dataset
+from u2net.evaluation import (
+    console_table,
+    score_folders,
+    score_model,
+    write_gallery,
+    write_per_image,
+    write_plots,
+    write_tables,
+)
+from u2net.inference import Predictor
+
+REPO = Path(__file__).resolve().parent
+
+
+def dataset_pairs(name: str, cfg: DictConfig) -> list:
+    """The (image, mask) pairs of the ``test`` sources of ``configs/data/<name>.yaml``."""
+    try:
+        overrides = [f"data={name}", f"paths.data_dir={cfg.paths.data_dir}", *cfg.dataset_overrides]
+        data_cfg = compose("train", overrides=overrides).data
+    except MissingConfigException:
+        known = sorted(p.stem for p in (REPO / "configs" / "data").glob("[!_]*.yaml"))
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(known)}") from None
+    data = instantiate(data_cfg, _convert_="all")
+    if data.synthetic:
+        options = dict(data.synthetic)
+        ensure_synthetic_dataset(Path(options.pop("root")), progress=cfg.progress, **options)
+    sources = data.test_sources or data.val_sources
+    return collect_pairs(sources, check=cfg.check, on_invalid=cfg.on_invalid, progress=cfg.progress)
+
+
+def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
+    """Run the evaluation ``cfg`` describes and write its reports into ``out_dir``."""
+    model_info = None
+    if cfg.pred_dir:
+        if not cfg.gt_dir:
+            raise ValueError("pred_dir needs gt_dir (the ground-truth masks to score against)")
+        results = [score_folders(cfg.pred_dir, cfg.gt_dir, "pred_dir", cfg.image_dir, cfg.gallery_count, cfg.progress)]
+        label = Path(cfg.pred_dir).name
+    elif cfg.weights:
+        predictor = Predictor.from_path(cfg.weights, cfg.device, cfg.precision, cfg.image_size)
+        results = []
+        for name in cfg.datasets:
+            pairs = dataset_pairs(name, cfg)
+            save_dir = out_dir / "predictions" / name if cfg.save_predictions else None
+            results.append(
+                score_model(
+                    predictor, pairs, name, cfg.batch_size, cfg.num_workers, save_dir, cfg.gallery_count, cfg.progress
+                )
+            )
+        info = predictor.info
+        model_info = {"model": info.name, "weights": info.source, "backend": info.backend, **info.extra}
+        if info.parameters is not None:
+            model_info["parameters"] = f"{info.parameters:,}"
+        if info.size_mb is not None:
+            model_info["size_mb"] = round(info.size_mb, 2)
+        model_info["input_size"] = predictor.input_size
+        if cfg.latency_runs > 0:
+            speed = predictor.measure_latency(runs=cfg.latency_runs)
+            model_info["latency_ms"] = round(speed["latency_ms"], 2)
+            model_info["images_per_s"] = round(speed["images_per_s"], 2)
+            model_info["threads"] = torch.get_num_threads()
+        label = Path(cfg.weights).stem
+    else:
+        raise ValueError("nothing to score: give weights=PATH (a model) or pred_dir=DIR gt_dir=DIR (saved predictions)")
+
+    table = write_tables(results, out_dir, model_info)
+    write_per_image(results, out_dir / "per_image.csv")
+    write_plots([(f"{label} · {r.name}", r.summary) for r in results], out_dir)
+    write_gallery(results, out_dir / "gallery.png", cfg.gallery_count)
+
+    if model_info:
+        print("  ".join(f"{k}={v}" for k, v in model_info.items()))
+    print(console_table(results))
+    for r in results:
+        print(f"{r.name}: {r.summary['n_images']} image(s) scored, {len(r.failures)} problem(s)")
+        for message in r.failures[:20]:
+            print(f"  {message}")
+        if len(r.failures) > 20:
+            print(f"  ... and {len(r.failures) - 20} more")
+    print(f"results in {out_dir}")
+    return table
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+def main(cfg: DictConfig) -> dict:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return evaluate(cfg, out_dir)
+    except (ValueError, FileNotFoundError) as exc:  # bad input from the user: one line, no traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

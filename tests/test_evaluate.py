@@ -1,0 +1,173 @@
+"""evaluate.py: folder mode, model mode (PyTorch and ONNX), the reports, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import u2net
+from u2net.evaluation import RESULT_KEYS, pair_predictions, score_folders
+from u2net.inference import Predictor
+from u2net.metrics import SaliencyMetrics
+
+from .conftest import REPO
+
+REPORT_FILES = ("results.json", "results.csv", "results.md", "per_image.csv", "pr_curve.png", "f_threshold.png")
+
+
+def _evaluate(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "evaluate.py"), f"hydra.run.dir={tmp_path / 'eval'}", "progress=false"]
+    return subprocess.run([*command, *overrides], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def _masks(folder, count=4, size=(40, 30), shift=0, mode="L"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        mask = np.zeros((size[1], size[0]), np.uint8)
+        mask[5 + i : 20 + i, 8 + shift : 30 + shift] = 255
+        if mode == "RGBA":  # a cut-out, as rembg writes it: the alpha is the mask
+            rgba = np.zeros((*mask.shape, 4), np.uint8)
+            rgba[..., :3] = 200
+            rgba[..., 3] = mask
+            Image.fromarray(rgba).save(folder / f"img{i}.png")
+        else:
+            Image.fromarray(mask).save(folder / f"img{i}.png")
+
+
+def test_folder_mode_scores_like_the_metrics(tmp_path) -> None:
+    _masks(tmp_path / "gt")
+    _masks(tmp_path / "pred", shift=2, mode="RGBA")
+    result = score_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
+    reference = SaliencyMetrics()
+    for i in range(4):
+        pred = np.asarray(Image.open(tmp_path / "pred" / f"img{i}.png"))[..., 3]
+        reference.update(pred, np.asarray(Image.open(tmp_path / "gt" / f"img{i}.png")))
+    assert result.summary["n_images"] == 4
+    assert result.summary["mae"] == pytest.approx(reference.results()["mae"], abs=1e-12)
+    assert 0 < result.summary["mae"] < 0.2
+
+
+def test_folder_mode_problems_are_reported(tmp_path) -> None:
+    _masks(tmp_path / "gt", count=4)
+    _masks(tmp_path / "pred", count=3, size=(80, 60))  # img3 missing; the rest of another size
+    (tmp_path / "pred" / "img2.png").write_text("not an image")
+    (tmp_path / "pred" / "extra.png").write_bytes((tmp_path / "pred" / "img0.png").read_bytes())
+    with pytest.warns(UserWarning, match="2 prediction\\(s\\) had another size"):
+        result = score_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
+    assert result.summary["n_images"] == 2
+    text = "\n".join(result.failures)
+    assert "img3.png: no prediction with this stem" in text
+    assert "img2.png: unreadable prediction" in text
+    assert "1 prediction(s) without ground truth ignored" in text
+    with pytest.raises(FileNotFoundError, match="nowhere: prediction folder does not exist"):
+        pair_predictions(tmp_path / "nowhere", tmp_path / "gt")
+
+
+def test_folder_mode_cli_writes_every_report(tmp_path) -> None:
+    _masks(tmp_path / "gt")
+    _masks(tmp_path / "pred", shift=3)
+    done = _evaluate(tmp_path, f"pred_dir={tmp_path / 'pred'}", f"gt_dir={tmp_path / 'gt'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "eval"
+    for name in (*REPORT_FILES, "gallery.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == ["pred_dir"]
+    assert list(results["pred_dir"]) == list(RESULT_KEYS)
+    assert results["pred_dir"]["n_images"] == 4
+    assert all(isinstance(results["pred_dir"][k], float) for k in ("mae", "max_f", "mean_f", "adp_f"))
+    assert "pred_dir: 4 image(s) scored" in done.stdout and "maxFβ" in done.stdout
+    rows = (out / "per_image.csv").read_text().splitlines()
+    assert rows[0].startswith("dataset,name,image,") and len(rows) == 5
+
+
+def _checkpoint(tmp_path) -> tuple:
+    model = u2net.create_model("u2netp")
+    ckpt = tmp_path / "model.pt"
+    preprocessing = {"image_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    torch.save({"model": model.state_dict(), "model_name": "u2netp", "preprocessing": preprocessing}, ckpt)
+    return model.eval(), ckpt
+
+
+SMALL_SYNTHETIC = "dataset_overrides=['data.synthetic.num_train=4','data.synthetic.num_val=6']"
+
+
+def test_model_mode_on_synthetic_with_saved_predictions(tmp_path) -> None:
+    _, ckpt = _checkpoint(tmp_path)
+    done = _evaluate(
+        tmp_path,
+        f"weights={ckpt}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        SMALL_SYNTHETIC,
+        "save_predictions=true",
+        "latency_runs=2",
+        "num_workers=0",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "eval"
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == ["synthetic"] and results["synthetic"]["n_images"] == 6
+    assert list(results["synthetic"]) == list(RESULT_KEYS)
+    for name in (*REPORT_FILES, "gallery.png"):
+        assert (out / name).is_file(), name
+    saved = sorted((out / "predictions" / "synthetic").glob("*.png"))
+    masks = sorted((tmp_path / "data" / "synthetic" / "DUTS-TE" / "DUTS-TE-Mask").glob("*.png"))
+    assert [p.name for p in saved] == [p.name for p in masks]
+    # predictions are written at each image's own size
+    assert all(Image.open(p).size == Image.open(m).size for p, m in zip(saved, masks))
+    assert "parameters=1,131,181" in done.stdout and "latency_ms=" in done.stdout and "input_size=64" in done.stdout
+    # scoring the saved PNGs in folder mode gives the same numbers as model mode
+    again = score_folders(out / "predictions" / "synthetic", masks[0].parent, progress=False)
+    assert again.summary["mae"] == pytest.approx(results["synthetic"]["mae"], abs=1e-9)
+    assert again.summary["max_f"] == pytest.approx(results["synthetic"]["max_f"], abs=1e-9)
+
+
+def test_onnx_model_matches_pytorch(tmp_path) -> None:
+    model, ckpt = _checkpoint(tmp_path)
+
+    class Probabilities(torch.nn.Module):  # what an exported U²-Net (ours or rembg's) outputs
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return tuple(torch.sigmoid(o) for o in self.net(x))
+
+    onnx_path = tmp_path / "model.onnx"
+    torch.onnx.export(
+        Probabilities(model),
+        torch.randn(1, 3, 64, 64),
+        str(onnx_path),
+        input_names=["input"],
+        dynamic_axes={"input": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    from_onnx = Predictor.from_path(onnx_path)
+    from_torch = Predictor.from_path(ckpt, device="cpu")
+    assert from_onnx.input_size == 64  # fixed by the graph
+    np.testing.assert_allclose(from_onnx.predict(image), from_torch.predict(image), atol=1e-4)
+    assert from_onnx.predict(image).shape == (50, 70)
+
+
+def test_bad_input_gives_one_line_errors(tmp_path) -> None:
+    nothing = _evaluate(tmp_path)
+    assert nothing.returncode == 1 and nothing.stderr.strip().endswith(
+        "error: nothing to score: give weights=PATH (a model) or pred_dir=DIR gt_dir=DIR (saved predictions)"
+    )
+    missing = _evaluate(tmp_path, f"weights={tmp_path / 'nope.pt'}")
+    assert missing.returncode == 1 and "nope.pt: weights file not found" in missing.stderr
+    _, ckpt = _checkpoint(tmp_path)
+    unknown = _evaluate(tmp_path, f"weights={ckpt}", "datasets=[imagenet]")
+    assert unknown.returncode == 1 and "unknown dataset 'imagenet'; available:" in unknown.stderr
+    no_gt = _evaluate(tmp_path, f"pred_dir={tmp_path}")
+    assert no_gt.returncode == 1 and "pred_dir needs gt_dir" in no_gt.stderr
+    for result in (nothing, missing, unknown, no_gt):
+        assert "Traceback" not in result.stderr

@@ -1,0 +1,155 @@
+"""Reports of an evaluation: JSON/CSV/Markdown tables, a per-image CSV, plots and a worst-case gallery."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..fileio import atomic_write, write_image, write_text
+from .runner import DatasetResult
+
+# The keys of results.json, in the order of the tables.
+RESULT_KEYS = (
+    "n_images", "mae", "max_f", "mean_f", "adp_f", "wfm", "sm", "max_em", "mean_em", "adp_em",
+    "iou", "dice", "max_iou", "max_dice", "relax_bf", "biou",
+)  # fmt: skip
+# Columns of the console table, as in the U²-Net paper's comparison plus the newer measures.
+TABLE_COLUMNS = (
+    ("max_f", "maxFβ↑"), ("mae", "MAE↓"), ("wfm", "Fwβ↑"), ("sm", "Sα↑"), ("max_em", "Emξ↑"),
+    ("relax_bf", "relaxFβb↑"), ("iou", "IoU↑"), ("biou", "BIoU↑"),
+)  # fmt: skip
+
+
+def summary_row(result: DatasetResult) -> dict:
+    """The results.json object of one dataset (scalars only, in ``RESULT_KEYS`` order)."""
+    row = {}
+    for key in RESULT_KEYS:
+        value = result.summary.get(key)
+        row[key] = int(value) if key == "n_images" else (None if value is None else float(value))
+    return row
+
+
+def write_tables(results: Sequence[DatasetResult], out_dir: str | Path, model: dict | None = None) -> dict:
+    """results.json, results.csv and results.md in ``out_dir``; returns the JSON object."""
+    out_dir = Path(out_dir)
+    table = {r.name: summary_row(r) for r in results}
+    write_text(out_dir / "results.json", json.dumps(table, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["dataset", *RESULT_KEYS])
+    for name, row in table.items():
+        writer.writerow([name, *(_plain(row[k]) for k in RESULT_KEYS)])
+    write_text(out_dir / "results.csv", buffer.getvalue())
+    markdown = markdown_table(results)
+    if model:
+        markdown = "\n".join(f"- **{k}**: {v}" for k, v in model.items()) + "\n\n" + markdown
+    write_text(out_dir / "results.md", markdown)
+    return table
+
+
+def _plain(value) -> str:
+    return "" if value is None else (str(value) if isinstance(value, int) else f"{value:.6f}")
+
+
+def markdown_table(results: Sequence[DatasetResult]) -> str:
+    """Datasets × metrics, as in the paper."""
+    header = "| dataset | images | " + " | ".join(label for _, label in TABLE_COLUMNS) + " |"
+    lines = [header, "|---|---:|" + "---:|" * len(TABLE_COLUMNS)]
+    for r in results:
+        cells = [_fmt(r.summary.get(key)) for key, _ in TABLE_COLUMNS]
+        lines.append(f"| {r.name} | {r.summary['n_images']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def console_table(results: Sequence[DatasetResult]) -> str:
+    """A fixed-width text table for the terminal."""
+    labels = ["dataset", "images", *(label for _, label in TABLE_COLUMNS)]
+    rows = [
+        [r.name, str(r.summary["n_images"]), *(_fmt(r.summary.get(key)) for key, _ in TABLE_COLUMNS)] for r in results
+    ]
+    widths = [max(len(labels[i]), *(len(row[i]) for row in rows)) for i in range(len(labels))]
+    line = "  ".join(label.rjust(w) if i else label.ljust(w) for i, (label, w) in enumerate(zip(labels, widths)))
+    body = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    return "\n".join([line, "-" * len(line), *body])
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def write_per_image(results: Sequence[DatasetResult], path: str | Path) -> Path:
+    """One row per image and dataset, sorted worst MAE first, to find failure cases."""
+    rows = sorted((row for r in results for row in r.per_image), key=lambda row: -row["mae"])
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_write(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return Path(path)
+
+
+def write_plots(curves: Sequence[tuple[str, dict]], out_dir: str | Path) -> list[Path]:
+    """PR curves and F-measure against threshold, one line per (label, summary); PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written = []
+    thresholds = np.arange(255, -1, -1)  # curve entry i is threshold 255 - i (PySODMetrics' order)
+    for file_name, draw in (
+        ("pr_curve.png", lambda ax, s: ax.plot(s["recall"], s["precision"])),
+        ("f_threshold.png", lambda ax, s: ax.plot(thresholds, s["f_curve"])),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+        for label, summary in curves:
+            draw(ax, summary)[0].set_label(label)
+        if file_name == "pr_curve.png":
+            ax.set(xlabel="recall", ylabel="precision", title="Precision–recall", xlim=(0, 1), ylim=(0, 1.02))
+        else:
+            ax.set(xlabel="threshold", ylabel="F-measure (β²=0.3)", title="F-measure vs threshold", xlim=(0, 255))
+            ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+        fig.tight_layout()
+        with atomic_write(out_dir / file_name) as f:
+            fig.savefig(f, format="png")
+        plt.close(fig)
+        written.append(out_dir / file_name)
+    return written
+
+
+def write_gallery(
+    results: Sequence[DatasetResult], path: str | Path, count: int = 12, height: int = 128
+) -> Path | None:
+    """The ``count`` worst images by MAE over all datasets: image | ground truth | prediction per row."""
+    worst = sorted(((r.name, w) for r in results for w in r.worst), key=lambda item: -item[1]["mae"])[:count]
+    if not worst:
+        return None
+    rows = []
+    for dataset, item in worst:
+        gt, pred = item["gt"], item["pred"]
+        tiles = [] if item["image"] is None else [_thumb(item["image"], height)]
+        tiles += [_thumb(np.repeat(gt[..., None], 3, 2), height), _thumb(np.repeat(pred[..., None], 3, 2), height)]
+        row = np.concatenate([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles], axis=1)
+        label = f"{dataset}/{item['name']}  MAE {item['mae']:.3f}"
+        banner = np.full((20, row.shape[1], 3), 255, np.uint8)
+        cv2.putText(banner, label, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        rows.append(np.concatenate([banner, row], axis=0))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return write_image(path, np.concatenate(rows, axis=0))
+
+
+def _thumb(image: np.ndarray, height: int) -> np.ndarray:
+    width = max(1, round(image.shape[1] * height / image.shape[0]))
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)

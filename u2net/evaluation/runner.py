@@ -1,0 +1,200 @@
+"""Scoring: a model on image/mask pairs, or saved predictions against ground-truth folders.
+
+Both paths feed the same streaming :class:`~u2net.metrics.SaliencyMetrics` (also used by training
+validation), keep per-image scores for the report, and keep the worst images for a gallery.
+A file that cannot be read is reported and skipped; the batch goes on.
+"""
+
+from __future__ import annotations
+
+import heapq
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.io import list_images, read_image, read_mask
+from ..fileio import write_image
+from ..inference.predictor import Predictor
+from ..metrics import SaliencyMetrics, probabilities_to_uint8
+
+
+@dataclass
+class DatasetResult:
+    """Scores of one dataset: the metric summary, one row per image, the worst cases, and failures."""
+
+    name: str
+    summary: dict
+    per_image: list[dict] = field(default_factory=list)
+    worst: list[dict] = field(default_factory=list)  # {"name", "mae", "image", "gt", "pred"}, worst first
+    failures: list[str] = field(default_factory=list)
+
+
+class _WorstImages:
+    """The ``k`` images with the highest MAE seen so far (kept small: they feed a gallery)."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.heap, self.counter = k, [], 0
+
+    def offer(self, mae: float, payload_fn) -> None:
+        if self.k <= 0:
+            return
+        self.counter += 1
+        if len(self.heap) < self.k:
+            heapq.heappush(self.heap, (mae, self.counter, payload_fn()))
+        elif mae > self.heap[0][0]:
+            heapq.heapreplace(self.heap, (mae, self.counter, payload_fn()))
+
+    def sorted(self) -> list[dict]:
+        return [payload for _, _, payload in sorted(self.heap, key=lambda item: -item[0])]
+
+
+def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
+    """A [0, 1] float mask as the uint8 image it would be saved as."""
+    return np.round(mask * 255).astype(np.uint8)
+
+
+class _ScoringSet(Dataset):
+    """Images preprocessed for the model, with their ground truth at full size; failures are returned, not raised."""
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], predictor: Predictor) -> None:
+        self.pairs, self.predictor = list(pairs), predictor
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        image_path, gt_path = self.pairs[index]
+        try:
+            image = read_image(image_path)
+        except Exception as exc:
+            return {"error": f"{image_path}: unreadable image ({type(exc).__name__}: {exc})"}
+        try:
+            gt = mask_to_uint8(read_mask(gt_path))
+        except Exception as exc:
+            return {"error": f"{gt_path}: unreadable mask ({type(exc).__name__}: {exc})"}
+        if gt.shape != image.shape[:2]:
+            return {"error": f"{gt_path}: mask size {gt.shape[::-1]} differs from its image {image.shape[1::-1]}"}
+        return {"input": self.predictor.preprocess(image), "gt": gt, "index": index}
+
+
+def _collate(items: list[dict]) -> list[dict]:
+    return items
+
+
+def score_model(
+    predictor: Predictor,
+    pairs: Sequence[tuple[Path, Path]],
+    name: str,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    save_dir: str | Path | None = None,
+    worst_count: int = 12,
+    progress: bool = True,
+) -> DatasetResult:
+    """Predict every pair's image, resize the prediction to the image's own size, and score it.
+
+    With ``save_dir``, each prediction is written as ``save_dir/<stem>.png`` (8-bit, atomically).
+    """
+    from tqdm import tqdm
+
+    metrics, worst = SaliencyMetrics(), _WorstImages(worst_count)
+    result = DatasetResult(name, {})
+    loader = DataLoader(
+        _ScoringSet(pairs, predictor), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+    )
+    with tqdm(total=len(pairs), desc=f"scoring {name}", unit="img", disable=not progress) as bar:
+        for items in loader:
+            good = [item for item in items if "error" not in item]
+            result.failures.extend(item["error"] for item in items if "error" in item)
+            if good:
+                batch = np.stack([item["input"] for item in good])
+                probs = predictor.predict_batch(batch, [item["gt"].shape for item in good])
+                for item, prob in zip(good, probs):
+                    image_path, gt_path = pairs[item["index"]]
+                    pred = probabilities_to_uint8(prob)
+                    if save_dir is not None:
+                        write_image(Path(save_dir) / f"{Path(image_path).stem}.png", pred)
+                    _record(result, metrics, worst, image_path, gt_path, pred, item["gt"])
+            bar.update(len(items))
+    return _finish(result, metrics, worst)
+
+
+def _record(result, metrics, worst, image_path, gt_path, pred: np.ndarray, gt: np.ndarray) -> None:
+    scores = metrics.update(pred, gt)
+    stem = Path(gt_path).stem
+    result.per_image.append({"dataset": result.name, "name": stem, "image": str(image_path), **scores})
+
+    def payload() -> dict:
+        image = read_image(image_path) if image_path is not None else None
+        return {"name": stem, "mae": scores["mae"], "image": image, "gt": gt, "pred": pred}
+
+    worst.offer(scores["mae"], payload)
+
+
+def _finish(result: DatasetResult, metrics: SaliencyMetrics, worst: _WorstImages) -> DatasetResult:
+    if metrics.n_images == 0:
+        raise ValueError(f"{result.name}: no image could be scored ({len(result.failures)} failed)")
+    result.summary = metrics.results()
+    result.worst = worst.sorted()
+    return result
+
+
+def pair_predictions(pred_dir: str | Path, gt_dir: str | Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Pair prediction and ground-truth files by stem; returns (pairs, messages about unpaired files)."""
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for folder, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: {what} folder does not exist")
+    preds = {p.stem: p for p in list_images(pred_dir)}
+    gts = {p.stem: p for p in list_images(gt_dir)}
+    pairs = [(preds[stem], gts[stem]) for stem in sorted(gts) if stem in preds]
+    messages = [f"{gts[stem]}: no prediction with this stem in {pred_dir}" for stem in sorted(gts) if stem not in preds]
+    extra = sorted(set(preds) - set(gts))
+    if extra:
+        messages.append(f"{pred_dir}: {len(extra)} prediction(s) without ground truth ignored (e.g. {extra[0]})")
+    if not pairs:
+        raise ValueError(f"no prediction in {pred_dir} has a ground truth with the same stem in {gt_dir}")
+    return pairs, messages
+
+
+def score_folders(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    name: str = "pred_dir",
+    image_dir: str | Path | None = None,
+    worst_count: int = 12,
+    progress: bool = True,
+) -> DatasetResult:
+    """Score saved predictions (any tool's: grayscale masks, or RGBA cut-outs by their alpha) against
+    ground truth. A prediction of another size is resized to the ground truth's, with a warning."""
+    from tqdm import tqdm
+
+    pairs, messages = pair_predictions(pred_dir, gt_dir)
+    metrics, worst = SaliencyMetrics(), _WorstImages(worst_count)
+    result = DatasetResult(name, {}, failures=messages)
+    images = {p.stem: p for p in list_images(image_dir)} if image_dir else {}
+    resized = 0
+    for pred_path, gt_path in tqdm(pairs, desc=f"scoring {name}", unit="img", disable=not progress):
+        try:
+            pred = read_mask(pred_path)
+        except Exception as exc:
+            result.failures.append(f"{pred_path}: unreadable prediction ({type(exc).__name__}: {exc})")
+            continue
+        try:
+            gt = mask_to_uint8(read_mask(gt_path))
+        except Exception as exc:
+            result.failures.append(f"{gt_path}: unreadable ground truth ({type(exc).__name__}: {exc})")
+            continue
+        if pred.shape != gt.shape:
+            resized += 1
+            pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+        _record(result, metrics, worst, images.get(gt_path.stem), gt_path, mask_to_uint8(pred), gt)
+    if resized:
+        message = f"{name}: {resized} prediction(s) had another size than their ground truth and were resized"
+        warnings.warn(message, stacklevel=2)
+    return _finish(result, metrics, worst)

@@ -1,0 +1,194 @@
+"""Mask prediction with exactly the validation preprocessing, on PyTorch or ONNX Runtime.
+
+``Predictor.from_path(path)`` accepts our checkpoints, official ``.pth`` files, pretrained tags and
+``.onnx`` files; ``predict(image)`` maps an H×W×3 uint8 image to an H×W float32 probability map at
+the image's own size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..data.transforms import eval_transform
+from ..models.pretrained import IMAGENET_MEAN, IMAGENET_STD
+
+DEFAULT_PREPROCESSING = {
+    "image_size": 320,
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+    "normalization": "max",
+    "interpolation": "linear",
+}
+
+
+@dataclass
+class ModelInfo:
+    """What a report says about the model being scored."""
+
+    name: str
+    source: str
+    backend: str
+    parameters: int | None = None
+    size_mb: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class TorchBackend:
+    """Runs a PyTorch U²-Net; returns probabilities of the fused output."""
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
+        from ..engine.utils import autocast_context, pick_device, resolve_precision
+
+        self.device = pick_device(str(device)) if isinstance(device, str) else device
+        self.precision = resolve_precision(precision, self.device)
+        self._autocast = lambda: autocast_context(self.device, self.precision)
+        self.model = model.to(self.device).eval()
+        self.fixed_size: int | None = None
+        self.max_batch: int | None = None
+
+    @torch.no_grad()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """N×3×S×S float32 normalised images -> N×S×S float32 probabilities."""
+        x = torch.from_numpy(batch).to(self.device)
+        with self._autocast():
+            fused = self.model(x)[0]
+        return torch.sigmoid(fused.float())[:, 0].cpu().numpy()
+
+
+class OnnxBackend:
+    """Runs an ONNX U²-Net (ours, or rembg's u2net/u2netp/u2net_human_seg) with ONNX Runtime.
+
+    Output 0 is taken as the mask. Files that output logits instead of probabilities are detected
+    (values outside [0, 1]) and passed through a sigmoid.
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        wanted = providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), providers=[p for p in wanted if p in available])
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        batch_dim, _, height, width = model_input.shape
+        self.max_batch = batch_dim if isinstance(batch_dim, int) else None
+        self.fixed_size = height if isinstance(height, int) and height == width else None
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.providers = self.session.get_providers()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """N×3×S×S float32 normalised images -> N×S×S float32 probabilities."""
+        step = self.max_batch or len(batch)
+        outputs = [
+            self.session.run(None, {self.input_name: batch[i : i + step]})[0] for i in range(0, len(batch), step)
+        ]
+        probs = np.concatenate(outputs)[:, 0].astype(np.float32)
+        if probs.size and (probs.min() < 0 or probs.max() > 1):
+            probs = 1.0 / (1.0 + np.exp(-probs))
+        return probs
+
+
+class Predictor:
+    """Preprocess like validation, run a backend, resize the fused probability map back.
+
+    ``preprocessing`` holds ``image_size``, ``mean``, ``std``, ``normalization`` and
+    ``interpolation`` (what training validated with; stored in our checkpoints).
+    """
+
+    def __init__(self, backend, preprocessing: dict | None = None, info: ModelInfo | None = None) -> None:
+        self.backend = backend
+        self.preprocessing = {**DEFAULT_PREPROCESSING, **(preprocessing or {})}
+        if backend.fixed_size is not None:
+            self.preprocessing["image_size"] = backend.fixed_size
+        self.transform = eval_transform(**self.preprocessing)
+        self.info = info or ModelInfo("unknown", "", type(backend).__name__)
+
+    @classmethod
+    def from_path(
+        cls, path: str | os.PathLike, device: str = "auto", precision: str = "fp32", image_size: int | None = None
+    ) -> Predictor:
+        """A predictor for a checkpoint, official ``.pth``, pretrained tag or ``.onnx`` file."""
+        source = str(path)
+        overrides = {"image_size": image_size} if image_size else {}
+        if source.lower().endswith(".onnx"):
+            if not Path(source).is_file():
+                raise FileNotFoundError(f"{source}: ONNX file not found")
+            backend = OnnxBackend(source)
+            meta = backend.metadata
+            preprocessing = {k: _parse_meta(meta[k]) for k in DEFAULT_PREPROCESSING if k in meta}
+            info = ModelInfo(meta.get("model_name", Path(source).stem), source, "onnxruntime", size_mb=_file_mb(source))
+            info.extra["providers"] = backend.providers
+            return cls(backend, {**preprocessing, **overrides}, info)
+
+        from ..models.weights import load_model, read_checkpoint
+
+        checkpoint = read_checkpoint(source)
+        model = load_model(source)
+        preprocessing = dict(checkpoint.get("preprocessing") or {})
+        parameters = sum(p.numel() for p in model.parameters())
+        # The weights themselves (float32 state dict), not the file: checkpoints also hold optimizer state.
+        size = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+        info = ModelInfo(getattr(model, "model_name", "u2net"), source, "pytorch", parameters, size)
+        backend = TorchBackend(model, device, precision)
+        info.extra["device"] = str(backend.device)
+        return cls(backend, {**preprocessing, **overrides}, info)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.preprocessing["image_size"])
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """H×W×3 uint8 -> 3×S×S float32, exactly as in validation."""
+        tensor, _ = self.transform(image, np.zeros(image.shape[:2], np.float32))
+        return tensor.numpy()
+
+    def predict_batch(self, batch: np.ndarray, sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
+        """N×3×S×S preprocessed images -> N probability maps, each resized to ``sizes[i]`` = (h, w)."""
+        probs = self.backend(np.ascontiguousarray(batch, dtype=np.float32))
+        if sizes is None:
+            return list(probs)
+        return [resize_probability(p, size) for p, size in zip(probs, sizes)]
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """H×W×3 uint8 image -> H×W float32 probabilities in [0, 1]."""
+        return self.predict_batch(self.preprocess(image)[None], [image.shape[:2]])[0]
+
+    def measure_latency(self, runs: int = 10, warmup: int = 2, batch_size: int = 1) -> dict[str, float]:
+        """Seconds per forward pass at the input size (``batch_size`` images), and images per second."""
+        x = np.random.default_rng(0).standard_normal((batch_size, 3, self.input_size, self.input_size))
+        x = x.astype(np.float32)
+        for _ in range(warmup):
+            self.backend(x)
+        started = time.perf_counter()
+        for _ in range(runs):
+            self.backend(x)
+        seconds = (time.perf_counter() - started) / runs
+        return {"latency_ms": 1000 * seconds / batch_size, "images_per_s": batch_size / seconds}
+
+
+def resize_probability(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize an S×S probability map to ``size`` = (h, w)."""
+    if prob.shape == tuple(size):
+        return prob
+    return np.clip(cv2.resize(prob, (size[1], size[0]), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+
+
+def _file_mb(path: str) -> float:
+    return Path(path).stat().st_size / 2**20
+
+
+def _parse_meta(value: str):
+    import json
+
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
