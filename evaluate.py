@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -22,6 +23,7 @@ from omegaconf import DictConfig
 from u2net.data import collect_pairs, ensure_synthetic_dataset
 from u2net.evaluation import (
     console_table,
+    markdown_table,
     score_folders,
     score_model,
     write_gallery,
@@ -29,6 +31,7 @@ from u2net.evaluation import (
     write_plots,
     write_tables,
 )
+from u2net.fileio import write_text
 from u2net.inference import Predictor
 
 REPO = Path(__file__).resolve().parent
@@ -50,46 +53,39 @@ def dataset_pairs(name: str, cfg: DictConfig) -> list:
     return collect_pairs(sources, check=cfg.check, on_invalid=cfg.on_invalid, progress=cfg.progress)
 
 
-def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
-    """Run the evaluation ``cfg`` describes and write its reports into ``out_dir``."""
-    model_info = None
-    if cfg.pred_dir:
-        if not cfg.gt_dir:
-            raise ValueError("pred_dir needs gt_dir (the ground-truth masks to score against)")
-        results = [score_folders(cfg.pred_dir, cfg.gt_dir, "pred_dir", cfg.image_dir, cfg.gallery_count, cfg.progress)]
-        label = Path(cfg.pred_dir).name
-    elif cfg.weights:
-        predictor = Predictor.from_path(cfg.weights, cfg.device, cfg.precision, cfg.image_size)
-        results = []
-        for name in cfg.datasets:
-            pairs = dataset_pairs(name, cfg)
-            save_dir = out_dir / "predictions" / name if cfg.save_predictions else None
-            results.append(
-                score_model(
-                    predictor, pairs, name, cfg.batch_size, cfg.num_workers, save_dir, cfg.gallery_count, cfg.progress
-                )
+def score_weights(weights: str, cfg: DictConfig, out_dir: Path) -> tuple[list, dict]:
+    """Score one model on every dataset of ``cfg.datasets``; returns the results and the model's facts."""
+    predictor = Predictor.from_path(weights, cfg.device, cfg.precision, cfg.image_size)
+    results = []
+    for name in cfg.datasets:
+        pairs = dataset_pairs(name, cfg)
+        save_dir = out_dir / "predictions" / name if cfg.save_predictions else None
+        results.append(
+            score_model(
+                predictor, pairs, name, cfg.batch_size, cfg.num_workers, save_dir, cfg.gallery_count, cfg.progress
             )
-        info = predictor.info
-        model_info = {"model": info.name, "weights": info.source, "backend": info.backend, **info.extra}
-        if info.parameters is not None:
-            model_info["parameters"] = f"{info.parameters:,}"
-        if info.size_mb is not None:
-            model_info["size_mb"] = round(info.size_mb, 2)
-        model_info["input_size"] = predictor.input_size
-        if cfg.latency_runs > 0:
-            speed = predictor.measure_latency(runs=cfg.latency_runs)
-            model_info["latency_ms"] = round(speed["latency_ms"], 2)
-            model_info["images_per_s"] = round(speed["images_per_s"], 2)
-            model_info["threads"] = torch.get_num_threads()
-        label = Path(cfg.weights).stem
-    else:
-        raise ValueError("nothing to score: give weights=PATH (a model) or pred_dir=DIR gt_dir=DIR (saved predictions)")
+        )
+    info = predictor.info
+    model_info = {"model": info.name, "weights": info.source, "backend": info.backend, **info.extra}
+    if info.parameters is not None:
+        model_info["parameters"] = f"{info.parameters:,}"
+    if info.size_mb is not None:
+        model_info["size_mb"] = round(info.size_mb, 2)
+    model_info["input_size"] = predictor.input_size
+    if cfg.latency_runs > 0:
+        speed = predictor.measure_latency(runs=cfg.latency_runs, size=320)
+        model_info["latency_ms_320"] = round(speed["latency_ms"], 2)
+        model_info["images_per_s_320"] = round(speed["images_per_s"], 2)
+        model_info["threads"] = torch.get_num_threads()
+    return results, model_info
 
+
+def write_reports(results: list, out_dir: Path, label: str, model_info: dict | None, gallery_count: int) -> dict:
+    """Every report of one model (or one prediction folder) in ``out_dir``; prints the console table."""
     table = write_tables(results, out_dir, model_info)
     write_per_image(results, out_dir / "per_image.csv")
     write_plots([(f"{label} · {r.name}", r.summary) for r in results], out_dir)
-    write_gallery(results, out_dir / "gallery.png", cfg.gallery_count)
-
+    write_gallery(results, out_dir / "gallery.png", gallery_count)
     if model_info:
         print("  ".join(f"{k}={v}" for k, v in model_info.items()))
     print(console_table(results))
@@ -99,6 +95,39 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
             print(f"  {message}")
         if len(r.failures) > 20:
             print(f"  ... and {len(r.failures) - 20} more")
+    return table
+
+
+def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
+    """Run the evaluation ``cfg`` describes and write its reports into ``out_dir``.
+
+    Several models (``weights=[a.pt,b.onnx]``) get one sub-folder each with the full reports, plus
+    side-by-side curves and ``comparison.md`` in ``out_dir``.
+    """
+    if cfg.pred_dir:
+        if not cfg.gt_dir:
+            raise ValueError("pred_dir needs gt_dir (the ground-truth masks to score against)")
+        result = score_folders(cfg.pred_dir, cfg.gt_dir, "pred_dir", cfg.image_dir, cfg.gallery_count, cfg.progress)
+        table = write_reports([result], out_dir, Path(cfg.pred_dir).name, None, cfg.gallery_count)
+    elif cfg.weights:
+        weights = [cfg.weights] if isinstance(cfg.weights, str) else list(cfg.weights)
+        if len(weights) == 1:
+            results, info = score_weights(weights[0], cfg, out_dir)
+            table = write_reports(results, out_dir, Path(weights[0]).stem, info, cfg.gallery_count)
+        else:
+            table, curves, rows = {}, [], []
+            for i, path in enumerate(weights):
+                label = f"{i + 1}_{Path(path).stem}"
+                print(f"== {label}")
+                results, info = score_weights(path, cfg, out_dir / label)
+                table[label] = write_reports(results, out_dir / label, label, info, cfg.gallery_count)
+                curves += [(f"{label} · {r.name}", r.summary) for r in results]
+                rows += [replace(r, name=f"{label} · {r.name}") for r in results]
+            write_plots(curves, out_dir)
+            write_text(out_dir / "comparison.md", markdown_table(rows))
+            print(console_table(rows))
+    else:
+        raise ValueError("nothing to score: give weights=PATH (a model) or pred_dir=DIR gt_dir=DIR (saved predictions)")
     print(f"results in {out_dir}")
     return table
 

@@ -121,7 +121,7 @@ def test_model_mode_on_synthetic_with_saved_predictions(tmp_path) -> None:
     assert [p.name for p in saved] == [p.name for p in masks]
     # predictions are written at each image's own size
     assert all(Image.open(p).size == Image.open(m).size for p, m in zip(saved, masks))
-    assert "parameters=1,131,181" in done.stdout and "latency_ms=" in done.stdout and "input_size=64" in done.stdout
+    assert "parameters=1,131,181" in done.stdout and "latency_ms_320=" in done.stdout and "input_size=64" in done.stdout
     # scoring the saved PNGs in folder mode gives the same numbers as model mode
     again = score_folders(out / "predictions" / "synthetic", masks[0].parent, progress=False)
     assert again.summary["mae"] == pytest.approx(results["synthetic"]["mae"], abs=1e-9)
@@ -171,3 +171,24 @@ def test_bad_input_gives_one_line_errors(tmp_path) -> None:
     assert no_gt.returncode == 1 and "pred_dir needs gt_dir" in no_gt.stderr
     for result in (nothing, missing, unknown, no_gt):
         assert "Traceback" not in result.stderr
+
+
+def test_several_models_are_compared(tmp_path) -> None:
+    _, first = _checkpoint(tmp_path)
+    second = tmp_path / "other.pt"
+    torch.save({"model": u2net.create_model("u2netp").state_dict(), "model_name": "u2netp"}, second)
+    done = _evaluate(
+        tmp_path,
+        f"weights=[{first},{second}]",
+        f"paths.data_dir={tmp_path / 'data'}",
+        SMALL_SYNTHETIC,
+        "latency_runs=0",
+        "num_workers=0",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "eval"
+    for label in ("1_model", "2_other"):
+        assert json.loads((out / label / "results.json").read_text())["synthetic"]["n_images"] == 6
+    comparison = (out / "comparison.md").read_text()
+    assert "1_model · synthetic" in comparison and "2_other · synthetic" in comparison
+    assert (out / "pr_curve.png").is_file() and (out / "f_threshold.png").is_file()

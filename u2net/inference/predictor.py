@@ -161,9 +161,13 @@ class Predictor:
         """H×W×3 uint8 image -> H×W float32 probabilities in [0, 1]."""
         return self.predict_batch(self.preprocess(image)[None], [image.shape[:2]])[0]
 
-    def measure_latency(self, runs: int = 10, warmup: int = 2, batch_size: int = 1) -> dict[str, float]:
-        """Seconds per forward pass at the input size (``batch_size`` images), and images per second."""
-        x = np.random.default_rng(0).standard_normal((batch_size, 3, self.input_size, self.input_size))
+    def measure_latency(
+        self, runs: int = 10, warmup: int = 2, batch_size: int = 1, size: int | None = None
+    ) -> dict[str, float]:
+        """Milliseconds per image of the forward pass at ``size``² (default: the input size) in
+        batches of ``batch_size``, and images per second. A model with a fixed input size uses it."""
+        size = self.backend.fixed_size or size or self.input_size
+        x = np.random.default_rng(0).standard_normal((batch_size, 3, size, size))
         x = x.astype(np.float32)
         for _ in range(warmup):
             self.backend(x)
