@@ -88,12 +88,17 @@ class PreparedPair:
         else:
             cy, cx = np.round(h / 2), np.round(w / 2)
         self.split = (int(cy) + 1, int(cx) + 1)  # PySODMetrics' "+1 for MATLAB's 1:X" convention
-        # One bincount over key = bottom << 10 | right << 9 | fg << 8 | level.
-        key = gt_view.astype(np.uint16) << 8
+        # One histogram of key = bottom << 10 | right << 9 | fg << 8 | level.
+        key = np.left_shift(gt_view, 8, dtype=np.uint16)
         key |= pred_u8
         key[self.split[0] :] |= 1 << 10
         key[:, self.split[1] :] |= 1 << 9
-        self.quad_hist = np.bincount(key.ravel(), minlength=8 * N_LEVELS).reshape(4, 2, N_LEVELS)
+        n_keys = 8 * N_LEVELS
+        if self.n_pixels < 2**24:  # calcHist counts in float32: exact below 2^24, and ~4× faster than bincount
+            hist = cv2.calcHist([key], [0], None, [n_keys], [0, n_keys]).ravel().astype(np.int64)
+        else:
+            hist = np.bincount(key.ravel(), minlength=n_keys)
+        self.quad_hist = hist.reshape(4, 2, N_LEVELS)
         self.bg_hist, self.fg_hist = self.quad_hist.sum(axis=0)
         present = np.flatnonzero(self.bg_hist + self.fg_hist)
         lo, hi = _LEVELS[present[0]], _LEVELS[present[-1]]
@@ -113,7 +118,7 @@ class PreparedPair:
     @cached_property
     def pred(self) -> np.ndarray:
         """Full H×W float64 normalised prediction (equal to ``prepare_pair(...)[0]``), built on first use."""
-        return self.lut[self.pred_u8]
+        return cv2.LUT(self.pred_u8, self.lut)  # == self.lut[self.pred_u8], bit for bit, ~2× faster
 
     @cached_property
     def pred_binary(self) -> np.ndarray:

@@ -44,6 +44,7 @@ def _matlab_gauss2d(size: int = 7, sigma: float = 5.0) -> np.ndarray:
 
 
 _KERNEL = _matlab_gauss2d()
+_KERNEL_1D = _KERNEL.sum(axis=0)  # the Gaussian is separable: _KERNEL == outer(_KERNEL_1D, _KERNEL_1D) to 1e-17
 _RADIUS = 3  # half-width of the 7×7 kernel
 # Offsets (dy, dx) to every pixel within √18 px (the farthest a pixel within chessboard distance 3 of the foreground
 # can be from its nearest foreground pixel), sorted so that the first foreground hit is scipy's feature.
@@ -64,52 +65,63 @@ def weighted_f_measure(pair: PreparedPair, beta2: float = 1.0) -> float:
     """Weighted F-measure of one image (PySODMetrics' ``WeightedFmeasure``, β² = 1 by default)."""
     if pair.n_fg == 0:
         return 0.0
-    h, w = pair.shape
-    gt = pair.gt
+    fg_error = _foreground_error(pair)
+    tp_w = pair.n_fg - fg_error
+    fp_w = _background_error(pair)
+    recall = 1 - fg_error / pair.n_fg
+    precision = tp_w / (tp_w + fp_w + EPS)
+    return float((1 + beta2) * recall * precision / (recall + beta2 * precision + EPS))
 
-    # --- foreground part: min(E, smoothed E) on the foreground, computed on the foreground's bounding box + 3 px.
+
+def _foreground_error(pair: PreparedPair) -> float:
+    """Sum over the foreground of min(E, EA): E = |pred - 1|, EA = E with the background filled from the nearest
+    foreground pixel, smoothed by the Gaussian. Computed on the foreground's bounding box + 3 px, zero-padded by 4.
+
+    The background is set to 0 in ``e``: EA >= 0, so min(EA, e) is 0 there and a plain sum covers the foreground
+    only; background pixels outside the band are never read by the filter at a foreground pixel.
+    """
+    h, w = pair.shape
     rows, cols = np.flatnonzero(pair.fg_rows), np.flatnonzero(pair.fg_cols)
     y0, y1 = max(rows[0] - _RADIUS, 0), min(rows[-1] + _RADIUS + 1, h)
     x0, x1 = max(cols[0] - _RADIUS, 0), min(cols[-1] + _RADIUS + 1, w)
+    gt_c = np.ascontiguousarray(pair.gt[y0:y1, x0:x1]).view(np.uint8)
     # Zero padding: outside the image it is the convolution's own zero padding, inside it is never read.
-    gt_c = gt[y0:y1, x0:x1]
-    gt_p = np.pad(gt_c, _PAD)
-    e_p = np.pad(np.abs(pair.lut[pair.pred_u8[y0:y1, x0:x1]] - gt_c), _PAD)
-    # Background pixels within 3 px (chessboard) of the foreground, inside the image.
-    gt_c8 = np.ascontiguousarray(gt_c).view(np.uint8)
-    band = np.pad(cv2.dilate(gt_c8, np.ones((2 * _RADIUS + 1,) * 2, np.uint8)) > gt_c8, _PAD)
-    stride = gt_p.shape[1]
-    gt_flat = gt_p.ravel()
-    todo = np.flatnonzero(band)
-    where = np.arange(todo.size)
-    feature = np.empty_like(todo)
+    e = np.zeros((y1 - y0 + 2 * _PAD, x1 - x0 + 2 * _PAD))
+    inner = e[_PAD:-_PAD, _PAD:-_PAD]
+    np.copyto(inner, cv2.LUT(pair.pred_u8[y0:y1, x0:x1], np.abs(pair.lut - 1.0)), where=gt_c.view(bool))
+    # Background pixels within 3 px (chessboard) of the foreground, inside the image, and their nearest foreground
+    # pixel (flat indices into the padded arrays; offsets stay inside the padding).
+    band = np.zeros(e.shape, np.uint8)
+    band[_PAD:-_PAD, _PAD:-_PAD] = cv2.dilate(gt_c, np.ones((2 * _RADIUS + 1,) * 2, np.uint8)) > gt_c
+    is_fg = np.pad(gt_c, _PAD).ravel()
+    stride = e.shape[1]
+    band_idx = np.flatnonzero(band)
+    todo, where = band_idx, np.arange(band_idx.size)
+    feature = np.empty_like(band_idx)
     for dy, dx in _OFFSETS:
         if todo.size == 0:
             break
         candidate = todo + (dy * stride + dx)
-        hit = gt_flat[candidate]
+        hit = is_fg[candidate].view(bool)
         if hit.any():
             feature[where[hit]] = candidate[hit]
             miss = ~hit
             todo, where = todo[miss], where[miss]
-    et_p = e_p.copy()
-    et_flat = et_p.ravel()
-    et_flat[np.flatnonzero(band)] = e_p.ravel()[feature]
-    ea_p = cv2.filter2D(et_p, cv2.CV_64F, _KERNEL, borderType=cv2.BORDER_CONSTANT)
-    e_fg, ea_fg = e_p[gt_p], ea_p[gt_p]
-    fg_error = float(np.where(ea_fg < e_fg, ea_fg, e_fg).sum())
+    e_t = e.copy()
+    e_t.ravel()[band_idx] = e.ravel()[feature]
+    # fspecial('gaussian', 7, 5) is separable: same filter up to rounding (1e-17), 3× faster than filter2D.
+    ea = cv2.sepFilter2D(e_t, cv2.CV_64F, _KERNEL_1D, _KERNEL_1D, borderType=cv2.BORDER_CONSTANT)
+    return float(np.minimum(ea, e, out=ea).sum())
 
-    # --- background part: sum of pred * (2 - exp(log(0.5)/5 * distance)) over the background.
-    dist = cv2.distanceTransform((~gt).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+def _background_error(pair: PreparedPair) -> float:
+    """Sum over the background of pred * (2 - exp(log(0.5) / 5 * distance to the foreground))."""
+    dist = cv2.distanceTransform((~pair.gt).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     # float32 distance -> exact integer squared distance (exact below 2^22; beyond _N_FAR the weight is 2 anyway).
-    sq = np.minimum(dist * dist, np.float32(_N_FAR)) + np.float32(0.5)
-    weights = _B_LUT[sq.astype(np.int32)]
-    fp_w = float(np.dot(pair.pred.ravel(), weights.ravel()))
-
-    tp_w = pair.n_fg - fg_error
-    recall = 1 - fg_error / pair.n_fg
-    precision = tp_w / (tp_w + fp_w + EPS)
-    return float((1 + beta2) * recall * precision / (recall + beta2 * precision + EPS))
+    sq = np.minimum(dist * dist, np.float32(_N_FAR))
+    sq += np.float32(0.5)
+    weights = _B_LUT[sq.astype(np.int32)]  # 0 on the foreground
+    return float(np.einsum("ij,ij->", pair.pred, weights))  # einsum: no BLAS threads for one dot product
 
 
 def _s_object(hist: np.ndarray, values: np.ndarray) -> float:
