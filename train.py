@@ -18,8 +18,11 @@ import hydra
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from u2net.engine import NonFiniteLossError, Trainer
+from u2net.engine.distributed import cleanup_distributed
+from u2net.engine.utils import pick_device, seed_everything
 
 USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError)  # DatasetCheckError is a ValueError
 
@@ -34,15 +37,20 @@ def _user_error(exc: BaseException) -> BaseException | None:
 def build_and_fit(cfg: DictConfig) -> tuple[Trainer, dict]:
     """Instantiate model, data, loss, optimizer, schedule and trainer from ``cfg`` and train."""
     run_config = OmegaConf.to_container(cfg, resolve=True)
+    seed_everything(cfg.seed)  # the initial weights depend on it (every rank builds the same model)
+    on_cuda = pick_device(cfg.trainer.device).type == "cuda"
     model = instantiate(cfg.model, _convert_="all")
-    data = instantiate(cfg.data, _convert_="all")
+    # GPU fast path: pinned host memory for the loader, fused Adam/AdamW kernels.
+    data = instantiate(cfg.data, _convert_="all", **({"pin_memory": True} if on_cuda else {}))
     loss_fn = instantiate(cfg.loss, _convert_="all")
-    optimizer = instantiate(cfg.optim, _convert_="all")(model.parameters())
+    fused = {"fused": True} if on_cuda and cfg.optim.get("fused", None) is None else {}
+    optimizer = instantiate(cfg.optim, _convert_="all", **fused)(model.parameters())
     scheduler = instantiate(cfg.sched)(optimizer, total_steps=cfg.trainer.max_steps)
     trainer = Trainer(model, loss_fn, optimizer, scheduler, data, instantiate(cfg.trainer), run_config)
     return trainer, trainer.fit(ckpt_path=cfg.ckpt_path)
 
 
+@record  # under torchrun: a failing rank's traceback goes into the job's error summary
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> dict:
     try:
@@ -52,7 +60,11 @@ def main(cfg: DictConfig) -> dict:
         if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit(f"error: {cause}")
-    print(f"done at step {trainer.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    cleanup_distributed(trainer.dist)
+    if not trainer.dist.is_main:
+        return metrics
+    shown = {k: metrics[k] for k in ("mae", "max_f", "wfm", "sm", "max_em") if k in metrics}
+    print(f"done at step {trainer.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
     if trainer.initial_metrics and metrics:
         print(
             f"validation MAE {trainer.initial_metrics['mae']:.4f} at the start -> {metrics['mae']:.4f} now "

@@ -81,7 +81,7 @@ def test_folder_mode_cli_writes_every_report(tmp_path) -> None:
     assert list(results) == ["pred_dir"]
     assert list(results["pred_dir"]) == list(RESULT_KEYS)
     assert results["pred_dir"]["n_images"] == 4
-    assert all(isinstance(results["pred_dir"][k], float) for k in ("mae", "max_f", "mean_f", "adp_f"))
+    assert all(isinstance(v, float) for k, v in results["pred_dir"].items() if k != "n_images")
     assert "pred_dir: 4 image(s) scored" in done.stdout and "maxFβ" in done.stdout
     rows = (out / "per_image.csv").read_text().splitlines()
     assert rows[0].startswith("dataset,name,image,") and len(rows) == 5

@@ -3,7 +3,6 @@ per image and per dataset; the boundary metrics are checked on hand-made cases a
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import cv2
@@ -167,9 +166,38 @@ def _random_pairs(rng, n):
     return pairs
 
 
+def _scene_pairs(rng, n):
+    """Larger scenes: several blobs (some cut by the frame), blurred noisy predictions, and a few noise / full masks
+    (many equidistant foreground pixels: exercises the weighted F-measure's nearest-pixel tie-breaking)."""
+    pairs = []
+    for i in range(n):
+        h, w = rng.integers(40, 160, size=2)
+        yy, xx = np.mgrid[:h, :w]
+        gt = np.zeros((h, w), bool)
+        for _ in range(rng.integers(1, 5)):
+            cy, cx, r = rng.uniform(-10, h + 10), rng.uniform(-10, w + 10), rng.uniform(1, max(h, w) / 3)
+            gt |= ((yy - cy) ** 2 + (xx - cx) ** 2) < r**2
+        if i % 10 == 3:
+            gt = rng.random((h, w)) < rng.uniform(0.2, 0.8)
+        elif i % 10 == 7:
+            gt[rng.integers(0, h) :, rng.integers(0, w) :] = True  # a block in the bottom-right corner
+        sigma, noise = rng.uniform(0.5, 6), rng.uniform(0, 60)
+        soft = cv2.GaussianBlur(gt.astype(np.float32) * rng.uniform(120, 255), (0, 0), sigma)
+        pred = np.clip(soft + rng.normal(rng.uniform(0, 40), noise, (h, w)), 0, 255).astype(np.uint8)
+        if i % 4 == 1:
+            pred = pred // 51 * 51  # few levels: ties at the thresholds and in the S-measure quadrants
+        pairs.append((pred, (gt * 255).astype(np.uint8)))
+    return pairs
+
+
 def test_random_pairs_match_pysodmetrics():
     rng = np.random.default_rng(20240611)
-    _check_against_reference(_random_pairs(rng, 300))
+    _check_against_reference(_random_pairs(rng, 150))
+
+
+def test_random_scenes_match_pysodmetrics():
+    rng = np.random.default_rng(20240612)
+    _check_against_reference(_scene_pairs(rng, 60))
 
 
 def _edge_cases():
@@ -196,6 +224,26 @@ def _edge_cases():
         "gt_at_128_is_bg": (obj, np.full((h, w), 128, np.uint8)),  # gt > 128, not >=
         "gt_at_129_is_fg": (obj, np.full((h, w), 129, np.uint8)),
         "one_pixel_image": (np.array([[200]], np.uint8), np.array([[255]], np.uint8)),
+        "one_pixel_image_bg": (np.array([[200]], np.uint8), np.array([[0]], np.uint8)),
+        "one_row": (noise[:1], obj[12:13]),
+        "const128_fg_gt": (np.full((h, w), 128, np.uint8), np.full((h, w), 255, np.uint8)),
+        "const0_bg_gt": (np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)),
+        "perfect_fg_gt": (np.full((h, w), 255, np.uint8), np.full((h, w), 255, np.uint8)),
+        "two_levels_bg_gt": (obj, np.zeros((h, w), np.uint8)),
+        "tiny_object_pred_noise": (one_px, obj),
+        "object_at_border": (np.roll(obj, (-10, 21), axis=(0, 1)), np.roll(obj, (-10, 25), axis=(0, 1))),
+        "object_cut_by_frame": (np.roll(obj, 30, axis=1), obj[:, ::-1].copy()),
+        "noise_gt": (noise, (rng.random((h, w)) > 0.5).astype(np.uint8) * 255),
+        "checkerboard_gt": (noise, (np.indices((h, w)).sum(0) % 2 * 255).astype(np.uint8)),
+        # constant prediction over an S-measure quadrant with a constant ground truth: PySODMetrics scores it 1 or 0
+        # depending on whether np.mean of the quadrant returns the constant to the last bit (here it does not)
+        "const3_corner_object": (
+            np.full((h, w), 3, np.uint8),
+            np.pad(np.full((10, 20), 255, np.uint8), ((0, h - 10), (0, w - 20))),
+        ),
+        # foreground centroid on the last row / column: PySODMetrics' S-measure is NaN, ours finite
+        "tiny_object_bottom_right": (noise, np.pad(np.full((1, 1), 255, np.uint8), ((h - 1, 0), (w - 1, 0)))),
+        "object_on_last_row": (noise, np.pad(np.full((1, 5), 255, np.uint8), ((h - 1, 0), (40, w - 45)))),
         "tall": (rng.integers(0, 256, (91, 5), dtype=np.uint8), (rng.random((91, 5)) > 0.5).astype(np.uint8) * 255),
         # 2*mean(pred) equals a present level exactly (six 0, one 85 -> 1/3, one 255): the >= tie path
         "adaptive_tie": (
@@ -244,13 +292,31 @@ def test_adaptive_tie_case_really_is_a_tie():
         assert 2 * pred.mean() == pred[where], name
 
 
+def test_pysodmetrics_nan_s_measure_case_is_finite_here():
+    # guards the edge cases above: they must really hit PySODMetrics' NaN, and ours must drop only the empty quadrant
+    for name in ("tiny_object_bottom_right", "object_on_last_row"):
+        pred, gt = _edge_cases()[name]
+        ref = py_sod_metrics.Smeasure()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref.step(pred, gt)
+        assert np.isnan(ref.sms[0]), name
+        assert 0 <= SaliencyMetrics().update(pred, gt)["sm"] <= 1
+
+
 def test_known_values():
     obj = np.zeros((10, 10), np.uint8)
     obj[2:5, 2:5] = 255
     m = SaliencyMetrics()
-    assert m.update(obj, obj) == {"mae": 0.0, "max_f": 1.0, "adp_f": 1.0}
+    perfect = m.update(obj, obj)
+    assert perfect["mae"] == 0.0
+    for key in ("max_f", "adp_f", "wfm", "sm", "iou", "dice", "max_iou", "relax_bf", "biou"):
+        assert perfect[key] == pytest.approx(1.0, abs=1e-12), key
+    # PySODMetrics normalises the E-measure by H*W - 1, so a perfect 10×10 prediction scores 100/99
+    assert perfect["max_em"] == perfect["adp_em"] == pytest.approx(100 / 99, abs=1e-12)
     got = m.update(255 - obj, obj)
-    assert got["mae"] == 1.0 and got["adp_f"] == 0.0
+    assert got["mae"] == 1.0 and got["adp_f"] == 0.0 and got["iou"] == 0.0 and got["biou"] == 0.0
+    assert got["relax_bf"] == 1.0  # the complement has the same contour, 1 px outside: boundary F cannot tell
     res = m.results()
     assert res["n_images"] == 2 and res["mae"] == 0.5 and res["adp_f"] == 0.5
 
@@ -272,8 +338,9 @@ def test_results_are_independent_copies():
     a = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
     m.update(a, a)
     res = m.results()
-    res["f_curve"][:] = -1
-    assert m.results()["f_curve"].min() >= 0
+    for key in CURVE_KEYS:
+        res[key][:] = -1
+        assert m.results()[key].min() >= 0, key
 
 
 @pytest.mark.parametrize(
@@ -326,10 +393,149 @@ def test_evaluate_batch_equals_per_image_updates():
     res, ref_per_image = _check_against_reference(pairs)
     assert per_image == ref_per_image
     got = batched.results()
-    for key in ("n_images", "mae", "max_f", "mean_f", "adp_f"):
+    for key in RESULT_KEYS:
         assert got[key] == res[key]
 
     with pytest.raises(ValueError):
         evaluate_batch(batched, probs, targets[:, :, :-1])
     with pytest.raises(ValueError):
         evaluate_batch(batched, probs[:, 0], targets[:, 0])
+
+
+# ----------------------------------------------------------------------------------------------------- boundary metrics
+
+
+def _square(shape=(64, 80), top=20, left=25, size=24):
+    mask = np.zeros(shape, bool)
+    mask[top : top + size, left : left + size] = True
+    return mask
+
+
+def _relaxed_f_literal(pred, gt, rho=3, beta2=0.3):
+    """Relaxed boundary F straight from the definition, with scipy's exact Euclidean distance transform."""
+    from scipy.ndimage import binary_erosion, distance_transform_edt
+
+    def bnd(m):
+        return m & ~binary_erosion(m, np.ones((3, 3), bool), border_value=1)
+
+    bp, bg = bnd(pred), bnd(gt)
+    if not bp.any() or not bg.any():
+        return float(not bp.any() and not bg.any() and pred.sum() == gt.sum())
+    near_gt = distance_transform_edt(~bg) <= rho
+    near_pred = distance_transform_edt(~bp) <= rho
+    p, r = (bp & near_gt).sum() / bp.sum(), (bg & near_pred).sum() / bg.sum()
+    return 0.0 if p + r == 0 else (1 + beta2) * p * r / (beta2 * p + r)
+
+
+def _boundary_iou_literal(pred, gt, ratio=0.02):
+    """Cheng et al.'s reference code (boundary_iou/utils/boundary_utils.py), with the 0/0 case defined as 1."""
+
+    def mask_to_boundary(mask):
+        h, w = mask.shape
+        dilation = max(1, int(round(ratio * np.sqrt(h**2 + w**2))))
+        new_mask = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+        eroded = cv2.erode(new_mask, np.ones((3, 3), np.uint8), iterations=dilation)
+        return mask - eroded[1 : h + 1, 1 : w + 1]
+
+    gb, pb = mask_to_boundary(gt.astype(np.uint8)), mask_to_boundary(pred.astype(np.uint8))
+    union = ((gb + pb) > 0).sum()
+    return 1.0 if union == 0 else ((gb * pb) > 0).sum() / union
+
+
+def test_relaxed_boundary_f_hand_made():
+    gt = _square()
+    assert relaxed_boundary_f(gt, gt) == 1.0
+    assert relaxed_boundary_f(np.roll(gt, 2, axis=0), gt) == 1.0  # every boundary pixel within 2 px
+    assert relaxed_boundary_f(np.roll(gt, (2, -2), axis=(0, 1)), gt) == 1.0  # 2√2 < 3: still within ρ
+    assert relaxed_boundary_f(np.roll(gt, 3, axis=1), gt) == 1.0  # exactly ρ = 3 counts
+    shifted = relaxed_boundary_f(np.roll(gt, 5, axis=0), gt)
+    assert 0 < shifted < 1
+    assert relaxed_boundary_f(np.roll(gt, 4, axis=0), gt) > shifted
+    # the image border is not a boundary: a mask and the same mask extended to the frame differ only inside
+    frame = np.zeros((64, 80), bool)
+    frame[:, :40] = True
+    assert relaxed_boundary_f(frame, frame) == 1.0
+    # a filled interior does not matter, only boundaries: a 1-px ring equals its filled square here
+    ring = gt & ~cv2.erode(gt.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
+    assert relaxed_boundary_f(ring, gt) == pytest.approx(1.0)
+
+
+def test_relaxed_boundary_f_empty_cases():
+    empty, full, obj = np.zeros((30, 40), bool), np.ones((30, 40), bool), _square((30, 40), 5, 5, 10)
+    assert relaxed_boundary_f(empty, empty) == 1.0
+    assert relaxed_boundary_f(full, full) == 1.0
+    assert relaxed_boundary_f(empty, full) == 0.0  # both boundaries empty, but the masks disagree
+    assert relaxed_boundary_f(full, empty) == 0.0
+    assert relaxed_boundary_f(empty, obj) == 0.0
+    assert relaxed_boundary_f(obj, empty) == 0.0
+    assert relaxed_boundary_f(full, obj) == 0.0
+    # uint8 0/1 masks are accepted as well as bool
+    assert relaxed_boundary_f(obj.astype(np.uint8), obj.astype(np.uint8)) == 1.0
+
+
+def test_relaxed_boundary_f_matches_literal_definition():
+    rng = np.random.default_rng(3)
+    for pred, gt in _scene_pairs(rng, 30):
+        p, g = prepare_pair(pred, gt)
+        p = p > 0.5
+        assert relaxed_boundary_f(p, g) == pytest.approx(_relaxed_f_literal(p, g), abs=1e-12)
+
+
+def test_band_width():
+    assert band_width(320, 320) == 9  # round(0.02 * 452.5)
+    assert band_width(1000, 1000) == 28
+    assert band_width(10, 10) == 1  # round(0.28) = 0 -> at least 1
+    assert band_width(75, 100) == 2  # 0.02 * 125 = 2.5 rounds half to even, like the reference's round()
+    assert band_width(1, 1) == 1
+
+
+def test_boundary_iou_hand_made():
+    gt = _square()
+    assert boundary_iou(gt, gt) == 1.0
+    empty, full = np.zeros_like(gt), np.ones_like(gt)
+    assert boundary_iou(empty, empty) == 1.0
+    assert boundary_iou(empty, gt) == 0.0 and boundary_iou(gt, empty) == 0.0
+    assert boundary_iou(full, full) == 1.0  # the padded frame makes a band along the image border
+    assert 0 < boundary_iou(np.roll(gt, 2, axis=0), gt) < 1
+    # the band: pixels of the mask within d px (chessboard) of the background, the outside counting as background
+    d = band_width(*gt.shape)
+    band = boundary_band(gt, d).astype(bool)
+    assert band.sum() == 24**2 - (24 - 2 * d) ** 2 and not (band & ~gt).any()
+    assert boundary_band(full, d).sum() == full.size - (64 - 2 * d) * (80 - 2 * d)
+
+
+def test_boundary_iou_matches_reference_code():
+    rng = np.random.default_rng(4)
+    for pred, gt in _scene_pairs(rng, 30):
+        p, g = prepare_pair(pred, gt)
+        p = p > 0.5
+        assert boundary_iou(p, g) == pytest.approx(_boundary_iou_literal(p, g), abs=1e-12)
+
+
+def test_saliency_metrics_boundary_scores_use_pred_above_half():
+    rng = np.random.default_rng(5)
+    m = SaliencyMetrics()
+    for pred, gt in _scene_pairs(rng, 10):
+        got = m.update(pred, gt)
+        p, g = prepare_pair(pred, gt)
+        assert got["relax_bf"] == relaxed_boundary_f(p > 0.5, g)
+        assert got["biou"] == boundary_iou(p > 0.5, g)
+
+
+def test_merge_equals_one_pass() -> None:
+    rng = np.random.default_rng(11)
+    pairs = [
+        (rng.integers(0, 256, (24, 31), dtype=np.uint8), (rng.random((24, 31)) > 0.6).astype(np.uint8) * 255)
+        for _ in range(6)
+    ]
+    whole, first, second = SaliencyMetrics(), SaliencyMetrics(), SaliencyMetrics()
+    for i, (pred, gt) in enumerate(pairs):
+        whole.update(pred, gt)
+        (first if i % 2 else second).update(pred, gt)
+    merged = first.merge(second).results()
+    expected = whole.results()
+    assert merged["n_images"] == 6
+    for key, value in expected.items():
+        np.testing.assert_allclose(merged[key], value, rtol=0, atol=1e-12, err_msg=key)
+    with pytest.raises(ValueError, match="different settings"):
+        SaliencyMetrics(beta2=1.0).merge(SaliencyMetrics())

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..models.pretrained import IMAGENET_MEAN, IMAGENET_STD
@@ -21,19 +22,29 @@ class ResumableBatchSampler(Sampler):
     ``(seed, e)``, and each sample gets its augmentation seed from the same place. Starting at
     ``start_step`` therefore yields exactly what an uninterrupted run would have yielded from there
     on, which is what makes resumed training bit-for-bit identical.
+
+    Distributed: each step covers a global batch of ``batch_size × world_size`` consecutive
+    positions of the epoch's permutation and rank ``r`` takes the ``r``-th slice, so N ranks with
+    batch B see exactly the samples (and augmentations) of one process with batch N·B.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, start_step: int = 0) -> None:
-        if num_samples < batch_size:
-            raise ValueError(f"batch size {batch_size} is larger than the training set ({num_samples} samples)")
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int = 0, start_step: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if num_samples < batch_size * world_size:
+            raise ValueError(
+                f"batch size {batch_size} × {world_size} process(es) is larger than the training set "
+                f"({num_samples} samples)"
+            )
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
         self.start_step = start_step
+        self.rank, self.world_size = rank, world_size
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.num_samples // self.batch_size  # the last incomplete batch is dropped
+        return self.num_samples // (self.batch_size * self.world_size)  # the last incomplete batch is dropped
 
     def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(permutation of sample indices, per-position augmentation seeds) of ``epoch``."""
@@ -42,11 +53,12 @@ class ResumableBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, order = -1, None
+        global_batch = self.batch_size * self.world_size
         for step in itertools.count(self.start_step):
             if step // self.steps_per_epoch != epoch:
                 epoch = step // self.steps_per_epoch
                 order = self.epoch_order(epoch)
-            first = (step % self.steps_per_epoch) * self.batch_size
+            first = (step % self.steps_per_epoch) * global_batch + self.rank * self.batch_size
             indices, seeds = order[0][first : first + self.batch_size], order[1][first : first + self.batch_size]
             yield [(int(i), int(s)) for i, s in zip(indices, seeds)]
 
@@ -111,8 +123,9 @@ class SaliencyDataModule:
         self.train_set: SaliencyDataset | None = None
         self.val_set: SaliencyDataset | None = None
 
-    def setup(self, seed: int = 0) -> None:
-        """Make the synthetic set if configured and missing, then scan and check every source."""
+    def setup(self, seed: int = 0, check: str | None = None) -> None:
+        """Make the synthetic set if configured and missing, then scan and check every source
+        (``check`` overrides the configured check mode, e.g. ``"none"`` on ranks after the first)."""
         if self.synthetic:
             from .synthetic import ensure_synthetic_dataset
 
@@ -120,7 +133,7 @@ class SaliencyDataModule:
             ensure_synthetic_dataset(Path(options.pop("root")), progress=self.progress, **options)
         if not self.train_sources:
             raise ValueError("the data config names no training sources (data.train is empty)")
-        kwargs = {"check": self.check, "on_invalid": self.on_invalid, "progress": self.progress}
+        kwargs = {"check": check or self.check, "on_invalid": self.on_invalid, "progress": self.progress}
         kwargs["workers"] = workers_default()
         train_pairs = collect_pairs(self.train_sources, **kwargs)
         if self.val_sources:
@@ -134,11 +147,11 @@ class SaliencyDataModule:
         self.train_set = SaliencyDataset(train_pairs, self.train_transform)
         self.val_set = SaliencyDataset(val_pairs, self.val_transform) if val_pairs else None
 
-    def train_loader(self, seed: int = 0, start_step: int = 0) -> DataLoader:
-        """An endless loader of training batches starting at micro-batch ``start_step``."""
+    def train_loader(self, seed: int = 0, start_step: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """An endless loader of training batches starting at micro-batch ``start_step`` (this rank's share)."""
         if self.train_set is None:
             raise RuntimeError("call setup() before train_loader()")
-        sampler = ResumableBatchSampler(len(self.train_set), self.batch_size, seed, start_step)
+        sampler = ResumableBatchSampler(len(self.train_set), self.batch_size, seed, start_step, rank, world_size)
         return DataLoader(
             self.train_set,
             batch_sampler=sampler,
@@ -148,12 +161,16 @@ class SaliencyDataModule:
             prefetch_factor=4 if self.num_workers > 0 else None,
         )
 
-    def val_loader(self) -> DataLoader | None:
-        """Validation batches in a fixed order, or ``None`` without a validation set."""
+    def val_loader(self, rank: int = 0, world_size: int = 1) -> DataLoader | None:
+        """Validation batches in a fixed order (every ``world_size``-th image from ``rank`` when
+        distributed, so that the ranks' metrics add up to the whole set), or ``None`` without one."""
         if self.val_set is None:
             return None
+        dataset = self.val_set
+        if world_size > 1:
+            dataset = torch.utils.data.Subset(self.val_set, range(rank, len(self.val_set), world_size))
         return DataLoader(
-            self.val_set,
+            dataset,
             batch_size=self.val_batch_size,
             shuffle=False,
             num_workers=self.num_workers,
@@ -161,8 +178,8 @@ class SaliencyDataModule:
             pin_memory=self.pin_memory,
         )
 
-    def steps_per_epoch(self) -> int:
-        """Training batches in one pass over the training set."""
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        """Training steps in one pass over the training set."""
         if self.train_set is None:
             raise RuntimeError("call setup() before steps_per_epoch()")
-        return len(self.train_set) // self.batch_size
+        return len(self.train_set) // (self.batch_size * world_size)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim import Optimizer
@@ -16,6 +18,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from ..data.datamodule import SaliencyDataModule
 from ..metrics import SaliencyMetrics, evaluate_batch
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
+from .distributed import any_rank, barrier, gather_objects, setup_distributed
 from .utils import autocast_context, pick_device, resolve_precision, seed_everything
 
 
@@ -45,6 +48,10 @@ class TrainerConfig:
     tensorboard: bool = True
     num_threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
     validate_at_start: bool = True  # score the untrained (or fine-tuning start) model as a reference
+    freeze_bn: bool = False  # BatchNorm in eval mode while training (small batches, fine-tuning)
+    sync_batchnorm: bool = False  # SyncBatchNorm across ranks (CUDA only)
+    compile: bool = False  # torch.compile the model
+    profile_steps: int = 0  # record a torch.profiler trace of this many steps (after 2 warm-up) for TensorBoard
 
 
 class Trainer:
@@ -67,12 +74,27 @@ class Trainer:
     ) -> None:
         self.cfg = config
         self.device = pick_device(config.device)
+        self.dist = setup_distributed(self.device.type)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
         self.precision = resolve_precision(config.precision, self.device)
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
-        self.model = model.to(self.device)
+        self.module = model.to(self.device)  # the bare model: what checkpoints hold
         if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.module = self.module.to(memory_format=torch.channels_last)
+        if config.sync_batchnorm and self.dist.enabled:
+            if self.device.type != "cuda":
+                raise ValueError("trainer.sync_batchnorm needs CUDA; on the CPU use trainer.freeze_bn=true instead")
+            self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
+        self.model = self.module
+        if self.dist.enabled:
+            device_ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids)
+        if config.compile:
+            self.model = torch.compile(self.model)
         self.loss_fn, self.optimizer, self.scheduler, self.data = loss_fn, optimizer, scheduler, data
         self.run_config = dict(run_config or {})
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
@@ -84,34 +106,39 @@ class Trainer:
         self.best: float | None = None
         self.stop_requested = False
         self.writer = None
+        self.metric_options: dict = {}
 
     # ------------------------------------------------------------------ the loop
     def fit(self, ckpt_path: str | None = None) -> dict[str, float]:
         """Train up to ``max_steps`` optimizer steps (resuming from ``ckpt_path`` if given) and
         return the last validation metrics. Ctrl-C saves ``last.pt`` and returns early."""
-        cfg = self.cfg
-        seed_everything(cfg.seed)
-        self.data.setup(seed=cfg.seed)
+        cfg, ctx = self.cfg, self.dist
+        seed_everything(cfg.seed + ctx.rank)  # per-rank seeds; DDP broadcasts rank 0's initial weights
+        self._setup_data()
         if ckpt_path:
-            self.restore(ckpt_path)
-        if cfg.tensorboard:
+            self.restore(ckpt_path)  # every rank reads the same checkpoint
+        if cfg.tensorboard and ctx.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
-        batches = iter(self.data.train_loader(cfg.seed, start_step=self.step * cfg.grad_accum))
+        start = self.step * cfg.grad_accum
+        batches = iter(self.data.train_loader(cfg.seed, start, ctx.rank, ctx.world_size))
         if cfg.validate_at_start and self.step == 0:
             self.initial_metrics = self.validate()
-        images_per_step = self.data.batch_size * cfg.grad_accum
-        progress = _progress_bar(self.step, cfg.max_steps, cfg.progress)
-        previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+        images_per_step = self.data.batch_size * cfg.grad_accum * ctx.world_size
+        progress = _progress_bar(self.step, cfg.max_steps, cfg.progress and ctx.is_main)
+        handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        profiler = self._profiler()
         try:
-            while self.step < cfg.max_steps and not self.stop_requested:
+            while self.step < cfg.max_steps:
                 started = time.perf_counter()
                 batch_group = self._next_batches(batches)
                 if batch_group is None:  # interrupted while waiting for data
                     break
                 losses = self.train_step(batch_group)
                 self.step += 1
+                if profiler is not None:
+                    profiler.step()
                 speed = images_per_step / (time.perf_counter() - started)
                 progress.update(1)
                 progress.set_postfix(loss=f"{losses[0]:.4f}", img_s=f"{speed:.2f}")
@@ -123,34 +150,60 @@ class Trainer:
                     self._save_checkpoints()
                 elif cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save("last.pt")
+                # All ranks stop together, whichever of them was signalled.
+                if any_rank(ctx, self.stop_requested):
+                    self.stop_requested = True
+                    break
             if self.stop_requested:
                 path = self.save("last.pt")
-                progress.write(f"Interrupted: saved {path} at step {self.step}. Resume with ckpt_path={path}")
+                if ctx.is_main:
+                    progress.write(f"Interrupted: saved {path} at step {self.step}. Resume with ckpt_path={path}")
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            if profiler is not None:
+                profiler.stop()
             progress.close()
             if self.writer is not None:
                 self.writer.close()
+        barrier(ctx)
         return self.metrics
+
+    def _setup_data(self) -> None:
+        # Rank 0 makes the synthetic set and checks the files; the others wait, then only scan.
+        if self.dist.is_main:
+            self.data.setup(seed=self.cfg.seed)
+            barrier(self.dist)
+        else:
+            barrier(self.dist)
+            self.data.setup(seed=self.cfg.seed, check="none")
 
     def train_step(self, batch_group: list[dict]) -> list[float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns [total, fused, side1..]."""
         cfg = self.cfg
         self.model.train()
+        if cfg.freeze_bn:
+            for module in self.module.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         self.optimizer.zero_grad(set_to_none=True)
         totals = None
-        for batch in batch_group:
+        for i, batch in enumerate(batch_group):
             images, masks = self._to_device(batch)
-            with autocast_context(self.device, self.precision):
-                outputs = self.model(images)
-            total, per_output = self.loss_fn(outputs, masks)
-            if not torch.isfinite(total):
-                raise NonFiniteLossError(
-                    f"loss became {total.item()} at step {self.step + 1}; training stopped and the last saved "
-                    f"checkpoint in {self.ckpt_dir} is intact (try a lower optim.lr, trainer.grad_clip or "
-                    "trainer.precision=fp32)"
-                )
-            self.scaler.scale(total / len(batch_group)).backward()
+            # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+            last = i == len(batch_group) - 1
+            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.model.no_sync()
+            with sync:
+                with autocast_context(self.device, self.precision):
+                    outputs = self.model(images)
+                total, per_output = self.loss_fn(outputs, masks)
+                if any_rank(self.dist, not torch.isfinite(total).item()):
+                    raise NonFiniteLossError(
+                        f"loss became {total.item()} at step {self.step + 1}; training stopped and the last saved "
+                        f"checkpoint in {self.ckpt_dir} is intact (try a lower optim.lr, trainer.grad_clip or "
+                        "trainer.precision=fp32)"
+                    )
+                self.scaler.scale(total / len(batch_group)).backward()
             parts = torch.cat([total.detach()[None], per_output.detach()]) / len(batch_group)
             totals = parts if totals is None else totals + parts
         if cfg.grad_clip > 0:
@@ -165,11 +218,11 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """MAE and F-measure of the fused output on the validation set (empty dict without one)."""
-        loader = self.data.val_loader()
+        loader = self.data.val_loader(self.dist.rank, self.dist.world_size)
         if loader is None:
             return {}
         self.model.eval()
-        meter = SaliencyMetrics()
+        meter = SaliencyMetrics(**self.metric_options)
         shown = None
         background_error = 0.0
         for batch in loader:
@@ -181,8 +234,14 @@ class Trainer:
             background_error += (masks > 128 / 255).flatten(1).float().mean(1).sum().item()
             if shown is None:
                 shown = (images[: self.cfg.image_log_count], masks, probs)
+        # Each rank scored its share of the images; add the shares up.
+        parts = gather_objects(self.dist, (meter, background_error))
+        meter, background_error = parts[0]
+        for other, error in parts[1:]:
+            meter.merge(other)
+            background_error += error
         results = meter.results()
-        metrics = {k: float(results[k]) for k in ("mae", "max_f", "mean_f", "adp_f")}
+        metrics = {k: float(v) for k, v in results.items() if k != "n_images" and np.ndim(v) == 0}
         # What a model that predicts "all background" would score: the yardstick for "it learned".
         metrics["mae_all_background"] = background_error / results["n_images"]
         if self.writer is not None:
@@ -194,7 +253,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         """Everything needed to resume, plus what evaluate/export need to rebuild the model."""
-        model = getattr(self.model, "module", self.model)
+        model = self.module
         return {
             "model": model.state_dict(),
             "model_name": getattr(model, "model_name", None),
@@ -203,7 +262,7 @@ class Trainer:
             "config": self.run_config,
             "trainer": asdict(self.cfg),
             "step": self.step,
-            "epoch": self.step * self.cfg.grad_accum // max(1, self.data.steps_per_epoch()),
+            "epoch": self.step * self.cfg.grad_accum // max(1, self.data.steps_per_epoch(self.dist.world_size)),
             "metrics": dict(self.metrics),
             "best": self.best,
             "optimizer": self.optimizer.state_dict(),
@@ -213,8 +272,11 @@ class Trainer:
         }
 
     def save(self, name: str) -> Path:
-        """Write the current state to ``out_dir/checkpoints/name`` atomically."""
-        return save_checkpoint(self.state_dict(), self.ckpt_dir / name)
+        """Write the current state to ``out_dir/checkpoints/name`` atomically (rank 0 only)."""
+        path = self.ckpt_dir / name
+        if self.dist.is_main:
+            save_checkpoint(self.state_dict(), path)
+        return path
 
     def restore(self, path: str | Path) -> None:
         """Resume from a checkpoint written by :meth:`save`."""
@@ -223,7 +285,7 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if "optimizer" not in state:
             raise ValueError(f"{path}: holds no training state; to fine-tune from weights use model.weights={path}")
-        load_state_dict(getattr(self.model, "module", self.model), state["model"], source=str(path))
+        load_state_dict(self.module, state["model"], source=str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             # LambdaLR.load_state_dict also overwrites the schedule's own settings (total steps,
@@ -252,6 +314,21 @@ class Trainer:
         # Finish the current step so the saved state is consistent; a second Ctrl-C aborts at once.
         self.stop_requested = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _profiler(self):
+        if self.cfg.profile_steps <= 0 or not self.dist.is_main:
+            return None
+        from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        profiler = profile(
+            activities=activities,
+            schedule=schedule(wait=1, warmup=1, active=self.cfg.profile_steps, repeat=1),
+            on_trace_ready=tensorboard_trace_handler(str(self.out_dir / "tensorboard" / "profiler")),
+            record_shapes=True,
+        )
+        profiler.start()
+        return profiler
 
     def _next_batches(self, batches) -> list[dict] | None:
         try:

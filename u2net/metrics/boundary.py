@@ -28,6 +28,7 @@ Boundary IoU (Cheng et al., CVPR 2021, reference ``boundary_iou.utils.boundary_u
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -37,6 +38,7 @@ __all__ = ["band_width", "boundary", "boundary_band", "boundary_iou", "relaxed_b
 _SQUARE3 = np.ones((3, 3), np.uint8)
 
 
+@lru_cache(maxsize=8)
 def _disk(radius: int) -> np.ndarray:
     y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     return (x * x + y * y <= radius * radius).astype(np.uint8)

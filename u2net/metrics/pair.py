@@ -5,12 +5,12 @@ uint8 map divided by 255 and min-max normalised per image (a constant map is lef
 truth is ``gt > 128``.
 
 Why this is fast: a uint8 prediction has at most 256 distinct levels and the normalisation maps each level on its own,
-so one ``np.bincount`` of (quadrant, gt, level) keys plus a 256-entry look-up table of normalised values gives
+so one histogram of (quadrant, gt, level) keys plus a 256-entry look-up table of normalised values gives
 everything the threshold-based metrics (MAE, F, E, IoU, Dice) and the S-measure need, without building the H×W float
 image. The table is computed with the very same float operations as PySODMetrics, so the per-pixel values, the
 histogram bins and hence the curves are bit-identical; sums over pixels are taken in another order (differences of
-~1e-16). Metrics that need the spatial layout (weighted F, boundary metrics) use ``pair.pred`` / ``pair.gt``, built
-lazily and once.
+~1e-16). Metrics that need the spatial layout (weighted F, boundary metrics) use ``pair.gt`` and ``pair.pred``, the
+latter built lazily and once.
 """
 
 from __future__ import annotations

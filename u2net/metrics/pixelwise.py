@@ -29,7 +29,6 @@ __all__ = [
     "f_curve",
     "iou_curve",
     "mae",
-    "threshold_counts",
 ]
 
 _TIE_TOL = 1e-9  # far above the ~1e-13 summation error of a mean over an image, far below the 1/255 level spacing
@@ -55,10 +54,6 @@ class ThresholdCounts:
         self.fp = np.cumsum(bg[::-1])
         self.n_fg = pair.n_fg
         self.n_pixels = pair.n_pixels
-
-
-def threshold_counts(pair: PreparedPair) -> ThresholdCounts:
-    return ThresholdCounts(pair)
 
 
 def f_curve(c: ThresholdCounts, beta2: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

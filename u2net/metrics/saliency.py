@@ -1,22 +1,19 @@
 """Streaming salient-object metrics: one ``update`` per image, one ``results`` per dataset.
 
-Metrics (definitions in the module that computes each; conventions are PySODMetrics': the uint8 prediction is divided
-by 255 and min-max normalised per image, the ground truth is ``gt > 128``):
+Metrics (each defined in the docstring of the module that computes it). Conventions are PySODMetrics': the uint8
+prediction is divided by 255 and min-max normalised per image, the ground truth is ``gt > 128``.
 
-==============================  ==============================================================  ================
-key                             metric                                                          module
-==============================  ==============================================================  ================
-mae                             mean absolute error                                             pixelwise
-max_f, mean_f, adp_f            F-measure (β² = 0.3): max / mean of the F curve, adaptive       pixelwise
-wfm                             weighted F-measure (β² = 1)                                     structure
-sm                              S-measure (α = 0.5)                                             structure
-max_em, mean_em, adp_em         E-measure: max / mean of the E curve, adaptive                  pixelwise
-iou, dice                       IoU / Dice of ``pred > 0.5``                                    pixelwise
-max_iou, mean_iou, max_dice,    max / mean of the IoU / Dice curves over the 256 thresholds     pixelwise
-mean_dice
-relax_bf                        relaxed boundary F-measure (ρ = 3 px, β² = 0.3) of ``pred > 0.5``   boundary
-biou                            Boundary IoU (band = max(1, round(0.02 × diagonal))) of ``pred > 0.5``  boundary
-==============================  ==============================================================  ================
+* ``mae``: mean absolute error (:mod:`.pixelwise`).
+* ``max_f``, ``mean_f``, ``adp_f``: F-measure, β² = 0.3: max / mean of the F curve over 256 thresholds, and F at
+  the adaptive threshold min(2 × mean(pred), 1) (:mod:`.pixelwise`).
+* ``wfm``: weighted F-measure, β² = 1 (:mod:`.structure`).
+* ``sm``: S-measure, α = 0.5 (:mod:`.structure`).
+* ``max_em``, ``mean_em``, ``adp_em``: E-measure: max / mean of the E curve, and at the adaptive threshold
+  (:mod:`.pixelwise`).
+* ``iou``, ``dice``: IoU / Dice of ``pred > 0.5`` (PySODMetrics' binary mode); ``max_iou``, ``mean_iou``,
+  ``max_dice``, ``mean_dice``: max / mean of the IoU / Dice curves over the 256 thresholds (:mod:`.pixelwise`).
+* ``relax_bf``: relaxed boundary F-measure (ρ = 3 px, β² = 0.3) and ``biou``: Boundary IoU (band
+  max(1, round(0.02 × diagonal)) px), both of ``pred > 0.5``, with their empty cases (:mod:`.boundary`).
 
 Dataset scores follow PySODMetrics: curves (precision, recall, F, E, IoU, Dice; 256 entries, entry i = threshold
 255 - i) are averaged over images first and max / mean are taken on the averaged curve; every other score is the
@@ -150,6 +147,18 @@ class SaliencyMetrics:
             self._curve_sums[key] += curve
         per_image = {**scores, **_curve_summaries(curves)}
         return {key: float(per_image[key]) for key in PER_IMAGE_KEYS}
+
+    def merge(self, other: SaliencyMetrics) -> SaliencyMetrics:
+        """Add the images ``other`` has seen (e.g. another rank's share of a validation set) to this one."""
+        settings = ("beta2", "wfm_beta2", "alpha", "rho", "band_ratio")
+        if any(getattr(self, name) != getattr(other, name) for name in settings):
+            raise ValueError("cannot merge SaliencyMetrics with different settings")
+        self.n_images += other.n_images
+        for key, value in other._sums.items():
+            self._sums[key] += value
+        for key, curve in other._curve_sums.items():
+            self._curve_sums[key] += curve
+        return self
 
     def results(self) -> dict:
         """Dataset scores: the :data:`RESULT_KEYS` scalars (``n_images`` an int, the rest floats) and the

@@ -1,0 +1,91 @@
+"""torchrun on the CPU (gloo, 2 processes): same result as one process with the same global batch,
+resume, reduced validation, and a crashing rank ending the job instead of hanging."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from u2net.data import ResumableBatchSampler
+
+from .conftest import REPO
+
+COMMON = [
+    "data.synthetic.num_train=16",
+    "data.synthetic.num_val=6",
+    "data.image_size=48",
+    "data.crop_size=40",
+    "data.num_workers=0",
+    "sched=constant",
+    "trainer.freeze_bn=true",  # per-sample computation independent of how the batch is split
+    "trainer.precision=fp32",
+    "trainer.val_every=2",
+    "trainer.validate_at_start=false",
+    "trainer.progress=false",
+    "logger=none",
+]
+
+
+def _run(tmp_path, name: str, nproc: int, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    launcher = launcher if nproc > 1 else [sys.executable]
+    command = [*launcher, str(REPO / "train.py"), f"paths.data_dir={tmp_path / 'data'}"]
+    command += [f"hydra.run.dir={tmp_path / name}", *COMMON, *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes share two cores
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+def _state(tmp_path, name: str) -> dict:
+    return torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)
+
+
+def test_sampler_shards_a_global_batch() -> None:
+    single = iter(ResumableBatchSampler(20, 4, seed=3))
+    ranks = [iter(ResumableBatchSampler(20, 2, seed=3, rank=r, world_size=2)) for r in range(2)]
+    for _ in range(7):  # crosses an epoch boundary (5 steps per epoch)
+        assert next(single) == next(ranks[0]) + next(ranks[1])
+
+
+def test_two_processes_match_one_and_resume(tmp_path) -> None:
+    one = _run(tmp_path, "one", 1, "data.batch_size=4", "trainer.max_steps=4")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run(tmp_path, "two", 2, "data.batch_size=2", "trainer.max_steps=4")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _state(tmp_path, "one"), _state(tmp_path, "two")
+    # Adam normalises each update, so float-rounding differences in the averaged gradients can move a
+    # weight by a small fraction of one step (lr = 1e-3); anything like a different batch moves it by ~lr.
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-3, atol=1e-4, msg=key)
+    # validation is reduced over both ranks' shares: the same images, the same scores
+    assert b["metrics"]["mae"] == pytest.approx(a["metrics"]["mae"], abs=1e-4)
+    assert b["metrics"]["max_f"] == pytest.approx(a["metrics"]["max_f"], abs=1e-3)
+    # only rank 0 writes: one checkpoint folder, one set of files
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+    half = _run(tmp_path, "resumed", 2, "data.batch_size=2", "trainer.max_steps=2")
+    assert half.returncode == 0, half.stderr[-3000:]
+    last = tmp_path / "resumed" / "checkpoints" / "last.pt"
+    resumed = _run(tmp_path, "resumed", 2, "data.batch_size=2", "trainer.max_steps=4", f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    c = _state(tmp_path, "resumed")
+    assert c["step"] == 4
+    for key, value in b["model"].items():
+        assert torch.equal(c["model"][key], value), key
+
+
+def test_a_failing_rank_ends_the_job(tmp_path) -> None:
+    failed = _run(
+        tmp_path,
+        "fail",
+        2,
+        "data.batch_size=2",
+        "trainer.max_steps=6",
+        "loss._target_=tests.ddp_helpers.FailingOnRank",
+        timeout=240,
+    )
+    assert failed.returncode != 0
+    assert "injected failure on rank 1" in failed.stderr
