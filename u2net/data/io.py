@@ -35,17 +35,25 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return array.clip(0, 255).astype(np.uint8)
 
 
+def to_rgb(img: Image.Image, exif: bool = True) -> np.ndarray:
+    """A PIL image in any mode as H×W×3 uint8 RGB: L, LA, P, RGB(A), CMYK, 16-bit and float modes;
+    with ``exif``, its EXIF orientation applied first. Transparency is dropped (the colour channels
+    are kept as stored)."""
+    if exif:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        gray = _to_uint8(np.asarray(img))
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"))
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as H×W×3 uint8 RGB. Handles L, LA, P, RGB(A), CMYK, 16-bit and EXIF rotation;
     transparency is dropped (the colour channels are kept as stored)."""
     with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            gray = _to_uint8(np.asarray(img))
-            return np.repeat(gray[..., None], 3, axis=2)
-        if img.mode == "P":
-            img = img.convert("RGBA")
-        return np.asarray(img.convert("RGB"))
+        return to_rgb(img)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

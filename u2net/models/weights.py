@@ -24,8 +24,16 @@ def _resolve(path_or_tag: str | os.PathLike) -> Path:
 
 
 def read_checkpoint(path_or_tag: str | os.PathLike) -> dict:
-    """Load a weights file into a dict: our checkpoint as saved, an official ``.pth`` as ``{"model": sd}``."""
+    """Load a weights file into a dict: our checkpoint as saved, an official ``.pth`` as ``{"model": sd}``.
+
+    An ``.onnx`` file (ours, or rembg's u2net / u2netp / u2net_human_seg) is read back into a state dict:
+    ``{"model": sd, "model_name": ...}`` (see :func:`u2net.export.read_onnx_checkpoint`).
+    """
     path = _resolve(path_or_tag)
+    if path.suffix.lower() == ".onnx":
+        from ..export.onnx import read_onnx_checkpoint
+
+        return read_onnx_checkpoint(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -83,7 +91,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], so
 
 
 def load_weights(model: nn.Module, path_or_tag: str | os.PathLike) -> nn.Module:
-    """Load an official ``.pth``, one of our checkpoints, or a pretrained tag into ``model`` (strict)."""
+    """Load an official ``.pth``, one of our checkpoints, an ONNX U²-Net or a pretrained tag into ``model`` (strict)."""
     checkpoint = read_checkpoint(path_or_tag)
     load_state_dict(model, checkpoint["model"], source=str(path_or_tag))
     return model

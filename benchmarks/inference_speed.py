@@ -1,0 +1,104 @@
+"""Background removal latency: one 1024×768 photo -> RGBA cut-out, for u2net and u2netp.
+
+Side by side in one run, on the same ONNX file where one is used: our remover on PyTorch, on ONNX
+Runtime fp32 and on ONNX Runtime int8 (static, QDQ), and rembg's ``u2net_custom`` session with the
+fp32 file. Also the mean absolute difference of the int8 alpha against fp32 (target ≤ 0.01).
+
+    python benchmarks/inference_speed.py                       # random weights (timing only)
+    python benchmarks/inference_speed.py --weights u2netp=checkpoints/u2netp.pth u2net=checkpoints/u2net.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import u2net
+from u2net.export.onnx import export_onnx, quantize_static_int8, synthetic_image
+from u2net.inference import BackgroundRemover, Predictor
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+def _timed(fn, runs: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def bench_model(name: str, weights: str | None, photo: np.ndarray, runs: int, workdir: Path) -> list[tuple]:
+    """Rows of (model, pipeline, seconds per photo, alpha MAE vs our fp32) for one architecture."""
+    if weights:
+        model = u2net.load_model(weights)
+        ckpt = weights
+    else:
+        torch.manual_seed(0)
+        model = u2net.create_model(name).eval()
+        ckpt = str(workdir / f"{name}.pt")
+        torch.save({"model": model.state_dict(), "model_name": name}, ckpt)
+    fp32 = export_onnx(model, workdir / f"{name}.onnx", input_size=320)
+    calibration_predictor = Predictor.from_path(fp32)
+    calibration = [calibration_predictor.preprocess(synthetic_image((240, 320), seed=s)) for s in range(8)]
+    int8 = quantize_static_int8(fp32, workdir / f"{name}_int8.onnx", calibration)
+
+    rows = []
+    removers = {
+        "ours, PyTorch fp32": BackgroundRemover(Predictor.from_path(ckpt, device="cpu")),
+        "ours, ONNX Runtime fp32": BackgroundRemover(Predictor.from_path(fp32)),
+        "ours, ONNX Runtime int8": BackgroundRemover(Predictor.from_path(int8)),
+    }
+    reference = np.asarray(removers["ours, ONNX Runtime fp32"].mask(photo), np.float32) / 255
+    for label, remover in removers.items():
+        seconds = _timed(lambda r=remover: r.remove(photo), runs)
+        mae = float(np.abs(np.asarray(remover.mask(photo), np.float32) / 255 - reference).mean())
+        rows.append((name, label, seconds, mae))
+
+    from rembg import new_session, remove
+
+    os.environ.setdefault("U2NET_HOME", str(workdir))  # rembg must not look for downloads
+    session = new_session("u2net_custom", model_path=str(fp32))
+    pil = Image.fromarray(photo)
+    seconds = _timed(lambda: remove(pil, session=session), runs)
+    alpha = np.asarray(remove(pil, session=session, only_mask=True), np.float32) / 255
+    rows.append((name, "rembg u2net_custom (same fp32 file)", seconds, float(np.abs(alpha - reference).mean())))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["u2netp", "u2net"])
+    parser.add_argument("--weights", nargs="*", default=[], help="NAME=PATH: trained weights instead of random ones")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args(argv)
+    weights = dict(item.split("=", 1) for item in args.weights)
+    photo = synthetic_image((768, 1024), seed=1)
+    print(f"1024×768 photo -> RGBA, median of {args.runs} runs, torch threads {torch.get_num_threads()}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            rows += bench_model(name, weights.get(name), photo, args.runs, Path(tmp))
+    print("| model | pipeline | s/photo | vs rembg | alpha MAE vs ours fp32 |")
+    print("|---|---|---:|---:|---:|")
+    for name in args.models:
+        mine = [r for r in rows if r[0] == name]
+        rembg_s = next(r[2] for r in mine if r[1].startswith("rembg"))
+        for _, label, seconds, mae in mine:
+            print(f"| {name} | {label} | {seconds:.3f} | {seconds / rembg_s:.2f}× | {mae:.4f} |")
+    print("targets: ONNX fp32 ≤ 0.9× rembg; int8 ≤ 0.5× rembg with alpha MAE ≤ 0.01")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""The ``u2net`` command.
+
+    u2net remove photo.jpg cutout.png                      # RGBA cut-out with the default model
+    u2net remove photos/ cutouts/ --model best.onnx --crop --bg-color white
+    u2net remove photos/ masks/ --mask-only --threshold 0.5 --overwrite
+
+Exit status: 0 when everything was processed (or skipped), 1 when some file failed, 2 for usage
+errors (bad arguments, missing input or model).
+
+Each subcommand is one ``Command``: a name, a help line, a function adding its arguments and one
+running it (``args -> exit status``); add a new one to ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "u2net.duts"
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one ``error: ...`` line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+
+
+# -- u2net remove ------------------------------------------------------------------------------
+def _color(text: str) -> tuple[int, ...]:
+    from .inference.remover import parse_color
+
+    try:
+        return parse_color(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a probability in [0, 1] expected, got {text}")
+    return value
+
+
+def _byte(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"a value in [0, 255] expected, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a value >= 0 expected, got {text}")
+    return value
+
+
+def _add_remove_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="an image, or a folder searched recursively")
+    parser.add_argument(
+        "output", help="the output .png (or a folder) for an image; a folder mirroring the input tree for a folder"
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        metavar="PATH",
+        default=DEFAULT_MODEL,
+        help=f"checkpoint, official .pth, .onnx file or pretrained tag (default: {DEFAULT_MODEL}, downloaded once)",
+    )
+    model.add_argument(
+        "--backend",
+        choices=("auto", "pytorch", "onnxruntime"),
+        default="auto",
+        help="auto: ONNX Runtime for .onnx files (CUDA provider when available), PyTorch otherwise",
+    )
+    model.add_argument("--device", default="auto", help="PyTorch device: auto (CUDA, MPS, CPU), cpu, cuda, cuda:1 ...")
+    output = parser.add_argument_group("output")
+    output.add_argument("--mask-only", action="store_true", help="write the alpha mask (grayscale) only")
+    output.add_argument("--crop", action="store_true", help="crop to the subject's bounding box")
+    output.add_argument(
+        "--padding", type=_non_negative, default=10, metavar="N", help="padding around the crop, px (default 10)"
+    )
+    background = output.add_mutually_exclusive_group()
+    background.add_argument(
+        "--bg-color",
+        type=_color,
+        metavar="COLOR",
+        help="put a colour behind the subject: #RRGGBB, #RRGGBBAA, r,g,b[,a] or a name",
+    )
+    background.add_argument(
+        "--bg-image", type=Path, metavar="PATH", help="put an image behind the subject (scaled to cover)"
+    )
+    output.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    mask = parser.add_argument_group("mask")
+    mask.add_argument("--threshold", type=_probability, metavar="T", help="binarise the mask at this probability (0-1)")
+    mask.add_argument(
+        "--post-process", action="store_true", help="morphological clean-up: opening/closing, drop small islands"
+    )
+    mask.add_argument("--alpha-matting", action="store_true", help="refine edges with alpha matting (pymatting)")
+    mask.add_argument(
+        "--fg-threshold", type=_byte, default=240, metavar="N", help="alpha matting: sure foreground above (240)"
+    )
+    mask.add_argument(
+        "--bg-threshold", type=_byte, default=15, metavar="N", help="alpha matting: sure background below (15)"
+    )
+    mask.add_argument(
+        "--erode-size", type=_non_negative, default=15, metavar="N", help="alpha matting: trimap erosion, px (15)"
+    )
+    mask.add_argument(
+        "--rembg-compatible", action="store_true", help="compute the mask exactly as rembg's u2net_custom session"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _load_remover(args: argparse.Namespace):
+    from .inference import BackgroundRemover, Predictor
+
+    model = str(args.model)
+    is_onnx = model.lower().endswith(".onnx")
+    if args.backend == "onnxruntime" and not is_onnx:
+        raise UsageError(f"--backend onnxruntime needs an .onnx model, got {model}")
+    if args.backend == "pytorch" and is_onnx:
+        raise UsageError(f"--backend pytorch needs a PyTorch checkpoint, .pth or tag, got {model}")
+    from .models.pretrained import PRETRAINED
+
+    if model not in PRETRAINED and not Path(model).expanduser().exists():
+        raise UsageError(f"{model}: model file not found (give --model a checkpoint, .pth, .onnx or pretrained tag)")
+    source = model if model in PRETRAINED else Path(model).expanduser()
+    try:
+        return BackgroundRemover(Predictor.from_path(source, args.device))
+    except RuntimeError as exc:
+        if model in PRETRAINED and "could not download" in str(exc):
+            raise UsageError(
+                f"could not download the model {model!r} (offline?); pass --model PATH to a local "
+                f"checkpoint, .pth or .onnx file. ({_one_line(exc)})"
+            ) from None
+        raise UsageError(f"{model}: cannot load the model: {_one_line(exc)}") from None
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise UsageError(f"{model}: cannot load the model: {_one_line(exc)}") from None
+    except Exception as exc:  # e.g. onnxruntime's own errors for a damaged .onnx file
+        raise UsageError(f"{model}: cannot load the model: {type(exc).__name__}: {_one_line(exc)}") from None
+
+
+def _run_remove(args: argparse.Namespace) -> int:
+    from .inference.remover import RemovalOptions, plan_outputs, remove_batch
+
+    if not Path(args.input).exists():
+        raise UsageError(f"{args.input}: no such file or folder")
+    if args.bg_image is not None and not args.bg_image.is_file():
+        raise UsageError(f"{args.bg_image}: background image not found")
+    if args.alpha_matting:
+        try:
+            import pymatting  # noqa: F401
+        except ImportError:
+            raise UsageError("--alpha-matting needs pymatting: pip install 'u2net[matting]'") from None
+    try:
+        options = RemovalOptions(
+            mask_only=args.mask_only,
+            crop=args.crop,
+            padding=args.padding,
+            threshold=args.threshold,
+            alpha_matting=args.alpha_matting,
+            fg_threshold=args.fg_threshold,
+            bg_threshold=args.bg_threshold,
+            erode_size=args.erode_size,
+            post_process=args.post_process,
+            bg_color=args.bg_color,
+            bg_image=args.bg_image,
+            rembg_compatible=args.rembg_compatible,
+        )
+        plan_outputs(args.input, args.output)  # bad input/output combinations fail before the model loads
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    remover = _load_remover(args)
+    report = remove_batch(remover, args.input, args.output, options, overwrite=args.overwrite, progress=not args.quiet)
+    print(report.summary())
+    for path, reason in report.failures:
+        print(f"  failed: {path}: {reason}")
+    return 1 if report.failed else 0
+
+
+REMOVE = Command(
+    "remove",
+    "remove the background of an image or of every image in a folder",
+    _add_remove_arguments,
+    _run_remove,
+    description="Cut out the subject of an image (or of every image under a folder, recursively) and write PNGs: "
+    "RGBA cut-outs, masks, or composites on a new background. Existing outputs are skipped unless --overwrite.",
+)
+
+
+# -- u2net serve -------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a value >= 1 expected, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a value > 0 expected, got {text}")
+    return value
+
+
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        metavar="PATH",
+        default=DEFAULT_MODEL,
+        help=f"checkpoint, official .pth, .onnx file or pretrained tag (default: {DEFAULT_MODEL}, downloaded once)",
+    )
+    model.add_argument("--backend", choices=("auto", "pytorch", "onnxruntime"), default="auto", help="as for remove")
+    model.add_argument("--device", default="auto", help="PyTorch device: auto (CUDA, MPS, CPU), cpu, cuda, cuda:1 ...")
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    server.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    server.add_argument(
+        "--storage-root",
+        type=Path,
+        metavar="DIR",
+        help="folder that POST /remove-background/path reads and writes under (default: endpoint disabled)",
+    )
+    server.add_argument("--workers", type=_positive_int, default=2, help="inference threads (default 2)")
+    server.add_argument(
+        "--torch-threads",
+        type=_positive_int,
+        metavar="N",
+        help="PyTorch intra-op threads, shared by the workers (default: CPU cores / workers, at least 1)",
+    )
+    server.add_argument(
+        "--max-queue", type=_non_negative, default=64, metavar="N", help="requests waiting beyond that: 503 (64)"
+    )
+    server.add_argument("--max-upload-mb", type=_positive_float, default=20.0, metavar="MB", help="per image (20)")
+    server.add_argument(
+        "--max-pixels", type=_positive_int, default=40_000_000, metavar="N", help="width x height per image (40e6)"
+    )
+    server.add_argument("--max-batch", type=_positive_int, default=10, metavar="N", help="files per batch (10)")
+    server.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S", help="per request, s (60)")
+    server.add_argument(
+        "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from it (repeat)"
+    )
+    server.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .serve import ServeSettings, create_app
+    except ImportError as exc:
+        raise UsageError(f"serving needs FastAPI and uvicorn: pip install 'u2net[serve]' ({exc})") from None
+    if args.storage_root is not None and not args.storage_root.expanduser().is_dir():
+        raise UsageError(f"{args.storage_root}: storage root is not a folder")
+    settings = ServeSettings(
+        storage_root=args.storage_root,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        max_batch=args.max_batch,
+        workers=args.workers,
+        max_queue=args.max_queue,
+        request_timeout_s=args.timeout,
+        cors_origins=args.cors_origin,
+        device=args.device,
+    )
+    remover = _load_remover(args)
+    if getattr(remover.predictor.info, "backend", None) == "pytorch":
+        import torch
+
+        # Each worker runs its own forward pass: more intra-op threads than cores only adds contention.
+        torch.set_num_threads(args.torch_threads or max(1, (os.cpu_count() or 1) // args.workers))
+    app = create_app(remover, settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+SERVE = Command(
+    "serve",
+    "serve a model over HTTP: REST API and a web page",
+    _add_serve_arguments,
+    _run_serve,
+    description="Serve one model with FastAPI: POST /remove-background, /batch-remove-background, "
+    "/remove-background/path; GET /health, /model-info; the web page at / and the API docs at /docs.",
+)
+
+COMMANDS: list[Command] = [REMOVE, SERVE]
+
+
+# -- entry point -------------------------------------------------------------------------------
+def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="u2net", description="U²-Net background removal and tools.")
+    parser.add_argument("--version", action="version", version=f"u2net {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in commands:
+        child = sub.add_parser(command.name, help=command.help, description=command.description or command.help)
+        command.add_arguments(child)
+        child.set_defaults(handler=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``u2net`` with ``argv`` (default: the command line); returns the exit status."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
