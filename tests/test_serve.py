@@ -1,0 +1,691 @@
+"""The REST service: every endpoint, every limit (upload size, non-images, corrupt files, pixel bombs,
+batch size, timeouts, queue), path safety of the storage-root endpoint, and the ``serve`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import struct
+import threading
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+httpx = pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+import u2net  # noqa: E402
+from u2net.inference import BackgroundRemover, Predictor, RemovalOptions  # noqa: E402
+from u2net.serve import ApiError, ServeSettings, create_app  # noqa: E402
+
+
+# -- fixtures and helpers ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny U²-Net† with random weights, validated at 64 px."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    preprocessing = {"image_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    torch.save(
+        {"model": u2net.create_model("u2netp").state_dict(), "model_name": "u2netp", "preprocessing": preprocessing},
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def remover(checkpoint) -> BackgroundRemover:
+    return BackgroundRemover(Predictor.from_path(checkpoint, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def client(remover) -> TestClient:
+    return TestClient(create_app(remover, ServeSettings(warmup=False)))
+
+
+class RectPredictor:
+    """A known mask: probability 1 in a centred rectangle, 0 elsewhere."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        h, w = rgb.shape[:2]
+        prob = np.zeros((h, w), np.float32)
+        prob[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1.0
+        prob[h // 4 : 3 * h // 4, w // 4] = 0.3  # a soft edge column
+        return prob
+
+
+class SlowRemover:
+    """Takes ``delay`` seconds per image."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def remove(self, image, options=None) -> Image.Image:
+        time.sleep(self.delay)
+        return Image.new("RGBA", image.size, (0, 0, 0, 0))
+
+
+def _client(remover, raise_server_exceptions: bool = True, **settings) -> TestClient:
+    app = create_app(remover, ServeSettings(warmup=False, **settings))
+    return TestClient(app, raise_server_exceptions=raise_server_exceptions)
+
+
+def _rect_client(**settings) -> tuple[TestClient, RectPredictor]:
+    predictor = RectPredictor()
+    return _client(BackgroundRemover(predictor), **settings), predictor
+
+
+def _picture(w: int = 48, h: int = 40, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A valid PNG header claiming ``width``×``height`` pixels, with almost no data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _post(client: TestClient, data: bytes, name: str = "photo.png", **form) -> httpx.Response:
+    return client.post("/remove-background", files={"file": (name, data, "image/png")}, data=form)
+
+
+def _image(response: httpx.Response) -> Image.Image:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "PNG"
+    return image
+
+
+def _assert_error(response: httpx.Response, status: int, *words: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error", "detail"}
+    for word in words:
+        assert word in body["error"], body
+    return body
+
+
+# -- health, model info, docs, page ------------------------------------------------------------
+def test_health(client):
+    body = client.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["model_loaded"] is True
+    assert body["uptime_s"] >= 0
+    assert body["workers"] == 2
+
+
+def test_model_info(client, checkpoint):
+    body = client.get("/model-info").json()
+    assert body["name"] == "u2netp"
+    assert body["parameters"] == sum(p.numel() for p in u2net.create_model("u2netp").parameters())
+    assert body["input_size"] == 64
+    assert body["backend"] == "pytorch"
+    assert body["execution_providers"] == ["cpu"]
+    assert body["file"] == "tiny.pt"
+    assert body["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert body["limits"] == {"max_upload_mb": 20.0, "max_pixels": 40_000_000, "max_batch": 10, "request_timeout_s": 60}
+
+
+def test_create_app_from_a_path_loads_once_and_hashes_at_start_up(checkpoint):
+    app = create_app(checkpoint, ServeSettings(device="cpu", warmup=False))
+    service = app.state.service
+    assert service.sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    with TestClient(app) as client:  # lifespan: the pool is shut down at the end
+        first = _image(_post(client, _encode(_picture())))
+        assert client.get("/model-info").json()["sha256"] == service.sha256
+    assert first.size == (48, 40)
+    assert service.pool._shutdown
+
+
+def test_docs_and_openapi(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/remove-background", "/batch-remove-background", "/remove-background/path", "/health", "/model-info"):
+        assert path in paths
+
+
+def test_web_page_is_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'type="file"' in page.text and "static/app.js" in page.text
+    for asset in ("static/app.js", "static/style.css"):
+        assert client.get(f"/{asset}").status_code == 200
+
+
+def test_unknown_route_is_a_json_error(client):
+    _assert_error(client.get("/nope"), 404)
+    _assert_error(client.get("/remove-background"), 405)
+
+
+# -- POST /remove-background -------------------------------------------------------------------
+def test_remove_background_matches_the_remover(client, remover):
+    rgb = _picture()
+    image = _image(_post(client, _encode(rgb)))
+    assert image.mode == "RGBA" and image.size == (48, 40)
+    expected = remover.remove(rgb)
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
+
+
+def test_remove_background_reports_size_and_name(client):
+    response = _post(client, _encode(_picture(), "JPEG"), name="../../holiday photo.jpg")
+    _image(response)
+    assert response.headers["x-image-size"] == "48x40"
+    assert response.headers["content-disposition"] == 'inline; filename="holiday_photo.png"'
+    assert float(response.headers["x-processing-ms"]) > 0
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "BMP", "TIFF", "GIF"])
+def test_remove_background_reads_common_formats(client, fmt):
+    assert _image(_post(client, _encode(_picture(), fmt), name=f"x.{fmt.lower()}")).size == (48, 40)
+
+
+def test_remove_background_options():
+    client, _ = _rect_client()
+    data = _encode(_picture(80, 60))
+    soft = np.asarray(_image(_post(client, data)))
+    assert soft.shape == (60, 80, 4) and set(np.unique(soft[..., 3])) == {0, 76, 255}
+
+    mask = _image(_post(client, data, mask_only="true"))
+    assert mask.mode == "L"
+    np.testing.assert_array_equal(np.asarray(mask), soft[..., 3])
+
+    hard = np.asarray(_image(_post(client, data, mask_only="true", threshold="0.5")))
+    assert set(np.unique(hard)) == {0, 255} and hard[30, 20] == 0 and hard[30, 21] == 255
+
+    cropped = _image(_post(client, data, crop="true", padding="2"))
+    assert cropped.size == (40 + 4, 30 + 4)
+
+    white = _image(_post(client, data, bg_color="white"))
+    assert white.mode == "RGB" and white.getpixel((0, 0)) == (255, 255, 255)
+
+    translucent = _image(_post(client, data, bg_color="#ff000080"))
+    assert translucent.mode == "RGBA" and translucent.getpixel((0, 0)) == (255, 0, 0, 128)
+
+    cleaned = _image(_post(client, data, post_process="true", mask_only="true"))
+    assert cleaned.size == (80, 60)
+
+
+def test_remove_background_alpha_matting():
+    pytest.importorskip("pymatting")
+    client, _ = _rect_client()
+    image = _image(_post(client, _encode(_picture(80, 60)), alpha_matting="true"))
+    assert image.mode == "RGBA" and image.size == (80, 60)
+
+
+def test_invalid_options_are_json_errors(client):
+    data = _encode(_picture())
+    body = _assert_error(_post(client, data, threshold="1.5"), 422, "threshold")
+    assert body["detail"][0]["loc"] == ["body", "threshold"]
+    _assert_error(_post(client, data, padding="-1"), 422, "padding")
+    _assert_error(_post(client, data, crop="maybe"), 422, "crop")
+    _assert_error(_post(client, data, bg_color="not-a-colour"), 400, "invalid colour")
+    _assert_error(client.post("/remove-background", data={"threshold": "0.5"}), 422, "file")
+
+
+# -- limits ------------------------------------------------------------------------------------
+def test_upload_too_large_413():
+    client, predictor = _rect_client(max_upload_mb=0.01)  # 10 KiB per image
+    big = _encode(_picture(120, 120))  # ~43 KB of noise
+    assert len(big) > 0.01 * 2**20
+    body = _assert_error(_post(client, big), 413, "too large", "0.01 MB")
+    assert body["detail"]["limit_bytes"] == int(0.01 * 2**20)
+    assert predictor.calls == 0
+    assert _post(client, _encode(_picture(20, 20))).status_code == 200  # small ones still work
+
+
+def test_request_body_over_the_limit_is_refused_before_parsing():
+    client, predictor = _rect_client(max_upload_mb=0.01)
+    huge = b"\0" * (200 * 1024)  # more than one upload plus the form slack: Content-Length says so
+    _assert_error(_post(client, huge), 413, "too large")
+
+    def chunks():  # no Content-Length: counted while it streams in
+        for _ in range(40):
+            yield b"x" * 8192
+
+    response = client.post(
+        "/remove-background", content=chunks(), headers={"content-type": "multipart/form-data; boundary=zzz"}
+    )
+    _assert_error(response, 413, "too large")
+    _assert_error(client.post("/remove-background/path", content=b"{" + b" " * 70_000 + b"}"), 413)
+    assert predictor.calls == 0
+
+
+def test_not_an_image_415(client):
+    _assert_error(_post(client, b"hello, I am text", name="notes.txt"), 415, "not an image")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    _assert_error(_post(client, eps, name="x.eps"), 415)  # PIL could read it, but not through the service
+    _assert_error(_post(client, b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", name="x.pdf"), 415)
+
+
+def test_corrupt_image_400(client):
+    data = _encode(_picture())
+    _assert_error(_post(client, data[: len(data) // 2]), 400, "corrupt")
+    _assert_error(_post(client, data[:40]), 400, "corrupt")  # a PNG signature, a cut header
+    _assert_error(_post(client, b"\xff\xd8\xff\xe0" + b"\0" * 20, name="x.jpg"), 400, "corrupt")
+    _assert_error(_post(client, _png_header(64, 64)), 400, "corrupt")
+    _assert_error(_post(client, b""), 400, "empty")
+
+
+def test_pixel_bomb_413_checked_before_decoding():
+    client, predictor = _rect_client(max_pixels=1_000_000)
+    body = _assert_error(_post(client, _png_header(3000, 3000)), 413, "too many pixels", "1,000,000")
+    assert body["detail"] == {"filename": "photo.png", "width": 3000, "height": 3000, "max_pixels": 1_000_000}
+    assert predictor.calls == 0
+    assert _post(client, _encode(_picture(1000, 1000))).status_code == 200  # exactly at the limit
+
+
+def test_pil_decompression_bomb_error_is_413():
+    client, predictor = _rect_client(max_pixels=10**12)  # our own check passes: PIL's refuses
+    _assert_error(_post(client, _png_header(100_000, 100_000)), 413, "too many pixels")
+    assert predictor.calls == 0
+
+
+def test_timeout_504():
+    client = _client(SlowRemover(1.0), request_timeout_s=0.2)
+    started = time.perf_counter()
+    body = _assert_error(_post(client, _encode(_picture())), 504, "timed out")
+    assert body["detail"] == {"timeout_s": 0.2}
+    assert time.perf_counter() - started < 0.9
+
+
+def test_busy_503_when_the_queue_is_full():
+    app = create_app(SlowRemover(0.5), ServeSettings(workers=1, max_queue=0, warmup=False))
+    service = app.state.service
+    image = Image.new("RGB", (8, 8))
+    (running,) = service._submit(1, service.cutout, [(image, "a.png", RemovalOptions())])
+    with pytest.raises(ApiError) as refused:
+        service._submit(1, service.cutout, [(image, "b.png", RemovalOptions())])
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+    running.result(timeout=5)
+    assert service.pending == 0
+    response = _post(TestClient(app), _encode(_picture()))
+    assert response.status_code == 200  # free again
+
+
+def test_inference_runs_off_the_event_loop():
+    """While slow inferences run in the pool, /health answers at once; two workers run two at a time."""
+    app = create_app(SlowRemover(0.6), ServeSettings(workers=2, warmup=False))
+    data = _encode(_picture())
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            files = {"file": ("a.png", data, "image/png")}
+            started = time.perf_counter()
+            slow = [asyncio.create_task(client.post("/remove-background", files=files)) for _ in range(2)]
+            await asyncio.sleep(0.1)
+            health = await client.get("/health")
+            health_s = time.perf_counter() - started
+            results = await asyncio.gather(*slow)
+            return health, health_s, results, time.perf_counter() - started
+
+    health, health_s, results, total_s = asyncio.run(scenario())
+    assert health.status_code == 200 and health.json()["pending"] == 2
+    assert health_s < 0.5
+    assert [r.status_code for r in results] == [200, 200]
+    assert total_s < 1.1  # in parallel, not one after the other (1.2 s)
+
+
+def test_cors_headers_when_configured(remover):
+    client = _client(remover, cors_origins=["http://example.com"])
+    preflight = client.options(
+        "/remove-background",
+        headers={"Origin": "http://example.com", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://example.com"
+    plain = _client(remover).get("/health", headers={"Origin": "http://example.com"})
+    assert "access-control-allow-origin" not in plain.headers
+
+
+# -- POST /batch-remove-background -------------------------------------------------------------
+def _files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (name, data, "application/octet-stream")) for name, data in items]
+
+
+def test_batch_returns_a_zip_with_an_error_list(client, remover):
+    a, b = _picture(seed=1), _picture(32, 24, seed=2)
+    response = client.post(
+        "/batch-remove-background",
+        files=_files(
+            ("a.png", _encode(a)),
+            ("notes.txt", b"not an image"),
+            ("dir/b.jpg", _encode(b, "JPEG")),
+            ("b.png", _encode(b)),
+            ("broken.png", _encode(a)[:60]),
+        ),
+        data={"mask_only": "true"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    assert response.headers["x-files-done"] == "3" and response.headers["x-files-failed"] == "2"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert archive.namelist() == ["a.png", "b.png", "b-2.png", "errors.json"]
+        errors = json.loads(archive.read("errors.json"))
+        first = Image.open(io.BytesIO(archive.read("a.png")))
+        assert first.mode == "L" and first.size == (48, 40)
+        np.testing.assert_array_equal(np.asarray(first), remover.mask(a))
+        assert Image.open(io.BytesIO(archive.read("b-2.png"))).size == (32, 24)
+    assert [(e["index"], e["filename"], e["status"]) for e in errors] == [(1, "notes.txt", 415), (4, "broken.png", 400)]
+    assert all(e["error"] for e in errors)
+
+
+def test_batch_per_file_limits_are_listed():
+    client, _ = _rect_client(max_upload_mb=0.01, max_pixels=1_000_000)
+    response = client.post(
+        "/batch-remove-background",
+        files=_files(("ok.png", _encode(_picture(20, 20))), ("big.png", _encode(_picture(120, 120)))),
+    )
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert archive.namelist() == ["ok.png", "errors.json"]
+        assert [e["status"] for e in json.loads(archive.read("errors.json"))] == [413]
+    response = client.post("/batch-remove-background", files=_files(("bomb.png", _png_header(5000, 5000))))
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert [e["status"] for e in json.loads(archive.read("errors.json"))] == [413]
+
+
+def test_batch_too_many_files_400():
+    client, predictor = _rect_client(max_batch=2)
+    data = _encode(_picture(16, 16))
+    body = _assert_error(
+        client.post("/batch-remove-background", files=_files(*[(f"{i}.png", data) for i in range(3)])),
+        400,
+        "too many files",
+    )
+    assert body["detail"] == {"files": 3, "max_batch": 2}
+    assert predictor.calls == 0
+    ok = client.post("/batch-remove-background", files=_files(("0.png", data), ("1.png", data)))
+    assert ok.status_code == 200 and ok.headers["x-files-done"] == "2"
+
+
+def test_batch_timeout_504():
+    client = _client(SlowRemover(1.0), request_timeout_s=0.2)
+    data = _encode(_picture(16, 16))
+    response = client.post("/batch-remove-background", files=_files(("a.png", data), ("b.png", data)))
+    _assert_error(response, 504, "timed out")
+
+
+def test_batch_needs_files(client):
+    _assert_error(client.post("/batch-remove-background", data={"crop": "true"}), 422, "files")
+
+
+# -- POST /remove-background/path --------------------------------------------------------------
+@pytest.fixture()
+def storage(tmp_path) -> tuple[Path, Path]:
+    """(storage root with in/photo.png, a sibling folder outside it holding secret.png)."""
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    (root / "in" / "photo.png").write_bytes(_encode(_picture(40, 30)))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(_encode(_picture(10, 10, seed=5)))
+    return root, outside
+
+
+def _snapshot(*folders: Path) -> dict[str, bytes]:
+    return {
+        str(p): (p.read_bytes() if p.is_file() and not p.is_symlink() else b"")
+        for folder in folders
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def _path_client(root: Path, remover=None, **settings) -> TestClient:
+    return _client(remover or BackgroundRemover(RectPredictor()), storage_root=root, **settings)
+
+
+def test_path_endpoint_writes_the_cutout(storage):
+    root, _ = storage
+    client = _path_client(root)
+    response = client.post(
+        "/remove-background/path",
+        json={"sourceImagePath": "in/photo.png", "outputImagePath": "out/new/photo.png", "threshold": 0.5},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["sourceImagePath"] == "in/photo.png" and body["outputImagePath"] == "out/new/photo.png"
+    assert (body["width"], body["height"]) == (40, 30)
+    written = root / "out" / "new" / "photo.png"
+    assert body["bytes"] == written.stat().st_size
+    alpha = np.asarray(Image.open(written))[..., 3]
+    assert set(np.unique(alpha)) == {0, 255}  # the threshold was applied
+    assert not [p for p in written.parent.iterdir() if p.name != "photo.png"]  # no temporary files left
+
+
+def test_path_endpoint_replaces_an_output_atomically(storage):
+    root, _ = storage
+    client = _path_client(root)
+    target = root / "out.png"
+    target.write_bytes(b"old")
+    ok = client.post("/remove-background/path", json={"sourceImagePath": "in/photo.png", "outputImagePath": "out.png"})
+    assert ok.status_code == 200
+    assert Image.open(target).size == (40, 30)
+
+    class FailingImage:  # writes half a file, then fails
+        size = (40, 30)
+
+        def save(self, f, **kwargs):
+            f.write(b"\x89PNG half")
+            raise OSError("disk full")
+
+    class FailingRemover:
+        def remove(self, image, options=None):
+            return FailingImage()
+
+    before = target.read_bytes()
+    client = _path_client(root, FailingRemover())
+    failed = client.post(
+        "/remove-background/path", json={"sourceImagePath": "in/photo.png", "outputImagePath": "out.png"}
+    )
+    _assert_error(failed, 500, "cannot write the output (disk full)")
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in root.iterdir()) == ["in", "out.png"]
+
+
+@pytest.mark.parametrize(
+    ("source", "output", "words"),
+    [
+        ("../outside/secret.png", "x.png", ("sourceImagePath", "..")),
+        ("in/../../outside/secret.png", "x.png", ("..",)),
+        ("in/photo.png", "../outside/evil.png", ("outputImagePath", "..")),
+        ("in/photo.png", "in/../../evil.png", ("..",)),
+        ("in\\..\\..\\outside\\secret.png", "x.png", ("..",)),
+        ("/etc/passwd", "x.png", ("absolute",)),
+        ("in/photo.png", "OUTSIDE/evil.png", ("outputImagePath", "absolute")),
+        ("C:\\Windows\\win.ini", "x.png", ("sourceImagePath",)),
+        ("\\\\server\\share\\a.png", "x.png", ("absolute",)),
+        ("in/photo.png", "in/photo.png", ("overwrite",)),
+        ("in/photo.png", "out.jpg", ("png",)),
+        ("in", "x.png", ("not a file",)),
+        ("in/photo.png", "in", ("png",)),
+        ("in/photo.png", "in/photo.png/x.png", ("a parent of the output is a file",)),
+        ("in/photo.png\x00.txt", "x.png", ("invalid",)),
+    ],
+)
+def test_path_endpoint_refuses_unsafe_paths(storage, source, output, words):
+    root, outside = storage
+    output = output.replace("OUTSIDE", str(outside))  # an absolute path into the folder beside the root
+    before = _snapshot(root, outside)
+    body = _assert_error(
+        _path_client(root).post("/remove-background/path", json={"sourceImagePath": source, "outputImagePath": output}),
+        400,
+        *words,
+    )
+    assert body["error"]
+    assert _snapshot(root, outside) == before  # nothing written anywhere
+    assert not (root.parent / "evil.png").exists()
+
+
+def test_path_endpoint_refuses_symlinks_out_of_the_root(storage):
+    root, outside = storage
+    (root / "link-dir").symlink_to(outside, target_is_directory=True)
+    (root / "link-file.png").symlink_to(outside / "secret.png")
+    (root / "dangling.png").symlink_to(outside / "created.png")
+    (root / "in" / "inside-link.png").symlink_to(root / "in" / "photo.png")
+    before = _snapshot(root, outside)
+    client = _path_client(root)
+    for source, output in [
+        ("link-dir/secret.png", "x.png"),  # a folder link out
+        ("link-file.png", "x.png"),  # a file link out
+        ("in/photo.png", "link-dir/evil.png"),  # writing through a folder link out
+        ("in/photo.png", "link-file.png"),  # replacing a link to a file outside
+        ("in/photo.png", "dangling.png"),  # a dangling link would create a file outside
+        ("in/photo.png", "link-dir/new/deeper.png"),
+    ]:
+        response = client.post("/remove-background/path", json={"sourceImagePath": source, "outputImagePath": output})
+        _assert_error(response, 400, "outside the storage root")
+    (root / "loop.png").symlink_to(root / "loop.png")
+    for source, output in [("loop.png", "x.png"), ("in/photo.png", "loop.png")]:
+        response = client.post("/remove-background/path", json={"sourceImagePath": source, "outputImagePath": output})
+        body = _assert_error(response, 400, "cannot resolve")
+        assert str(root) not in body["error"]  # no server paths in messages
+    assert _snapshot(root, outside) == {**before, str(root / "loop.png"): b""}
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.png"]
+    # A link that stays inside the root is fine.
+    ok = client.post(
+        "/remove-background/path", json={"sourceImagePath": "in/inside-link.png", "outputImagePath": "ok.png"}
+    )
+    assert ok.status_code == 200 and (root / "ok.png").is_file()
+
+
+def test_path_endpoint_errors(storage):
+    root, _ = storage
+    client = _path_client(root, max_pixels=100)
+    (root / "notes.txt").write_text("hello")
+    (root / "bomb.png").write_bytes(_png_header(5000, 5000))
+    post = lambda **body: client.post("/remove-background/path", json=body)  # noqa: E731
+    _assert_error(post(sourceImagePath="missing.png", outputImagePath="x.png"), 404, "no such file")
+    _assert_error(post(sourceImagePath="notes.txt", outputImagePath="x.png"), 415)
+    _assert_error(post(sourceImagePath="bomb.png", outputImagePath="x.png"), 413, "too many pixels")
+    _assert_error(post(sourceImagePath="in/photo.png", outputImagePath="x.png", threshold=2), 422, "threshold")
+    _assert_error(post(sourceImagePath="in/photo.png"), 422, "outputImagePath")
+    _assert_error(post(sourceImagePath="in/photo.png", outputImagePath="x.png", extra=1), 422)
+    _assert_error(post(sourceImagePath="", outputImagePath="x.png"), 422)
+    assert not (root / "x.png").exists()
+    small = _path_client(root, max_upload_mb=0.0001)
+    response = small.post(
+        "/remove-background/path", json={"sourceImagePath": "in/photo.png", "outputImagePath": "x.png"}
+    )
+    _assert_error(response, 413, "too large")
+
+
+def test_path_endpoint_timeout_writes_nothing(storage):
+    root, _ = storage
+    client = _path_client(root, SlowRemover(0.6), request_timeout_s=0.2)
+    body = {"sourceImagePath": "in/photo.png", "outputImagePath": "late.png"}
+    _assert_error(client.post("/remove-background/path", json=body), 504, "timed out")
+    time.sleep(0.8)  # the inference finished meanwhile: its client was told 504, so it is not written
+    assert sorted(p.name for p in root.iterdir()) == ["in"]
+
+
+def test_path_endpoint_disabled_without_a_storage_root(client):
+    response = client.post("/remove-background/path", json={"sourceImagePath": "a.png", "outputImagePath": "b.png"})
+    _assert_error(response, 501, "--storage-root")
+
+
+def test_storage_root_must_be_a_folder(tmp_path, remover):
+    with pytest.raises(ValueError, match="not a folder"):
+        create_app(remover, ServeSettings(storage_root=tmp_path / "missing", warmup=False))
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="workers"):
+        ServeSettings(workers=0)
+    with pytest.raises(ValueError, match="max_queue"):
+        ServeSettings(max_queue=-1)
+
+
+# -- u2net serve -------------------------------------------------------------------------------
+def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, checkpoint, tmp_path):
+    import uvicorn
+
+    from u2net.cli import main
+
+    seen = {}
+
+    def fake_run(app, host, port, log_level):
+        seen.update(app=app, host=host, port=port)
+        with TestClient(app) as client:  # lifespan: warm-up, then serve
+            seen["health"] = client.get("/health").json()
+            seen["info"] = client.get("/model-info").json()
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.setdefault("torch_threads", n))
+    status = main(
+        ["serve", "--model", str(checkpoint), "--device", "cpu", "--port", "8123", "--storage-root", str(tmp_path)]
+        + ["--workers", "3", "--max-upload-mb", "5", "--max-batch", "4", "--timeout", "9", "--cors-origin", "*"]
+    )
+    assert status == 0
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    settings = seen["app"].state.settings
+    assert (settings.workers, settings.max_upload_mb, settings.max_batch, settings.request_timeout_s) == (3, 5, 4, 9)
+    assert Path(settings.storage_root) == tmp_path and settings.cors_origins == ["*"]
+    assert seen["health"]["status"] == "ok" and seen["info"]["name"] == "u2netp"
+    assert seen["torch_threads"] == max(1, (os.cpu_count() or 1) // 3)  # cores shared by the 3 workers
+
+
+def test_serve_command_usage_errors(tmp_path, capsys):
+    from u2net.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "missing.pt")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path), "--storage-root", str(tmp_path / "nope")]) == 2
+    assert "storage root" in capsys.readouterr().err
+
+
+def test_pool_threads_are_bounded(remover):
+    """However many requests arrive at once, inference runs in at most ``workers`` threads, never on
+    the event loop's, and concurrent requests on the shared model get exactly their own results."""
+    seen: set[str] = set()
+
+    class Recording:
+        def remove(self, image, options=None):
+            seen.add(threading.current_thread().name)
+            return remover.remove(image, options)
+
+    app = create_app(Recording(), ServeSettings(workers=2, warmup=False))
+    client = TestClient(app)
+    pictures = [_picture(32 + 4 * i, 24 + 2 * i, seed=i) for i in range(6)]
+    results: dict[int, httpx.Response] = {}
+
+    def send(i: int) -> None:
+        results[i] = _post(client, _encode(pictures[i]))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, picture in enumerate(pictures):
+        np.testing.assert_array_equal(np.asarray(_image(results[i])), np.asarray(remover.remove(picture)))
+    assert 1 <= len(seen) <= 2 and all(name.startswith("u2net-serve") for name in seen)
+    assert app.state.service.pending == 0

@@ -1,0 +1,13 @@
+"""Serving: a REST service (FastAPI) and a web page for background removal with one shared model.
+
+    u2net serve --model best.onnx --port 8000          # then open http://127.0.0.1:8000/
+
+    from u2net.serve import ServeSettings, create_app
+    app = create_app("best.onnx", ServeSettings(storage_root="/data", workers=2))
+
+Needs the ``serve`` extra: ``pip install 'u2net[serve]'``.
+"""
+
+from .app import ApiError, ServeSettings, create_app
+
+__all__ = ["ApiError", "ServeSettings", "create_app"]
