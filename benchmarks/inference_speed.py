@@ -56,7 +56,7 @@ def bench_model(name: str, weights: str | None, photo: np.ndarray, runs: int, wo
 
     rows = []
     removers = {
-        "ours, PyTorch fp32": BackgroundRemover(Predictor.from_path(ckpt, device="cpu")),
+        "ours, PyTorch fp32": BackgroundRemover(Predictor.from_path(ckpt, device="auto")),
         "ours, ONNX Runtime fp32": BackgroundRemover(Predictor.from_path(fp32)),
         "ours, ONNX Runtime int8": BackgroundRemover(Predictor.from_path(int8)),
     }

@@ -246,3 +246,10 @@ def test_train_script_fine_tunes_from_official_weights(tmp_path) -> None:
     last_line = failed.stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"error: {wrong}: does not fit model 'u2netp'") and "missing" in last_line
     assert "Traceback" not in failed.stderr
+
+
+def test_profiler_writes_a_trace(tiny_synthetic, tmp_path) -> None:
+    trainer = _trainer(tiny_synthetic, tmp_path, max_steps=4, val_every=0, profile_steps=1)
+    trainer.fit()
+    traces = list((tmp_path / "tensorboard" / "profiler").glob("*.pt.trace.json*"))
+    assert traces and traces[0].stat().st_size > 0
