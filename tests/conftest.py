@@ -13,6 +13,29 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
+TINY_PREPROCESSING = {"image_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def save_tiny_checkpoint(path: Path, seed: int = 0):
+    """Save a random-weight U²-Net† validated at 64 px as one of our checkpoints; returns the model."""
+    import torch
+
+    import u2net
+
+    torch.manual_seed(seed)
+    model = u2net.create_model("u2netp")
+    torch.save({"model": model.state_dict(), "model_name": "u2netp", "preprocessing": TINY_PREPROCESSING}, path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny U²-Net† checkpoint with random weights (64 px), shared by a test module."""
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_tiny_checkpoint(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_synthetic(tmp_path_factory) -> Path:
     """A 24 + 8 image synthetic set (64–96 px) in the DUTS layout."""

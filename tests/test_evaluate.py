@@ -16,7 +16,7 @@ from u2net.evaluation import RESULT_KEYS, pair_predictions, score_folders
 from u2net.inference import Predictor
 from u2net.metrics import SaliencyMetrics
 
-from .conftest import REPO
+from .conftest import REPO, save_tiny_checkpoint
 
 REPORT_FILES = ("results.json", "results.csv", "results.md", "per_image.csv", "pr_curve.png", "f_threshold.png")
 
@@ -88,11 +88,8 @@ def test_folder_mode_cli_writes_every_report(tmp_path) -> None:
 
 
 def _checkpoint(tmp_path) -> tuple:
-    model = u2net.create_model("u2netp")
     ckpt = tmp_path / "model.pt"
-    preprocessing = {"image_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    torch.save({"model": model.state_dict(), "model_name": "u2netp", "preprocessing": preprocessing}, ckpt)
-    return model.eval(), ckpt
+    return save_tiny_checkpoint(ckpt).eval(), ckpt
 
 
 SMALL_SYNTHETIC = "dataset_overrides=['data.synthetic.num_train=4','data.synthetic.num_val=6']"

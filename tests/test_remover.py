@@ -17,7 +17,7 @@ from u2net.data.io import read_image
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions, mask_bbox, parse_color, remove_batch
 from u2net.inference.remover import clean_mask, cover, load_rgb, plan_outputs
 
-from .conftest import REPO
+from .conftest import REPO, save_tiny_checkpoint
 
 
 class FakePredictor:
@@ -54,13 +54,8 @@ def _picture(h=30, w=40) -> np.ndarray:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny U²-Net† with random weights, validated at 64 px."""
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    preprocessing = {"image_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    torch.save(
-        {"model": u2net.create_model("u2netp").state_dict(), "model_name": "u2netp", "preprocessing": preprocessing},
-        path,
-    )
+    save_tiny_checkpoint(path)
     return path
 
 

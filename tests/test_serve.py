@@ -30,18 +30,15 @@ import u2net  # noqa: E402
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions  # noqa: E402
 from u2net.serve import ApiError, ServeSettings, create_app  # noqa: E402
 
+from .conftest import save_tiny_checkpoint  # noqa: E402
+
 
 # -- fixtures and helpers ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny U²-Net† with random weights, validated at 64 px."""
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    preprocessing = {"image_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    torch.save(
-        {"model": u2net.create_model("u2netp").state_dict(), "model_name": "u2netp", "preprocessing": preprocessing},
-        path,
-    )
+    save_tiny_checkpoint(path)
     return path
 
 

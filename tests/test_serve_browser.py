@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -41,20 +40,16 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
-import u2net  # noqa: E402
 from u2net.serve import ServeSettings, create_app  # noqa: E402
+
+from .conftest import save_tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The real server (uvicorn) on 127.0.0.1, a free port, serving a tiny random-weight u2netp."""
-    torch.manual_seed(0)
     checkpoint = tmp_path_factory.mktemp("model") / "tiny.pt"
-    preprocessing = {"image_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    torch.save(
-        {"model": u2net.create_model("u2netp").state_dict(), "model_name": "u2netp", "preprocessing": preprocessing},
-        checkpoint,
-    )
+    save_tiny_checkpoint(checkpoint)
     app = create_app(checkpoint, ServeSettings(device="cpu"))
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     uv = uvicorn.Server(config)
