@@ -106,7 +106,6 @@ class Trainer:
         self.best: float | None = None
         self.stop_requested = False
         self.writer = None
-        self.metric_options: dict = {}
 
     # ------------------------------------------------------------------ the loop
     def fit(self, ckpt_path: str | None = None) -> dict[str, float]:
@@ -222,7 +221,7 @@ class Trainer:
         if loader is None:
             return {}
         self.model.eval()
-        meter = SaliencyMetrics(**self.metric_options)
+        meter = SaliencyMetrics()
         shown = None
         background_error = 0.0
         for batch in loader:
