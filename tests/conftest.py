@@ -29,11 +29,19 @@ def save_tiny_checkpoint(path: Path, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory) -> Path:
     """A tiny U²-Net† checkpoint with random weights (64 px), shared by a test module."""
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     save_tiny_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def remover(checkpoint):
+    """A background remover on the tiny checkpoint (PyTorch, CPU)."""
+    from u2net.inference import BackgroundRemover, Predictor
+
+    return BackgroundRemover(Predictor.from_path(checkpoint, device="cpu"))
 
 
 @pytest.fixture(scope="session")

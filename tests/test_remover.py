@@ -17,7 +17,7 @@ from u2net.data.io import read_image
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions, mask_bbox, parse_color, remove_batch
 from u2net.inference.remover import clean_mask, cover, load_rgb, plan_outputs
 
-from .conftest import REPO, save_tiny_checkpoint
+from .conftest import REPO
 
 
 class FakePredictor:
@@ -49,19 +49,6 @@ def _rect(h=30, w=40, box=(5, 16, 2, 11), value=1.0) -> np.ndarray:
 def _picture(h=30, w=40) -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny U²-Net† with random weights, validated at 64 px."""
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_tiny_checkpoint(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def remover(checkpoint) -> BackgroundRemover:
-    return BackgroundRemover(Predictor.from_path(checkpoint, device="cpu"))
 
 
 # -- input modes and orientation ---------------------------------------------------------------

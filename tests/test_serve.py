@@ -27,26 +27,11 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import u2net  # noqa: E402
-from u2net.inference import BackgroundRemover, Predictor, RemovalOptions  # noqa: E402
+from u2net.inference import BackgroundRemover, RemovalOptions  # noqa: E402
 from u2net.serve import ApiError, ServeSettings, create_app  # noqa: E402
-
-from .conftest import save_tiny_checkpoint  # noqa: E402
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A tiny U²-Net† with random weights, validated at 64 px."""
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_tiny_checkpoint(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def remover(checkpoint) -> BackgroundRemover:
-    return BackgroundRemover(Predictor.from_path(checkpoint, device="cpu"))
-
-
 @pytest.fixture(scope="module")
 def client(remover) -> TestClient:
     return TestClient(create_app(remover, ServeSettings(warmup=False)))

@@ -211,14 +211,7 @@ REMOVE = Command(
 
 
 # -- u2net serve -------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a value >= 1 expected, got {text}")
-    return value
+_positive_int = _int_in(1)
 
 
 def _positive_float(text: str) -> float:
