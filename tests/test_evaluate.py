@@ -13,6 +13,7 @@ from PIL import Image
 
 import u2net
 from u2net.evaluation import RESULT_KEYS, pair_predictions, score_folders
+from u2net.export import ExportWrapper
 from u2net.inference import Predictor
 from u2net.metrics import SaliencyMetrics
 
@@ -128,17 +129,9 @@ def test_model_mode_on_synthetic_with_saved_predictions(tmp_path) -> None:
 def test_onnx_model_matches_pytorch(tmp_path) -> None:
     model, ckpt = _checkpoint(tmp_path)
 
-    class Probabilities(torch.nn.Module):  # what an exported U²-Net (ours or rembg's) outputs
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return tuple(torch.sigmoid(o) for o in self.net(x))
-
-    onnx_path = tmp_path / "model.onnx"
+    onnx_path = tmp_path / "model.onnx"  # a bare export without our metadata, like a foreign file
     torch.onnx.export(
-        Probabilities(model),
+        ExportWrapper(model),
         torch.randn(1, 3, 64, 64),
         str(onnx_path),
         input_names=["input"],

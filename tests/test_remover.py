@@ -14,6 +14,7 @@ from PIL import Image
 import u2net
 from u2net.cli import main
 from u2net.data.io import read_image
+from u2net.export import ExportWrapper
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions, mask_bbox, parse_color, remove_batch
 from u2net.inference.remover import clean_mask, cover, load_rgb, plan_outputs
 
@@ -393,15 +394,6 @@ def test_cli_entry_point_runs(tmp_path) -> None:
 
 
 # -- agreement with rembg --------------------------------------------------------------------------
-class _Probabilities(torch.nn.Module):  # what an exported U²-Net (ours or rembg's) outputs
-    def __init__(self, net) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return tuple(torch.sigmoid(o) for o in self.net(x))
-
-
 def _scene(w: int, h: int) -> Image.Image:
     """A textured background with a bright rounded subject."""
     from PIL import ImageDraw, ImageFilter
@@ -442,7 +434,7 @@ def test_same_mask_as_rembg(tmp_path, monkeypatch) -> None:
     onnx_path = tmp_path / "models" / "tiny.onnx"
     onnx_path.parent.mkdir()
     torch.onnx.export(
-        _Probabilities(model),
+        ExportWrapper(model),  # what an exported U²-Net (ours or rembg's) outputs
         torch.randn(1, 3, 320, 320),
         str(onnx_path),
         input_names=["input"],

@@ -76,11 +76,8 @@ _byte = _int_in(0, 255)
 _non_negative = _int_in(0)
 
 
-def _add_remove_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="an image, or a folder searched recursively")
-    parser.add_argument(
-        "output", help="the output .png (or a folder) for an image; a folder mirroring the input tree for a folder"
-    )
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --backend and --device, shared by the subcommands that load a model."""
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
@@ -95,6 +92,14 @@ def _add_remove_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: ONNX Runtime for .onnx files (CUDA provider when available), PyTorch otherwise",
     )
     model.add_argument("--device", default="auto", help="PyTorch device: auto (CUDA, MPS, CPU), cpu, cuda, cuda:1 ...")
+
+
+def _add_remove_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="an image, or a folder searched recursively")
+    parser.add_argument(
+        "output", help="the output .png (or a folder) for an image; a folder mirroring the input tree for a folder"
+    )
+    _add_model_arguments(parser)
     output = parser.add_argument_group("output")
     output.add_argument("--mask-only", action="store_true", help="write the alpha mask (grayscale) only")
     output.add_argument("--crop", action="store_true", help="crop to the subject's bounding box")
@@ -225,15 +230,7 @@ def _positive_float(text: str) -> float:
 
 
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        metavar="PATH",
-        default=DEFAULT_MODEL,
-        help=f"checkpoint, official .pth, .onnx file or pretrained tag (default: {DEFAULT_MODEL}, downloaded once)",
-    )
-    model.add_argument("--backend", choices=("auto", "pytorch", "onnxruntime"), default="auto", help="as for remove")
-    model.add_argument("--device", default="auto", help="PyTorch device: auto (CUDA, MPS, CPU), cpu, cuda, cuda:1 ...")
+    _add_model_arguments(parser)
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     server.add_argument("--port", type=int, default=8000, help="port (default 8000)")
