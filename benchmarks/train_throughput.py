@@ -37,12 +37,17 @@ def _load_original_recipe():
     return module
 
 
-def measure_ours(model_name: str, root: Path, batch_size: int, steps: int, warmup: int, precision: str) -> dict:
+def measure_ours(
+    model_name: str, root: Path, batch_size: int, steps: int, warmup: int, precision: str, workers: int = 2
+) -> dict:
     """Time ``steps`` training steps (after ``warmup``) of our pipeline; data loading included."""
     source = [{"name": "bench", "root": str(root / "DUTS-TR"), "images": "DUTS-TR-Image", "masks": "DUTS-TR-Mask"}]
-    data = SaliencyDataModule(train=source, batch_size=batch_size, num_workers=2, check="none", progress=False)
+    on_cuda = torch.cuda.is_available()
+    data = SaliencyDataModule(
+        train=source, batch_size=batch_size, num_workers=workers, check="none", progress=False, pin_memory=on_cuda
+    )
     model = u2net.create_model(model_name)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if on_cuda else {}))
     config = TrainerConfig(out_dir="/tmp/u2net-bench", precision=precision, channels_last=True, tensorboard=False)
     trainer = Trainer(model, DeepSupervisionLoss(), optimizer, None, data, config)
     data.setup()
@@ -67,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precisions", nargs="+", default=["auto"], help="ours: auto, fp32, bf16, fp16")
     parser.add_argument("--data", type=Path, default=Path("data/bench_synthetic"))
     parser.add_argument("--skip-original", action="store_true")
+    parser.add_argument("--batch-size", type=int, help="batch for every model (default: u2netp 8, u2net 4)")
+    parser.add_argument("--workers", type=int, default=2, help="our loader's workers (data config default: 2)")
     args = parser.parse_args(argv)
 
     root = ensure_synthetic_dataset(args.data, num_train=64, num_val=0, seed=0, min_size=300, max_size=400)
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for name in args.models:
-        batch = BATCH[name]
+        batch = args.batch_size or BATCH[name]
         baseline = None
         if not args.skip_original:
             print(f"  {name}: original recipe ...", file=sys.stderr, flush=True)
@@ -86,9 +93,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append((name, batch, "original (skimage, 1 worker, fp32)", baseline["images_per_s"], 1.0, ""))
         for precision in args.precisions:
             print(f"  {name}: ours {precision} ...", file=sys.stderr, flush=True)
-            ours = measure_ours(name, root, batch, args.steps, args.warmup, precision)
+            ours = measure_ours(name, root, batch, args.steps, args.warmup, precision, args.workers)
             ratio = ours["images_per_s"] / baseline["images_per_s"] if baseline else float("nan")
-            label = f"ours ({resolve_precision(precision, device)}, channels_last, 2 workers)"
+            label = f"ours ({resolve_precision(precision, device)}, channels_last, {args.workers} workers)"
             target = f"≥ {TARGET[name]}× {'met' if ratio >= TARGET[name] else 'MISSED'}" if precision == "auto" else ""
             rows.append((name, batch, label, ours["images_per_s"], ratio, target))
 

@@ -20,6 +20,7 @@ COMMON = [
     "data.image_size=48",
     "data.crop_size=40",
     "data.num_workers=0",
+    "trainer.device=cpu",  # gloo on any machine, a GPU one included
     "sched=constant",
     "trainer.freeze_bn=true",  # per-sample computation independent of how the batch is split
     "trainer.precision=fp32",

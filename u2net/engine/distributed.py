@@ -22,10 +22,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    enabled: bool = False  # launched by torchrun: a process group is joined (also with one process)
 
     @property
     def is_main(self) -> bool:
@@ -34,17 +31,23 @@ class DistContext:
 
 def setup_distributed(device_type: str, timeout_minutes: float = 30.0) -> DistContext:
     """Join the process group torchrun describes (once per process); a plain run gets rank 0 of 1."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    # torchrun sets these even for one process; such a job runs the DDP code path of a larger one.
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistContext()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
+            if local_rank >= torch.cuda.device_count():
+                raise RuntimeError(
+                    f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; start "
+                    "torchrun with --nproc_per_node at most that, or train on the CPU with trainer.device=cpu"
+                )
             torch.cuda.set_device(local_rank)
         # A finite timeout turns a peer that died mid-collective into an error instead of a hang.
         dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
-    return DistContext(rank, world_size, local_rank)
+    return DistContext(rank, world_size, local_rank, enabled=True)
 
 
 def barrier(ctx: DistContext) -> None:

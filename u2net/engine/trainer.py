@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -196,15 +197,18 @@ class Trainer:
                 with autocast_context(self.device, self.precision):
                     outputs = self.model(images)
                 total, per_output = self.loss_fn(outputs, masks)
-                if any_rank(self.dist, not torch.isfinite(total).item()):
-                    raise NonFiniteLossError(
-                        f"loss became {total.item()} at step {self.step + 1}; training stopped and the last saved "
-                        f"checkpoint in {self.ckpt_dir} is intact (try a lower optim.lr, trainer.grad_clip or "
-                        "trainer.precision=fp32)"
-                    )
                 self.scaler.scale(total / len(batch_group)).backward()
             parts = torch.cat([total.detach()[None], per_output.detach()]) / len(batch_group)
             totals = parts if totals is None else totals + parts
+        # One host sync per step, after the backward passes are queued (a check right after the
+        # forward pass would stall the GPU queue) and before the weights change.
+        losses = totals.tolist()
+        if any_rank(self.dist, not math.isfinite(losses[0])):
+            raise NonFiniteLossError(
+                f"loss became {losses[0]} at step {self.step + 1}; training stopped and the last saved "
+                f"checkpoint in {self.ckpt_dir} is intact (try a lower optim.lr, trainer.grad_clip or "
+                "trainer.precision=fp32)"
+            )
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -212,7 +216,7 @@ class Trainer:
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
-        return totals.tolist()
+        return losses
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
