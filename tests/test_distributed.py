@@ -32,8 +32,9 @@ COMMON = [
 
 
 def _run(tmp_path, name: str, nproc: int, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """train.py under torchrun with ``nproc`` processes (0: a plain ``python train.py``)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    launcher = launcher if nproc > 1 else [sys.executable]
+    launcher = launcher if nproc > 0 else [sys.executable]
     command = [*launcher, str(REPO / "train.py"), f"paths.data_dir={tmp_path / 'data'}"]
     command += [f"hydra.run.dir={tmp_path / name}", *COMMON, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes share two cores
@@ -52,7 +53,7 @@ def test_sampler_shards_a_global_batch() -> None:
 
 
 def test_two_processes_match_one_and_resume(tmp_path) -> None:
-    one = _run(tmp_path, "one", 1, "data.batch_size=4", "trainer.max_steps=4")
+    one = _run(tmp_path, "one", 0, "data.batch_size=4", "trainer.max_steps=4")
     assert one.returncode == 0, one.stderr[-3000:]
     two = _run(tmp_path, "two", 2, "data.batch_size=2", "trainer.max_steps=4")
     assert two.returncode == 0, two.stderr[-3000:]
@@ -90,3 +91,13 @@ def test_a_failing_rank_ends_the_job(tmp_path) -> None:
     )
     assert failed.returncode != 0
     assert "injected failure on rank 1" in failed.stderr
+
+
+def test_torchrun_with_one_process_equals_a_plain_run(tmp_path) -> None:
+    plain = _run(tmp_path, "plain", 0, "data.batch_size=4", "trainer.max_steps=2", "trainer.val_every=0")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    single = _run(tmp_path, "torchrun", 1, "data.batch_size=4", "trainer.max_steps=2", "trainer.val_every=0")
+    assert single.returncode == 0, single.stderr[-3000:]
+    a, b = _state(tmp_path, "plain"), _state(tmp_path, "torchrun")
+    for key, value in a["model"].items():  # DDP over one rank: the same data, gradients and steps
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
