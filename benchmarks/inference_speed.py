@@ -28,15 +28,20 @@ from u2net.inference import BackgroundRemover, Predictor
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
-def _timed(fn, runs: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def _timed_interleaved(pipelines: dict, runs: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each pipeline, timed in turns (A, B, C, A, B, C, ...) so that a
+    change in the machine's load during the run affects all of them alike."""
+    for fn in pipelines.values():
+        for _ in range(warmup):
+            fn()
+    times = {label: [] for label in pipelines}
     for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for label, fn in pipelines.items():
+            time.sleep(0.2)  # the previous pipeline's thread pool stops spinning before the next starts
+            started = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - started)
+    return {label: statistics.median(values) for label, values in times.items()}
 
 
 def bench_model(name: str, weights: str | None, photo: np.ndarray, runs: int, workdir: Path) -> list[tuple]:
@@ -54,30 +59,32 @@ def bench_model(name: str, weights: str | None, photo: np.ndarray, runs: int, wo
     calibration = [calibration_predictor.preprocess(synthetic_image((240, 320), seed=s)) for s in range(8)]
     int8 = quantize_static_int8(fp32, workdir / f"{name}_int8.onnx", calibration)
 
-    rows = []
     removers = {
         "ours, PyTorch fp32": BackgroundRemover(Predictor.from_path(ckpt, device="auto")),
         "ours, ONNX Runtime fp32": BackgroundRemover(Predictor.from_path(fp32)),
         "ours, ONNX Runtime int8": BackgroundRemover(Predictor.from_path(int8)),
     }
     reference = np.asarray(removers["ours, ONNX Runtime fp32"].mask(photo), np.float32) / 255
-    for label, remover in removers.items():
-        seconds = _timed(lambda r=remover: r.remove(photo), runs)
-        mae = float(np.abs(np.asarray(remover.mask(photo), np.float32) / 255 - reference).mean())
-        rows.append((name, label, seconds, mae))
+    maes = {
+        label: float(np.abs(np.asarray(remover.mask(photo), np.float32) / 255 - reference).mean())
+        for label, remover in removers.items()
+    }
+    pipelines = {label: (lambda r=remover: r.remove(photo)) for label, remover in removers.items()}
 
     try:
         from rembg import new_session, remove
     except ImportError:  # e.g. a GPU machine without the dev extras: our rows alone
         print("rembg is not installed: its row is left out", flush=True)
-        return rows
-    os.environ.setdefault("U2NET_HOME", str(workdir))  # rembg must not look for downloads
-    session = new_session("u2net_custom", model_path=str(fp32))
-    pil = Image.fromarray(photo)
-    seconds = _timed(lambda: remove(pil, session=session), runs)
-    alpha = np.asarray(remove(pil, session=session, only_mask=True), np.float32) / 255
-    rows.append((name, "rembg u2net_custom (same fp32 file)", seconds, float(np.abs(alpha - reference).mean())))
-    return rows
+    else:
+        os.environ.setdefault("U2NET_HOME", str(workdir))  # rembg must not look for downloads
+        session = new_session("u2net_custom", model_path=str(fp32))
+        pil = Image.fromarray(photo)
+        label = "rembg u2net_custom (same fp32 file)"
+        pipelines[label] = lambda: remove(pil, session=session)
+        alpha = np.asarray(remove(pil, session=session, only_mask=True), np.float32) / 255
+        maes[label] = float(np.abs(alpha - reference).mean())
+    seconds = _timed_interleaved(pipelines, runs)
+    return [(name, label, seconds[label], maes[label]) for label in pipelines]
 
 
 def main(argv: list[str] | None = None) -> None:

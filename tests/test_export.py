@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from u2net.export import (
     verify_onnx,
 )
 from u2net.inference import Predictor, TorchBackend
+from u2net.inference.predictor import OnnxBackend, symbolic_batch_dim
 
 from .conftest import REPO
 
@@ -135,6 +137,18 @@ def test_layout_metadata_and_predictor(model, folded) -> None:
     reference = Predictor(TorchBackend(model, "cpu"), {**PREPROCESSING, "image_size": SIZE})
     image = synthetic_image((50, 70), seed=3)
     np.testing.assert_allclose(predictor.predict(image), reference.predict(image), atol=1e-5)
+
+
+def test_cpu_session_runs_a_batch_image_by_image(model, folded) -> None:
+    # On the CPU the symbolic batch dimension is fixed to 1 (ONNX Runtime then folds the shape
+    # arithmetic); a batch still goes in and comes out whole, equal to PyTorch's.
+    assert symbolic_batch_dim(Path(folded).read_bytes()) == "batch"
+    backend = OnnxBackend(folded, providers=["CPUExecutionProvider"])
+    assert backend.max_batch == 1
+    x = _image_batch(3)
+    probs = backend(x)
+    assert probs.shape == (3, SIZE, SIZE)
+    np.testing.assert_allclose(probs, _torch_probs(model, x)[0][:, 0], atol=1e-5)
 
 
 def test_fp16_and_fused_only(model, tmp_path) -> None:

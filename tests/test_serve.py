@@ -216,6 +216,21 @@ def test_remove_background_options():
     assert cleaned.size == (80, 60)
 
 
+def test_remove_background_stretch_option():
+    class FaintPredictor:  # an unconfident map: 0.2 in the background, 0.6 in a rectangle
+        def predict(self, rgb: np.ndarray) -> np.ndarray:
+            prob = np.full(rgb.shape[:2], 0.2, np.float32)
+            prob[10:20, 10:30] = 0.6
+            return prob
+
+    client = _client(BackgroundRemover(FaintPredictor()))
+    data = _encode(_picture(40, 30))
+    stretched = np.asarray(_image(_post(client, data, mask_only="true")))
+    assert stretched.min() == 0 and stretched.max() == 255
+    kept = np.asarray(_image(_post(client, data, mask_only="true", stretch="false")))
+    assert set(np.unique(kept)) == {51, 153}
+
+
 def test_remove_background_alpha_matting():
     pytest.importorskip("pymatting")
     client, _ = _rect_client()

@@ -133,6 +133,12 @@ def _add_remove_arguments(parser: argparse.ArgumentParser) -> None:
         "--erode-size", type=_non_negative, default=15, metavar="N", help="alpha matting: trimap erosion, px (15)"
     )
     mask.add_argument(
+        "--no-stretch",
+        dest="stretch",
+        action="store_false",
+        help="keep the model's probabilities (default: min-max normalise them, as the original U2-Net and rembg do)",
+    )
+    mask.add_argument(
         "--rembg-compatible", action="store_true", help="compute the mask exactly as rembg's u2net_custom session"
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -192,6 +198,7 @@ def _run_remove(args: argparse.Namespace) -> int:
             post_process=args.post_process,
             bg_color=args.bg_color,
             bg_image=args.bg_image,
+            stretch=args.stretch,
             rembg_compatible=args.rembg_compatible,
         )
         plan_outputs(args.input, args.output)  # bad input/output combinations fail before the model loads

@@ -91,6 +91,10 @@ class SaliencyTransform:
         mask_t = torch.from_numpy(np.ascontiguousarray(out["mask"], dtype=np.float32)).clamp_(0, 1)[None]
         return image_t, mask_t
 
+    def image_only(self, image: np.ndarray) -> torch.Tensor:
+        """The image alone (inference): H×W×3 uint8 -> 3×S×S float32, as ``__call__`` makes it."""
+        return normalize_image(self.geometry(image=image)["image"], self.mean, self.std, self.normalization)
+
 
 def train_transform(
     image_size: int = 320, crop_size: int | None = 288, hflip: float = 0.5, vflip: float = 0.0, **kwargs

@@ -6,13 +6,13 @@
     report = remove_batch(remover, "photos/", "cutouts/")        # a folder, recursively
 
 The mask is the model's probability map from the predictor (the training/validation preprocessing:
-cv2 bilinear resize, divide by the image's maximum, ImageNet mean/std), resized to the image
-bilinearly (as probabilities) and rounded to 0–255. ``RemovalOptions(rembg_compatible=True)``
-reproduces rembg's ``u2net_custom`` session instead (bit for bit on one ONNX file, CPU): PIL Lanczos
-resize of the input to 320², min–max normalisation of the output map, truncation to uint8, Lanczos
-resize of the 8-bit mask. The two differ most for unconfident models (rembg stretches any output to
-the full 0–255 range, which also turns an image without a subject into a "mask"); for a confident
-model they differ by a few levels at the edges.
+cv2 bilinear resize, divide by the image's maximum, ImageNet mean/std), resized to the image bilinearly,
+min–max normalised as the original U²-Net inference (``normPRED``) and rembg do, and rounded to
+0–255. That agrees with rembg's ``u2net_custom`` session on the same ONNX file to about 1.5/255 on
+average; ``RemovalOptions(rembg_compatible=True)`` reproduces rembg bit for bit (CPU): PIL Lanczos
+resize of the input to 320², min–max normalisation, truncation to uint8, Lanczos resize of the 8-bit
+mask. ``stretch=False`` keeps the model's probabilities instead of stretching them to the full
+range: an image without a subject then stays transparent rather than becoming a "mask" of noise.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ class RemovalOptions:
       subject (RGB output; RGBA output if the colour is not opaque). ``bg_image``: an image (path,
       PIL image or array) scaled to cover the output and centre-cropped, put behind the subject (RGB
       output). At most one of the two.
+    - ``stretch``: min–max normalise the model's map to the full 0–1 range first (the original
+      inference and rembg do; ``threshold`` then applies to the stretched map). ``False``: the
+      probabilities as they are.
     - ``rembg_compatible``: compute the mask exactly as rembg's ``u2net_custom`` session does, with
       its preprocessing and post-processing (see the module docstring).
     """
@@ -78,6 +81,7 @@ class RemovalOptions:
     min_island: float = 0.05
     bg_color: tuple[int, ...] | str | None = None
     bg_image: str | os.PathLike | Image.Image | np.ndarray | None = None
+    stretch: bool = True
     rembg_compatible: bool = False
 
     def __post_init__(self) -> None:
@@ -184,6 +188,7 @@ class BackgroundRemover:
                 alpha = np.where(alpha >= options.threshold * 255.0, 255, 0).astype(np.uint8)
         else:
             prob = self.predictor.predict(rgb)
+            prob = stretch_range(prob) if options.stretch else prob
             if options.threshold is not None:
                 alpha = np.where(prob >= options.threshold, 255, 0).astype(np.uint8)
             else:
@@ -211,7 +216,9 @@ class BackgroundRemover:
         if options.bg_image is not None:
             background = cover(load_rgb(options.bg_image), alpha.shape)
             return Image.fromarray(composite(foreground, alpha, background))
-        return Image.fromarray(np.dstack([foreground, alpha]))
+        cutout = Image.fromarray(foreground)
+        cutout.putalpha(Image.fromarray(np.ascontiguousarray(alpha)))  # 6× faster than stacking arrays
+        return cutout
 
     @staticmethod
     def bbox(mask: np.ndarray | Image.Image, padding: int = 0, min_alpha: int = 1) -> Box | None:
@@ -220,6 +227,13 @@ class BackgroundRemover:
 
 
 # -- mask post-processing ----------------------------------------------------------------------
+def stretch_range(prob: np.ndarray) -> np.ndarray:
+    """Min–max normalise a probability map to [0, 1] (the original U²-Net's ``normPRED``); a
+    constant map is returned as it is."""
+    lo, hi = float(prob.min()), float(prob.max())
+    return (prob - lo) / (hi - lo) if hi - lo > 1e-6 else prob
+
+
 def rembg_preprocess(rgb: np.ndarray, size: int = REMBG_INPUT_SIZE) -> np.ndarray:
     """rembg's ``BaseSession.normalize``: PIL Lanczos resize to ``size``², divide by the image's
     maximum, ImageNet mean/std; 3×S×S float32."""

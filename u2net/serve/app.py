@@ -3,7 +3,8 @@
 Endpoints (OpenAPI docs at ``/docs``):
 
 - ``POST /remove-background``: a multipart image (field ``file``) -> the PNG cut-out. Form fields:
-  ``mask_only``, ``crop``, ``padding``, ``threshold``, ``bg_color``, ``alpha_matting``, ``post_process``.
+  ``mask_only``, ``crop``, ``padding``, ``threshold``, ``bg_color``, ``alpha_matting``, ``post_process``,
+  ``stretch``.
 - ``POST /batch-remove-background``: up to ``max_batch`` images (field ``files``, same options) -> a
   zip of ``<stem>.png`` files plus ``errors.json``, the per-file error list (empty when all worked).
 - ``POST /remove-background/path``: JSON ``{"sourceImagePath", "outputImagePath", "threshold"}``, paths
@@ -391,6 +392,9 @@ def form_options(
     ] = None,
     alpha_matting: Annotated[bool, Form(description="refine the edges with alpha matting (slow)")] = False,
     post_process: Annotated[bool, Form(description="morphological clean-up of the mask")] = False,
+    stretch: Annotated[
+        bool, Form(description="min-max normalise the model's map first, as the original U2-Net and rembg do")
+    ] = True,
 ) -> RemovalOptions:
     if alpha_matting:
         try:
@@ -406,6 +410,7 @@ def form_options(
             bg_color=bg_color or None,
             alpha_matting=alpha_matting,
             post_process=post_process,
+            stretch=stretch,
         )
     except ValueError as exc:
         raise ApiError(400, str(exc), {"bg_color": bg_color}) from None
