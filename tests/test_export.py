@@ -18,6 +18,7 @@ import u2net
 from u2net.data import eval_transform, normalize_image, read_image, read_mask
 from u2net.export import (
     FP16_ATOL,
+    ExportWrapper,
     compare_accuracy,
     export_onnx,
     onnx_to_state_dict,
@@ -241,6 +242,27 @@ def test_import_matches_by_structure_not_node_order(model, unfolded, tmp_path) -
     _, state = onnx_to_state_dict(shuffled)
     for key, value in model.state_dict().items():
         assert torch.equal(state[key], value) or key.endswith("num_batches_tracked"), key
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript ONNX exporter
+def test_import_a_file_exported_like_rembgs(model, tmp_path) -> None:
+    # rembg's u2net.onnx / u2netp.onnx / u2net_human_seg.onnx came from the original repository's model
+    # (sigmoid outputs, fused first) through a plain torch.onnx.export at opset 11: input "input.1", a
+    # fixed 1×3×320×320 shape, numbered output names, BatchNorm folded by the exporter's eval pass.
+    path = tmp_path / "u2netp.onnx"
+    torch.onnx.export(ExportWrapper(model), torch.zeros(1, 3, 320, 320), str(path), opset_version=11, dynamo=False)
+    proto = onnx.load(str(path))
+    assert proto.graph.input[0].name == "input.1" and proto.opset_import[0].version == 11
+    assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    imported = u2net.load_model(path).eval()
+    assert imported.model_name == "u2netp"
+    model.eval()
+    x = _image_batch(1, size=320)
+    predictor = Predictor.from_path(path)  # runs the file itself, at its fixed size
+    assert predictor.input_size == 320
+    for got, want in zip(_torch_probs(imported, x), _torch_probs(model, x)):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(predictor.backend(x), _torch_probs(model, x)[0][:, 0], atol=1e-4)
 
 
 def test_import_refuses_other_models(tmp_path) -> None:
