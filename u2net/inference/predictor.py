@@ -113,7 +113,7 @@ def symbolic_batch_dim(model_bytes: bytes) -> str | None:
     initializers = {t.name for t in model.graph.initializer}
     first = next(i for i in model.graph.input if i.name not in initializers)
     dims = first.type.tensor_type.shape.dim
-    return dims[0].dim_param or None if dims else None
+    return (dims[0].dim_param or None) if dims else None
 
 
 class Predictor:
