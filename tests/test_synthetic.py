@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,19 @@ def test_ensure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RuntimeError, match="delete it"):
         ensure_synthetic_dataset(root, seed=1, **KW)
     assert (root / "README.txt").is_file()
+
+
+def test_ensure_regenerates_when_the_arguments_change(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    ensure_synthetic_dataset(root, seed=1, **KW)
+    first = json.loads((root / "DONE").read_text())
+    train = sorted((root / "DUTS-TR" / "DUTS-TR-Image").iterdir())
+    before = train[0].read_bytes()
+    ensure_synthetic_dataset(root, seed=2, **KW)  # e.g. data.synthetic.seed changed on the command line
+    second = json.loads((root / "DONE").read_text())
+    assert first["seed"] == 1 and second == {**first, "seed": 2}
+    assert train[0].read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temporary or old copies left
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -398,7 +398,7 @@ def generate_synthetic_dataset(
             + (f" --min-size {min_size} --max-size {max_size}" if (min_size, max_size) != (160, 240) else "")
             + "\n"
         )
-        params = {"seed": seed, "num_train": num_train, "num_val": num_val, "min_size": min_size, "max_size": max_size}
+        params = _generator_params(num_train, num_val, seed, min_size, max_size)
         (tmp / DONE_MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")  # last file: marks completeness
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700; the dataset should be readable like a normal directory
         if root.exists():  # appeared while we were generating; os.rename would replace an empty dir
@@ -411,21 +411,46 @@ def generate_synthetic_dataset(
     return root
 
 
-def ensure_synthetic_dataset(root: str | Path, **kwargs) -> Path:
+def ensure_synthetic_dataset(root: str | Path, progress: bool = True, **kwargs) -> Path:
     """Return ``root``, generating the dataset there first unless ``root/DONE`` exists.
 
-    ``kwargs`` go to :func:`generate_synthetic_dataset`. An existing ``root`` without ``DONE``
-    (interrupted or foreign content) raises instead of being deleted: it may be user data.
+    ``kwargs`` go to :func:`generate_synthetic_dataset`. A complete set made with other generator
+    arguments (recorded in ``DONE``) is regenerated: it is derived data, replaced only once the new
+    set is complete. An existing ``root`` without ``DONE`` (interrupted or foreign content) raises
+    instead of being deleted: it may be user data.
     """
     root = Path(root).expanduser().absolute()
-    if (root / DONE_MARKER).is_file():
+    marker = root / DONE_MARKER
+    if marker.is_file():
+        wanted = _generator_params(**kwargs)
+        try:
+            found = json.loads(marker.read_text())
+        except ValueError:
+            found = None
+        if found == wanted:
+            return root
+        print(f"{root}: synthetic set made with {found}; regenerating with {wanted}", file=sys.stderr)
+        fresh = Path(tempfile.mkdtemp(prefix=f".{root.name}.new-", dir=root.parent)) / root.name
+        generate_synthetic_dataset(fresh, progress=progress, **kwargs)
+        old = root.with_name(f".{root.name}.old-{os.getpid()}")
+        os.rename(root, old)
+        os.rename(fresh, root)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(fresh.parent, ignore_errors=True)
         return root
     if root.exists():
         raise RuntimeError(
             f"{root} exists but is not a complete synthetic dataset (no {DONE_MARKER} marker); "
             "delete it to regenerate, or point the dataset root elsewhere"
         )
-    return generate_synthetic_dataset(root, **kwargs)
+    return generate_synthetic_dataset(root, progress=progress, **kwargs)
+
+
+def _generator_params(
+    num_train: int = 400, num_val: int = 80, seed: int = 0, min_size: int = 160, max_size: int = 240
+) -> dict[str, int]:
+    """The generator arguments as ``DONE`` records them (defaults filled in)."""
+    return {"seed": seed, "num_train": num_train, "num_val": num_val, "min_size": min_size, "max_size": max_size}
 
 
 def main(argv: list[str] | None = None) -> None:
