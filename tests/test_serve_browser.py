@@ -1,9 +1,9 @@
 """End to end in a real browser: the web page of ``u2net serve`` in headless Chromium (Debian's
 ``chromium`` package, driven by Playwright) against the server on 127.0.0.1.
 
-Uploads an image through the file picker, waits for the cut-out, re-runs it with a threshold and a
-background colour, downloads the PNG, drops a second image on the drop zone and checks that an
-error is shown for a text file. The screenshot is kept in ``tests/artifacts/serve_e2e.png``.
+Uploads an image through the file picker, waits for the cut-out, re-runs it unstretched, with a
+threshold and with a background colour, downloads the PNG, drops a second image on the drop zone
+and checks that an error is shown for a text file. The screenshot is kept in ``tests/artifacts/serve_e2e.png``.
 """
 
 from __future__ import annotations
@@ -106,6 +106,18 @@ def test_upload_see_result_and_download(server, tmp_path):
             page.screenshot(path=str(shot), full_page=True)
             shutil.copyfile(shot, ARTIFACTS / "serve_e2e.png")
 
+            # Unchecking "stretch" shows the model's own probabilities: the random model's near-constant map
+            # is no longer spread over the full 0..255 range.
+            assert np.ptp(_result_alpha(page)) == 255
+            previous = page.get_attribute("#result", "src")
+            with page.expect_response(lambda r: r.url.endswith("/remove-background")) as unstretched:
+                page.uncheck("#stretch")
+            assert unstretched.value.status == 200
+            page.wait_for_function(f"document.getElementById('result').src !== {previous!r}")
+            assert np.ptp(_result_alpha(page)) < 255
+            page.check("#stretch")
+            page.wait_for_function("document.body.dataset.busy === 'false'")
+
             # A threshold and a background colour re-run the request.
             previous = page.get_attribute("#result", "src")
             with page.expect_response(lambda r: r.url.endswith("/remove-background")) as second:
@@ -166,6 +178,22 @@ def test_upload_see_result_and_download(server, tmp_path):
             assert page_errors == []
         finally:
             browser.close()
+
+
+def _result_alpha(page) -> np.ndarray:
+    """The alpha channel of the cut-out the page shows (fetched from its blob URL)."""
+    _wait_for_image(page, "result")
+    encoded = page.evaluate(
+        """async () => {
+            const response = await fetch(document.getElementById('result').src);
+            const bytes = new Uint8Array(await response.arrayBuffer());
+            let text = '';
+            for (const byte of bytes) text += String.fromCharCode(byte);
+            return btoa(text);
+        }"""
+    )
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+        return np.asarray(image.convert("RGBA"))[..., 3]
 
 
 def _wait_for_image(page, element_id: str) -> None:

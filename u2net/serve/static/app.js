@@ -82,6 +82,7 @@ async function run() {
   if ($("mask-only").checked) form.append("mask_only", "true");
   if ($("crop").checked) form.append("crop", "true");
   if ($("post-process").checked) form.append("post_process", "true");
+  if (!$("stretch").checked) form.append("stretch", "false");
 
   clearError();
   setBusy(true);
@@ -169,7 +170,7 @@ function init() {
   $("use-threshold").addEventListener("change", (event) => { threshold.disabled = !event.target.checked; run(); });
   $("use-bg").addEventListener("change", (event) => { $("bg-color").disabled = !event.target.checked; run(); });
   $("bg-color").addEventListener("input", () => rerunSoon());
-  ["mask-only", "crop", "post-process"].forEach((id) => $(id).addEventListener("change", () => run()));
+  ["mask-only", "crop", "post-process", "stretch"].forEach((id) => $(id).addEventListener("change", () => run()));
   setBusy(false);
   loadModelInfo();
 }
