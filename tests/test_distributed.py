@@ -1,9 +1,10 @@
 """torchrun on the CPU (gloo, 2 processes): same result as one process with the same global batch,
-resume, reduced validation, and a crashing rank ending the job instead of hanging."""
+resume, reduced validation, multi-node rendezvous, and a crashing rank ending the job instead of hanging."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -101,3 +102,32 @@ def test_torchrun_with_one_process_equals_a_plain_run(tmp_path) -> None:
     a, b = _state(tmp_path, "plain"), _state(tmp_path, "torchrun")
     for key, value in a["model"].items():  # DDP over one rank: the same data, gradients and steps
         torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_two_nodes_with_their_own_disks_match_one_process(tmp_path) -> None:
+    """``--nnodes=2`` with c10d rendezvous, as on a cluster: node A runs rank 0, node B two ranks and has
+    no shared storage (its own data and run folders), so it makes its own copy of the synthetic set."""
+    with socket.socket() as probe:  # a free port for the rendezvous store
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = []
+    for node, nproc in (("a", 1), ("b", 2)):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--nproc_per_node={nproc}"]
+        command += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test-job"]
+        command += [str(REPO / "train.py"), f"paths.data_dir={tmp_path / f'data_{node}'}"]
+        command += [f"hydra.run.dir={tmp_path / f'node_{node}'}", *COMMON, "data.batch_size=2", "trainer.max_steps=2"]
+        nodes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stderr.decode()[-3000:]
+    # 3 ranks × 2 images = one process with a batch of 6 over the same (regenerated, identical) data
+    plain = _run(tmp_path, "plain", 0, "data.batch_size=6", "trainer.max_steps=2")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    a, b = _state(tmp_path, "plain"), _state(tmp_path, "node_a")
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-3, atol=1e-4, msg=key)
+    assert b["metrics"]["mae"] == pytest.approx(a["metrics"]["mae"], abs=1e-4)
+    # node B's first rank made its own copy of the set; its second rank only scanned it
+    assert (tmp_path / "data_b" / "synthetic" / "DONE").is_file()
+    assert not (tmp_path / "node_b" / "checkpoints").exists()  # only rank 0 (on node A) writes

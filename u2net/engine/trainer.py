@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from ..data import DatasetCheckError
 from ..data.datamodule import SaliencyDataModule
 from ..metrics import SaliencyMetrics, evaluate_batch
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
@@ -170,13 +171,23 @@ class Trainer:
         return self.metrics
 
     def _setup_data(self) -> None:
-        # Rank 0 makes the synthetic set and checks the files; the others wait, then only scan.
-        if self.dist.is_main:
+        # Rank 0 makes the synthetic set (if configured) and checks every file. Then the first rank of
+        # each other node, which finds the set on shared storage or makes that node its own copy; then
+        # the remaining ranks, which only scan: no two processes ever generate into one folder.
+        ctx = self.dist
+        if ctx.is_main:
             self.data.setup(seed=self.cfg.seed)
-            barrier(self.dist)
-        else:
-            barrier(self.dist)
-            self.data.setup(seed=self.cfg.seed, check="none")
+        barrier(ctx)
+        for first_on_node in (True, False):
+            if not ctx.is_main and (ctx.local_rank == 0) == first_on_node:
+                try:
+                    self.data.setup(seed=self.cfg.seed, check="none")
+                except DatasetCheckError as exc:
+                    raise DatasetCheckError(
+                        f"rank {ctx.rank}: {exc} (rank 0 found its data: every node needs the datasets at "
+                        "the same path, on shared storage or copied)"
+                    ) from exc
+            barrier(ctx)
 
     def train_step(self, batch_group: list[dict]) -> list[float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns [total, fused, side1..]."""
