@@ -20,7 +20,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from u2net.data import collect_pairs, ensure_synthetic_dataset
+from u2net.data import collect_pairs, ensure_synthetic_dataset, split_pairs
 from u2net.evaluation import (
     console_table,
     markdown_table,
@@ -38,19 +38,26 @@ REPO = Path(__file__).resolve().parent
 
 
 def dataset_pairs(name: str, cfg: DictConfig) -> list:
-    """The (image, mask) pairs of the ``test`` sources of ``configs/data/<name>.yaml``."""
+    """The (image, mask) pairs of the ``test`` sources of ``configs/data/<name>.yaml`` (else its
+    validation sources, else the images training holds out with ``val_fraction``)."""
     try:
         overrides = [f"data={name}", f"paths.data_dir={cfg.paths.data_dir}", *cfg.dataset_overrides]
-        data_cfg = compose("train", overrides=overrides).data
+        train_cfg = compose("train", overrides=overrides)
     except MissingConfigException:
         known = sorted(p.stem for p in (REPO / "configs" / "data").glob("[!_]*.yaml"))
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(known)}") from None
-    data = instantiate(data_cfg, _convert_="all")
+    data = instantiate(train_cfg.data, _convert_="all")
     if data.synthetic:
         options = dict(data.synthetic)
         ensure_synthetic_dataset(Path(options.pop("root")), progress=cfg.progress, **options)
-    sources = data.test_sources or data.val_sources
-    return collect_pairs(sources, check=cfg.check, on_invalid=cfg.on_invalid, progress=cfg.progress)
+    check = {"check": cfg.check, "on_invalid": cfg.on_invalid, "progress": cfg.progress}
+    if data.test_sources or data.val_sources:
+        return collect_pairs(data.test_sources or data.val_sources, **check)
+    if data.train_sources and data.val_fraction > 0:
+        # No separate test folders (e.g. human_seg): the images training held out, split with its seed.
+        _, held_out = split_pairs(collect_pairs(data.train_sources, **check), data.val_fraction, train_cfg.trainer.seed)
+        return held_out[: data.max_val_samples] if data.max_val_samples is not None else held_out
+    raise ValueError(f"dataset {name!r} names no test or validation images to score")
 
 
 def score_weights(weights: str, cfg: DictConfig, out_dir: Path) -> tuple[list, dict]:
@@ -73,9 +80,9 @@ def score_weights(weights: str, cfg: DictConfig, out_dir: Path) -> tuple[list, d
         model_info["size_mb"] = round(info.size_mb, 2)
     model_info["input_size"] = predictor.input_size
     if cfg.latency_runs > 0:
-        speed = predictor.measure_latency(runs=cfg.latency_runs, size=320)
-        model_info["latency_ms_320"] = round(speed["latency_ms"], 2)
-        model_info["images_per_s_320"] = round(speed["images_per_s"], 2)
+        speed = predictor.measure_latency(runs=cfg.latency_runs, size=320)  # a fixed-size model uses its own
+        model_info[f"latency_ms_{speed['size']}"] = round(speed["latency_ms"], 2)
+        model_info[f"images_per_s_{speed['size']}"] = round(speed["images_per_s"], 2)
         model_info["threads"] = torch.get_num_threads()
     return results, model_info
 

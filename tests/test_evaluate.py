@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -9,15 +10,18 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from PIL import Image
 
 import u2net
-from u2net.evaluation import RESULT_KEYS, pair_predictions, score_folders
+from evaluate import dataset_pairs
+from u2net.evaluation import RESULT_KEYS, pair_predictions, score_folders, score_model
 from u2net.export import ExportWrapper
-from u2net.inference import Predictor
+from u2net.inference import Predictor, TorchBackend
 from u2net.metrics import SaliencyMetrics
 
-from .conftest import REPO, save_tiny_checkpoint
+from .conftest import REPO, TINY_PREPROCESSING, save_tiny_checkpoint
 
 REPORT_FILES = ("results.json", "results.csv", "results.md", "per_image.csv", "pr_curve.png", "f_threshold.png")
 
@@ -182,3 +186,71 @@ def test_several_models_are_compared(tmp_path) -> None:
     comparison = (out / "comparison.md").read_text()
     assert "1_model · synthetic" in comparison and "2_other · synthetic" in comparison
     assert (out / "pr_curve.png").is_file() and (out / "f_threshold.png").is_file()
+
+
+def test_same_stems_are_reported_not_silently_paired(tmp_path) -> None:
+    _masks(tmp_path / "gt", count=2)
+    _masks(tmp_path / "pred", count=2)
+    inverted = 255 - np.asarray(Image.open(tmp_path / "pred" / "img0.png"))
+    Image.fromarray(inverted).save(tmp_path / "pred" / "img0.jpg")  # sorts before img0.png
+    pairs, messages = pair_predictions(tmp_path / "pred", tmp_path / "gt")
+    assert [pred.name for pred, _ in pairs] == ["img0.jpg", "img1.png"]
+    assert any("img0.png: same stem as img0.jpg" in m for m in messages)
+
+
+def test_model_mode_keeps_images_with_one_stem_in_several_folders_apart(tmp_path) -> None:
+    model, _ = _checkpoint(tmp_path)
+    predictor = Predictor(TorchBackend(model), {**TINY_PREPROCESSING, "image_size": 32})
+    rng = np.random.default_rng(0)
+    pairs = []
+    for source in ("a", "b"):  # e.g. two sources of one dataset, or a nested folder tree
+        (tmp_path / source).mkdir()
+        image, gt = tmp_path / source / "0001.jpg", tmp_path / source / "0001.png"
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(image)
+        Image.fromarray(np.full((30, 40), 255 if source == "a" else 0, np.uint8)).save(gt)
+        pairs.append((image, gt))
+    result = score_model(predictor, pairs, "two", num_workers=0, save_dir=tmp_path / "pred", progress=False)
+    assert [row["name"] for row in result.per_image] == ["a/0001", "b/0001"]
+    assert sorted(p.relative_to(tmp_path / "pred").as_posix() for p in (tmp_path / "pred").rglob("*.png")) == [
+        "a/0001.png",
+        "b/0001.png",
+    ]
+    # a model whose output is NaN fails its images, not the run
+    broken = Predictor(TorchBackend(_nan_model(model)), {**TINY_PREPROCESSING, "image_size": 32})
+    with pytest.raises(ValueError, match="no image could be scored"):
+        score_model(broken, pairs, "broken", num_workers=0, progress=False)
+
+
+def _nan_model(model: torch.nn.Module) -> torch.nn.Module:
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.outconv.bias.fill_(float("nan"))
+    return broken
+
+
+def test_unreadable_gallery_image_is_reported_not_fatal(tmp_path) -> None:
+    _masks(tmp_path / "gt", count=2)
+    _masks(tmp_path / "pred", count=2, shift=2)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "img0.jpg").write_text("not an image")
+    result = score_folders(tmp_path / "pred", tmp_path / "gt", image_dir=tmp_path / "images", progress=False)
+    assert result.summary["n_images"] == 2
+    assert any("img0.jpg: unreadable image" in message for message in result.failures)
+    assert all(item["image"] is None for item in result.worst)
+
+
+def test_held_out_split_is_scored_for_datasets_without_test_folders(tmp_path) -> None:
+    # human_seg has one folder of images and masks; training holds out val_fraction of it
+    root = tmp_path / "data" / "human_seg"
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+    for i in range(20):
+        Image.fromarray(np.full((16, 16, 3), i * 10, np.uint8)).save(root / "images" / f"p{i:02d}.jpg")
+        Image.fromarray(np.full((16, 16), 255 * (i % 2), np.uint8)).save(root / "masks" / f"p{i:02d}.png")
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"paths.data_dir={tmp_path / 'data'}", "progress=false"])
+        pairs = dataset_pairs("human_seg", cfg)
+        train_cfg = compose("train", overrides=["data=human_seg", f"paths.data_dir={tmp_path / 'data'}"])
+    data = instantiate(train_cfg.data, _convert_="all", progress=False)
+    data.setup(seed=train_cfg.trainer.seed)
+    assert pairs == data.val_set.pairs and len(pairs) == 1  # 5 % of 20: what training validated on

@@ -59,10 +59,12 @@ class DatasetCheckError(ValueError):
     """A dataset failed its pre-training check; the message lists every offending file."""
 
 
-def _by_stem(files: list[Path], folder: Path, problems: list[Problem]) -> dict[str, Path]:
+def index_by_stem(files: list[Path], folder: str | Path, problems: list[Problem]) -> dict[str, Path]:
+    """``files`` by their path below ``folder`` without suffix; a second file with the same key is
+    left out and added to ``problems`` (``a.jpg`` and ``a.png`` cannot both be paired)."""
     found: dict[str, Path] = {}
     for path in files:
-        key = path.relative_to(folder).with_suffix("").as_posix()
+        key = path.relative_to(Path(folder)).with_suffix("").as_posix()
         if key in found:
             problems.append(Problem(str(path), f"same stem as {found[key].name}; cannot tell which to pair"))
             continue
@@ -80,8 +82,8 @@ def scan_source(source: SourceSpec) -> PairScan:
     for folder, what in ((source.image_dir, "image"), (source.mask_dir, "mask")):
         if not folder.is_dir():
             raise DatasetCheckError(f"dataset {source.name}: {what} folder {folder} does not exist")
-    images = _by_stem(list_images(source.image_dir, source.recursive), source.image_dir, scan.problems)
-    masks = _by_stem(list_images(source.mask_dir, source.recursive), source.mask_dir, scan.problems)
+    images = index_by_stem(list_images(source.image_dir, source.recursive), source.image_dir, scan.problems)
+    masks = index_by_stem(list_images(source.mask_dir, source.recursive), source.mask_dir, scan.problems)
     for key, image in images.items():
         if key in masks:
             scan.pairs.append((image, masks[key]))

@@ -8,6 +8,7 @@ A file that cannot be read is reported and skipped; the batch goes on.
 from __future__ import annotations
 
 import heapq
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.folder import Problem, index_by_stem
 from ..data.io import list_images, read_image, read_mask
 from ..fileio import write_image
 from ..inference.predictor import Predictor
@@ -98,12 +100,15 @@ def score_model(
 ) -> DatasetResult:
     """Predict every pair's image, resize the prediction to the image's own size, and score it.
 
-    With ``save_dir``, each prediction is written as ``save_dir/<stem>.png`` (8-bit, atomically).
+    Images are named by their path below the images' common folder, without suffix (``0001``, or
+    ``sub/0001`` for nested or several sources). With ``save_dir``, each prediction is written there
+    as ``<name>.png`` (8-bit, atomically). A model output that is not finite fails that image only.
     """
     from tqdm import tqdm
 
     metrics, worst = SaliencyMetrics(), _WorstImages(worst_count)
     result = DatasetResult(name, {})
+    names = image_names([image for image, _ in pairs])
     loader = DataLoader(
         _ScoringSet(pairs, predictor), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
     )
@@ -116,22 +121,44 @@ def score_model(
                 probs = predictor.predict_batch(batch, [item["gt"].shape for item in good])
                 for item, prob in zip(good, probs):
                     image_path, gt_path = pairs[item["index"]]
+                    if not np.isfinite(prob).all():
+                        result.failures.append(f"{image_path}: the model's output is not finite (NaN or inf)")
+                        continue
                     pred = probabilities_to_uint8(prob)
+                    name_ = names[item["index"]]
                     if save_dir is not None:
-                        write_image(Path(save_dir) / f"{Path(image_path).stem}.png", pred)
-                    _record(result, metrics, worst, image_path, gt_path, pred, item["gt"])
+                        write_image(Path(save_dir) / f"{name_}.png", pred)
+                    _record(result, metrics, worst, name_, image_path, pred, item["gt"])
             bar.update(len(items))
     return _finish(result, metrics, worst)
 
 
-def _record(result, metrics, worst, image_path, gt_path, pred: np.ndarray, gt: np.ndarray) -> None:
+def image_names(paths: Sequence[str | Path]) -> list[str]:
+    """Unique names for ``paths``: each path below their common folder, without suffix (posix)."""
+    if not paths:
+        return []
+    common = Path(os.path.commonpath([Path(p).absolute().parent for p in paths]))
+    names = [Path(p).absolute().relative_to(common).with_suffix("").as_posix() for p in paths]
+    seen: dict[str, str | Path] = {}
+    for name, path in zip(names, paths):
+        if name in seen:  # a.jpg and a.png in one folder: their predictions would share a file name
+            raise ValueError(f"{path}: same name as {seen[name]}; rename one of them")
+        seen[name] = path
+    return names
+
+
+def _record(result, metrics, worst, name: str, image_path, pred: np.ndarray, gt: np.ndarray) -> None:
     scores = metrics.update(pred, gt)
-    stem = Path(gt_path).stem
-    result.per_image.append({"dataset": result.name, "name": stem, "image": str(image_path), **scores})
+    result.per_image.append({"dataset": result.name, "name": name, "image": str(image_path or ""), **scores})
 
     def payload() -> dict:
-        image = read_image(image_path) if image_path is not None else None
-        return {"name": stem, "mae": scores["mae"], "image": image, "gt": gt, "pred": pred}
+        image = None
+        if image_path is not None:
+            try:
+                image = read_image(image_path)
+            except Exception as exc:  # the gallery then shows the prediction without its input
+                result.failures.append(f"{image_path}: unreadable image ({type(exc).__name__}: {exc})")
+        return {"name": name, "mae": scores["mae"], "image": image, "gt": gt, "pred": pred}
 
     worst.offer(scores["mae"], payload)
 
@@ -150,10 +177,13 @@ def pair_predictions(pred_dir: str | Path, gt_dir: str | Path) -> tuple[list[tup
     for folder, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: {what} folder does not exist")
-    preds = {p.stem: p for p in list_images(pred_dir)}
-    gts = {p.stem: p for p in list_images(gt_dir)}
+    problems: list[Problem] = []
+    preds = index_by_stem(list_images(pred_dir), pred_dir, problems)
+    gts = index_by_stem(list_images(gt_dir), gt_dir, problems)
     pairs = [(preds[stem], gts[stem]) for stem in sorted(gts) if stem in preds]
-    messages = [f"{gts[stem]}: no prediction with this stem in {pred_dir}" for stem in sorted(gts) if stem not in preds]
+    messages = [str(problem) for problem in problems]
+    unpaired = [stem for stem in sorted(gts) if stem not in preds]
+    messages += [f"{gts[stem]}: no prediction with this stem in {pred_dir}" for stem in unpaired]
     extra = sorted(set(preds) - set(gts))
     if extra:
         messages.append(f"{pred_dir}: {len(extra)} prediction(s) without ground truth ignored (e.g. {extra[0]})")
@@ -177,7 +207,7 @@ def score_folders(
     pairs, messages = pair_predictions(pred_dir, gt_dir)
     metrics, worst = SaliencyMetrics(), _WorstImages(worst_count)
     result = DatasetResult(name, {}, failures=messages)
-    images = {p.stem: p for p in list_images(image_dir)} if image_dir else {}
+    images = index_by_stem(list_images(image_dir), image_dir, []) if image_dir else {}
     resized = 0
     for pred_path, gt_path in tqdm(pairs, desc=f"scoring {name}", unit="img", disable=not progress):
         try:
@@ -193,7 +223,7 @@ def score_folders(
         if pred.shape != gt.shape:
             resized += 1
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-        _record(result, metrics, worst, images.get(gt_path.stem), gt_path, mask_to_uint8(pred), gt)
+        _record(result, metrics, worst, gt_path.stem, images.get(gt_path.stem), mask_to_uint8(pred), gt)
     if resized:
         message = f"{name}: {resized} prediction(s) had another size than their ground truth and were resized"
         warnings.warn(message, stacklevel=2)

@@ -184,7 +184,7 @@ class Predictor:
         self, runs: int = 10, warmup: int = 2, batch_size: int = 1, size: int | None = None
     ) -> dict[str, float]:
         """Milliseconds per image of the forward pass at ``size``² (default: the input size) in
-        batches of ``batch_size``, and images per second. A model with a fixed input size uses it."""
+        batches of ``batch_size``, images per second, and the size used (a fixed-size model's own)."""
         size = self.backend.fixed_size or size or self.input_size
         x = np.random.default_rng(0).standard_normal((batch_size, 3, size, size))
         x = x.astype(np.float32)
@@ -194,7 +194,7 @@ class Predictor:
         for _ in range(runs):
             self.backend(x)
         seconds = (time.perf_counter() - started) / runs
-        return {"latency_ms": 1000 * seconds / batch_size, "images_per_s": batch_size / seconds}
+        return {"latency_ms": 1000 * seconds / batch_size, "images_per_s": batch_size / seconds, "size": size}
 
 
 def resize_probability(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
