@@ -171,6 +171,22 @@ def test_flip_moves_image_and_mask_together() -> None:
     assert (img[0, :, -5:] > img[0, :, :-5].max()).all()
 
 
+def test_crop_and_flips_are_drawn_independently() -> None:
+    # A mask whose every pixel is its own position: the output's corners tell the crop offset and flips.
+    ys, xs = np.mgrid[0:20, 0:20]
+    mask = ((ys * 20 + xs) / 400).astype(np.float32)
+    image = np.zeros((20, 20, 3), np.uint8)
+    transform = train_transform(20, 16, hflip=0.5, vflip=0.5)
+    seen = set()
+    for seed in range(300):
+        out = transform(image, mask, seed=seed)[1][0].numpy()
+        corners = np.round(out[[0, 0, -1, -1], [0, -1, 0, -1]] * 400).astype(int)
+        top, left = corners.min() // 20, corners.min() % 20  # the crop's top-left in the input
+        hflipped, vflipped = out[0, 0] > out[0, -1], out[0, 0] > out[-1, 0]
+        seen.add((bool(hflipped), bool(vflipped), bool(top < 2), bool(left < 2)))
+    assert len(seen) == 16  # every combination of flips and crop half occurs
+
+
 def test_sampler_resumes_exactly_and_reshuffles() -> None:
     full = ResumableBatchSampler(10, 3, seed=5)
     stream = iter(full)

@@ -77,15 +77,25 @@ class SaliencyTransform:
             steps.append(A.HorizontalFlip(p=hflip))
         if vflip > 0:
             steps.append(A.VerticalFlip(p=vflip))
-        self.geometry = A.Compose(steps, seed=0)
+        self.geometry = A.Compose(steps)
+        self._seed_geometry(0)
         self.mean, self.std, self.normalization = tuple(mean), tuple(std), normalization
         self.output_size = crop_size or image_size
+
+    def _seed_geometry(self, seed: int) -> None:
+        # Compose.set_random_seed hands every step the same seed, so their draws would coincide: the
+        # flip would be decided by the crop's offset (flipped crops all from one half of the image).
+        # Each step gets its own stream, derived from ``seed``.
+        self.geometry.set_random_seed(seed)
+        streams = np.random.SeedSequence(seed).spawn(len(self.geometry.transforms))
+        for step, stream in zip(self.geometry.transforms, streams):
+            step.set_random_seed(int(stream.generate_state(1)[0]))
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, seed: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if seed is not None:
-            self.geometry.set_random_seed(int(seed))
+            self._seed_geometry(int(seed))
         out = self.geometry(image=image, mask=mask)
         image_t = normalize_image(out["image"], self.mean, self.std, self.normalization)
         mask_t = torch.from_numpy(np.ascontiguousarray(out["mask"], dtype=np.float32)).clamp_(0, 1)[None]
