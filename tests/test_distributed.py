@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from u2net.data import ResumableBatchSampler
+from u2net.data import ResumableBatchSampler, generate_synthetic_dataset
 
 from .conftest import REPO
 
@@ -32,11 +32,13 @@ COMMON = [
 ]
 
 
-def _run(tmp_path, name: str, nproc: int, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """train.py under torchrun with ``nproc`` processes (0: a plain ``python train.py``)."""
+def _run(
+    tmp_path, name: str, nproc: int, *overrides: str, timeout: int = 300, data: str = "data"
+) -> subprocess.CompletedProcess:
+    """train.py under torchrun with ``nproc`` processes (0: a plain ``python train.py``) on ``tmp_path/data``."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     launcher = launcher if nproc > 0 else [sys.executable]
-    command = [*launcher, str(REPO / "train.py"), f"paths.data_dir={tmp_path / 'data'}"]
+    command = [*launcher, str(REPO / "train.py"), f"paths.data_dir={tmp_path / data}"]
     command += [f"hydra.run.dir={tmp_path / name}", *COMMON, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes share two cores
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
@@ -106,28 +108,35 @@ def test_torchrun_with_one_process_equals_a_plain_run(tmp_path) -> None:
 
 def test_two_nodes_with_their_own_disks_match_one_process(tmp_path) -> None:
     """``--nnodes=2`` with c10d rendezvous, as on a cluster: node A runs rank 0, node B two ranks and has
-    no shared storage (its own data and run folders), so it makes its own copy of the synthetic set."""
+    no shared storage (its own data and run folders), so it makes its own copy of the synthetic set.
+    One training image is corrupt and skipped: every rank must train on rank 0's list of pairs."""
+    generate_synthetic_dataset(tmp_path / "data_a" / "synthetic", num_train=16, num_val=6, seed=0, progress=False)
+    first = sorted((tmp_path / "data_a" / "synthetic" / "DUTS-TR" / "DUTS-TR-Image").iterdir())[0]
+    first.write_bytes(b"not a jpeg")
     with socket.socket() as probe:  # a free port for the rendezvous store
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    skipping = ["data.on_invalid=skip", "data.batch_size=2"]
     nodes = []
     for node, nproc in (("a", 1), ("b", 2)):
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--nproc_per_node={nproc}"]
         command += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test-job"]
         command += [str(REPO / "train.py"), f"paths.data_dir={tmp_path / f'data_{node}'}"]
-        command += [f"hydra.run.dir={tmp_path / f'node_{node}'}", *COMMON, "data.batch_size=2", "trainer.max_steps=2"]
+        command += [f"hydra.run.dir={tmp_path / f'node_{node}'}", *COMMON, *skipping, "trainer.max_steps=2"]
         nodes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     outputs = [node.communicate(timeout=300) for node in nodes]
     for node, (_, stderr) in zip(nodes, outputs):
         assert node.returncode == 0, stderr.decode()[-3000:]
-    # 3 ranks × 2 images = one process with a batch of 6 over the same (regenerated, identical) data
-    plain = _run(tmp_path, "plain", 0, "data.batch_size=6", "trainer.max_steps=2")
+    # 3 ranks × 2 images = one process with a batch of 6 over the same 15 usable images
+    plain = _run(
+        tmp_path, "plain", 0, "data.on_invalid=skip", "data.batch_size=6", "trainer.max_steps=2", data="data_a"
+    )
     assert plain.returncode == 0, plain.stderr[-3000:]
     a, b = _state(tmp_path, "plain"), _state(tmp_path, "node_a")
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=1e-3, atol=1e-4, msg=key)
     assert b["metrics"]["mae"] == pytest.approx(a["metrics"]["mae"], abs=1e-4)
-    # node B's first rank made its own copy of the set; its second rank only scanned it
+    # node B's first rank made its own copy of the set (the second rank waited for it)
     assert (tmp_path / "data_b" / "synthetic" / "DONE").is_file()
     assert not (tmp_path / "node_b" / "checkpoints").exists()  # only rank 0 (on node A) writes

@@ -123,14 +123,29 @@ class SaliencyDataModule:
         self.train_set: SaliencyDataset | None = None
         self.val_set: SaliencyDataset | None = None
 
-    def setup(self, seed: int = 0, check: str | None = None) -> None:
-        """Make the synthetic set if configured and missing, then scan and check every source
-        (``check`` overrides the configured check mode, e.g. ``"none"`` on ranks after the first)."""
+    def prepare(self) -> None:
+        """Make the synthetic set if it is configured and missing (once per machine)."""
         if self.synthetic:
             from .synthetic import ensure_synthetic_dataset
 
             options = dict(self.synthetic)
             ensure_synthetic_dataset(Path(options.pop("root")), progress=self.progress, **options)
+
+    def pairs(self) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+        """The (image, mask) pairs :meth:`setup` settled on: (training, validation)."""
+        if self.train_set is None:
+            raise RuntimeError("call setup() before pairs()")
+        return self.train_set.pairs, self.val_set.pairs if self.val_set is not None else []
+
+    def setup_from_pairs(self, train_pairs: Sequence, val_pairs: Sequence) -> None:
+        """Build the datasets from pairs another process settled on (see :meth:`pairs`), without scanning."""
+        self.train_set = SaliencyDataset(list(train_pairs), self.train_transform)
+        self.val_set = SaliencyDataset(list(val_pairs), self.val_transform) if val_pairs else None
+
+    def setup(self, seed: int = 0, check: str | None = None) -> None:
+        """Make the synthetic set if configured and missing, then scan and check every source
+        (``check`` overrides the configured check mode)."""
+        self.prepare()
         if not self.train_sources:
             raise ValueError("the data config names no training sources (data.train is empty)")
         kwargs = {"check": check or self.check, "on_invalid": self.on_invalid, "progress": self.progress}
@@ -144,8 +159,7 @@ class SaliencyDataModule:
             val_pairs = []
         if self.max_val_samples is not None and len(val_pairs) > self.max_val_samples:
             val_pairs = val_pairs[: self.max_val_samples]
-        self.train_set = SaliencyDataset(train_pairs, self.train_transform)
-        self.val_set = SaliencyDataset(val_pairs, self.val_transform) if val_pairs else None
+        self.setup_from_pairs(train_pairs, val_pairs)
 
     def train_loader(self, seed: int = 0, start_step: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
         """An endless loader of training batches starting at micro-batch ``start_step`` (this rank's share)."""

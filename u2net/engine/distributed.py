@@ -67,6 +67,15 @@ def any_rank(ctx: DistContext, flag: bool) -> bool:
     return bool(value.item() > 0)
 
 
+def broadcast_object(ctx: DistContext, obj):
+    """Rank 0's ``obj`` on every rank (``obj`` itself when not distributed)."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather_objects(ctx: DistContext, obj) -> list:
     """``obj`` of every rank, in rank order (``[obj]`` when not distributed)."""
     if not ctx.enabled:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import signal
 import time
@@ -20,7 +21,7 @@ from ..data import DatasetCheckError
 from ..data.datamodule import SaliencyDataModule
 from ..metrics import SaliencyMetrics, evaluate_batch
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
-from .distributed import any_rank, barrier, gather_objects, setup_distributed
+from .distributed import any_rank, barrier, broadcast_object, gather_objects, setup_distributed
 from .utils import autocast_context, pick_device, resolve_precision, seed_everything
 
 
@@ -171,23 +172,26 @@ class Trainer:
         return self.metrics
 
     def _setup_data(self) -> None:
-        # Rank 0 makes the synthetic set (if configured) and checks every file. Then the first rank of
-        # each other node, which finds the set on shared storage or makes that node its own copy; then
-        # the remaining ranks, which only scan: no two processes ever generate into one folder.
+        # Rank 0 makes the synthetic set (if configured), scans and checks every file, and hands its
+        # pairs to the other ranks, so that all of them train on the same list (with on_invalid=skip
+        # too). Then the first rank of each other node finds the synthetic set on shared storage or
+        # makes that node its own copy (no two processes ever generate into one folder) and checks
+        # that the node sees every file.
         ctx = self.dist
         if ctx.is_main:
             self.data.setup(seed=self.cfg.seed)
+        pairs = broadcast_object(ctx, self.data.pairs() if ctx.is_main else None)
+        if not ctx.is_main and ctx.local_rank == 0:
+            self.data.prepare()
+            missing = [str(path) for pair in itertools.chain(*pairs) for path in pair if not Path(path).is_file()]
+            if missing:
+                raise DatasetCheckError(
+                    f"rank {ctx.rank}: {len(missing)} file(s) that rank 0 uses are missing here, e.g. {missing[0]}; "
+                    "every node needs the datasets at the same path, on shared storage or copied"
+                )
         barrier(ctx)
-        for first_on_node in (True, False):
-            if not ctx.is_main and (ctx.local_rank == 0) == first_on_node:
-                try:
-                    self.data.setup(seed=self.cfg.seed, check="none")
-                except DatasetCheckError as exc:
-                    raise DatasetCheckError(
-                        f"rank {ctx.rank}: {exc} (rank 0 found its data: every node needs the datasets at "
-                        "the same path, on shared storage or copied)"
-                    ) from exc
-            barrier(ctx)
+        if not ctx.is_main:
+            self.data.setup_from_pairs(*pairs)
 
     def train_step(self, batch_group: list[dict]) -> list[float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns [total, fused, side1..]."""
