@@ -24,7 +24,7 @@ from u2net.engine import NonFiniteLossError, Trainer
 from u2net.engine.distributed import cleanup_distributed
 from u2net.engine.utils import pick_device, seed_everything
 
-USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError)  # DatasetCheckError is a ValueError
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError)  # DatasetCheckError: ValueError
 
 
 def _user_error(exc: BaseException) -> BaseException | None:

@@ -52,6 +52,13 @@ def test_cuda_training_steps(tiny_synthetic, tmp_path, precision: str) -> None:
         torch.testing.assert_close(model(x)[0], expected, rtol=1e-3, atol=1e-3)
 
 
+def test_fp16_resumes_from_an_fp32_checkpoint(tiny_synthetic, tmp_path) -> None:
+    _cuda_trainer(tiny_synthetic, tmp_path, "fp32", max_steps=2).fit()
+    resumed = _cuda_trainer(tiny_synthetic, tmp_path, "fp16", max_steps=3)
+    resumed.fit(ckpt_path=str(tmp_path / "checkpoints" / "last.pt"))  # its scaler state is empty
+    assert resumed.step == 3 and resumed.scaler.is_enabled()
+
+
 @pytest.fixture
 def no_tf32():
     """Plain fp32 convolutions: TF32's 10-bit mantissa, compounded over U²-Net's depth, moves a random

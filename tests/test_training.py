@@ -34,10 +34,10 @@ def _data(root, **overrides) -> SaliencyDataModule:
     return SaliencyDataModule(train=source("DUTS-TR"), val=source("DUTS-TE"), **kwargs)
 
 
-def _trainer(root, out_dir, max_steps, loss_fn=None, precision="fp32", schedule="cosine", **cfg) -> Trainer:
+def _trainer(root, out_dir, max_steps, loss_fn=None, precision="fp32", schedule="cosine", lr=1e-3, **cfg) -> Trainer:
     torch.manual_seed(0)
     model = u2net.create_model("u2netp")
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = build_scheduler(optimizer, max_steps, schedule, warmup_steps=2)
     config = TrainerConfig(
         out_dir=str(out_dir), max_steps=max_steps, progress=False, device="cpu", precision=precision, seed=3, **cfg
@@ -96,6 +96,40 @@ def test_resume_is_bit_exact(tiny_synthetic, tmp_path, schedule: str) -> None:
     assert all(torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"]) for k in opt_a)
     assert straight.optimizer.param_groups[0]["lr"] == resumed.optimizer.param_groups[0]["lr"]
     assert straight.metrics == resumed.metrics
+
+
+def test_resume_takes_this_runs_learning_rate(tiny_synthetic, tmp_path) -> None:
+    _trainer(tiny_synthetic, tmp_path, max_steps=2, val_every=0, validate_at_start=False).fit()
+    last = str(tmp_path / "checkpoints" / "last.pt")
+    # e.g. after a NaN: resume with a lower optim.lr; the schedule (2 warm-up steps, cosine) applies to it
+    resumed = _trainer(tiny_synthetic, tmp_path, max_steps=4, val_every=0, validate_at_start=False, lr=1e-4)
+    resumed.restore(last)
+    assert resumed.scheduler.base_lrs == [1e-4]
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * LRFactor("cosine", 4, 2)(2))
+    resumed.fit(ckpt_path=last)
+    assert resumed.step == 4 and resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_new_run_does_not_overwrite_earlier_checkpoints(tiny_synthetic, tmp_path) -> None:
+    _trainer(tiny_synthetic, tmp_path, max_steps=1, validate_at_start=False).fit()
+    before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    again = _trainer(tiny_synthetic, tmp_path, max_steps=1, validate_at_start=False)
+    with pytest.raises(FileExistsError, match="holds checkpoints of an earlier run .*ckpt_path=.*trainer.overwrite"):
+        again.fit()
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before
+    # asked for explicitly, it starts afresh (here also without validation images in TensorBoard)
+    fresh = _trainer(tiny_synthetic, tmp_path, max_steps=1, validate_at_start=False, overwrite=True, image_log_count=0)
+    fresh.fit()
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() != before
+
+
+def test_trainer_settings_are_checked(tiny_synthetic, tmp_path) -> None:
+    for bad in ({"log_every": 0}, {"grad_accum": 0}, {"val_every": -1}, {"monitor_mode": "lowest"}):
+        with pytest.raises(ValueError, match=f"trainer.{next(iter(bad))}"):
+            TrainerConfig(**bad)
+    assert TrainerConfig(monitor="mae").monitor_mode == "min" and TrainerConfig(monitor="max_f").monitor_mode == "max"
+    with pytest.raises(ValueError, match="trainer.monitor='maxf' is not a validation metric; one of mae, max_f"):
+        _trainer(tiny_synthetic, tmp_path, max_steps=1, monitor="maxf").fit()
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_synthetic, tmp_path) -> None:

@@ -45,7 +45,7 @@ class TrainerConfig:
     channels_last: bool = False
     seed: int = 42
     monitor: str = "mae"  # validation metric that picks best.pt
-    monitor_mode: str = "min"
+    monitor_mode: str = "auto"  # min | max | auto (min for MAE, max for the scores)
     image_log_count: int = 4  # validation images shown in TensorBoard
     progress: bool = True
     tensorboard: bool = True
@@ -55,6 +55,21 @@ class TrainerConfig:
     sync_batchnorm: bool = False  # SyncBatchNorm across ranks (CUDA only)
     compile: bool = False  # torch.compile the model
     profile_steps: int = 0  # record a torch.profiler trace of this many steps (after 2 warm-up) for TensorBoard
+    overwrite: bool = False  # start afresh in a run folder that holds checkpoints (else refuse; resume instead)
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "log_every", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("val_every", "checkpoint_every", "image_log_count", "profile_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"trainer.{name} must be 0 (off) or more, got {getattr(self, name)}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"trainer.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.monitor_mode == "auto":
+            self.monitor_mode = "min" if self.monitor.startswith("mae") else "max"
+        if self.monitor_mode not in ("min", "max"):
+            raise ValueError(f"trainer.monitor_mode must be min, max or auto, got {self.monitor_mode!r}")
 
 
 class Trainer:
@@ -115,6 +130,13 @@ class Trainer:
         """Train up to ``max_steps`` optimizer steps (resuming from ``ckpt_path`` if given) and
         return the last validation metrics. Ctrl-C saves ``last.pt`` and returns early."""
         cfg, ctx = self.cfg, self.dist
+        if ctx.is_main and not ckpt_path and not cfg.overwrite:
+            earlier = sorted(p.name for p in self.ckpt_dir.glob("*.pt"))
+            if earlier:
+                raise FileExistsError(
+                    f"{self.ckpt_dir} holds checkpoints of an earlier run ({', '.join(earlier)}): resume with "
+                    f"ckpt_path={self.ckpt_dir / 'last.pt'}, pick another run folder, or set trainer.overwrite=true"
+                )
         seed_everything(cfg.seed + ctx.rank)  # per-rank seeds; DDP broadcasts rank 0's initial weights
         self._setup_data()
         if ckpt_path:
@@ -250,7 +272,7 @@ class Trainer:
             probs = torch.sigmoid(fused.float())
             evaluate_batch(meter, probs.cpu(), masks.cpu())
             background_error += (masks > 128 / 255).flatten(1).float().mean(1).sum().item()
-            if shown is None:
+            if shown is None and self.cfg.image_log_count > 0:
                 shown = (images[: self.cfg.image_log_count], masks, probs)
         # Each rank scored its share of the images; add the shares up.
         parts = gather_objects(self.dist, (meter, background_error))
@@ -262,10 +284,15 @@ class Trainer:
         metrics = {k: float(v) for k, v in results.items() if k != "n_images" and np.ndim(v) == 0}
         # What a model that predicts "all background" would score: the yardstick for "it learned".
         metrics["mae_all_background"] = background_error / results["n_images"]
+        if self.cfg.monitor not in metrics:
+            raise ValueError(
+                f"trainer.monitor={self.cfg.monitor!r} is not a validation metric; one of {', '.join(metrics)}"
+            )
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(f"val/{key}", value, self.step)
-            self._log_images(*shown)
+            if shown is not None:
+                self._log_images(*shown)
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
@@ -304,6 +331,9 @@ class Trainer:
         if "optimizer" not in state:
             raise ValueError(f"{path}: holds no training state; to fine-tune from weights use model.weights={path}")
         load_state_dict(self.module, state["model"], source=str(path))
+        # This run's learning rates (its optim.lr) win over the checkpoint's, so that resuming with
+        # another rate (after a NaN, say) takes effect; with the same config nothing changes.
+        configured = [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             # LambdaLR.load_state_dict also overwrites the schedule's own settings (total steps,
@@ -312,9 +342,26 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             for f, saved in zip(getattr(self.scheduler, "lr_lambdas", []), factors):
                 f.__dict__.update(saved)
-        self.scaler.load_state_dict(state["scaler"])
+        self._set_base_lrs(configured)
+        if state.get("scaler"):  # empty when the checkpoint was not trained in fp16
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.metrics, self.best = state["step"], state.get("metrics", {}), state.get("best")
         set_rng_state(state["rng"])
+
+    def _set_base_lrs(self, base_lrs: list[float]) -> None:
+        for group, base in zip(self.optimizer.param_groups, base_lrs):
+            if "initial_lr" in group:
+                group["initial_lr"] = base
+        if self.scheduler is None:
+            for group, base in zip(self.optimizer.param_groups, base_lrs):
+                group["lr"] = base
+            return
+        self.scheduler.base_lrs = list(base_lrs)
+        factors = getattr(self.scheduler, "lr_lambdas", None)
+        if factors is not None:  # LambdaLR (all of ours): the rate this step, as LambdaLR computes it
+            for group, base, factor in zip(self.optimizer.param_groups, base_lrs, factors):
+                group["lr"] = base * factor(self.scheduler.last_epoch)
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _save_checkpoints(self) -> None:
         value = self.metrics.get(self.cfg.monitor)
