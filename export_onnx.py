@@ -82,6 +82,17 @@ def load_for_export(weights: str):
     return model.eval(), preprocessing, metadata
 
 
+def input_size_note(weights: str, validated_at: int, input_size: int) -> str | None:
+    """A warning when the file would take another size than the model was validated at."""
+    if validated_at == input_size:
+        return None
+    return (
+        f"note: {weights} was validated at {validated_at}², the file takes {input_size}² (rembg always feeds "
+        f"320²); our tools then predict at {input_size}², which may differ from the checkpoint's results; "
+        f"input_size={validated_at} exports at the validation size"
+    )
+
+
 def print_verification(report: dict) -> None:
     parts = [
         f"{label}: max |onnx - torch| {r['max_abs_diff']:.2e}, vs float64 onnx {r['onnx_vs_float64']:.2e} "
@@ -160,6 +171,9 @@ def export(cfg: DictConfig) -> dict:
     """Export as ``cfg`` says; returns the verification (and int8) reports."""
     output = check_arguments(cfg)
     model, preprocessing, metadata = load_for_export(str(cfg.weights))
+    note = input_size_note(str(cfg.weights), int(preprocessing["image_size"]), int(cfg.input_size))
+    if note:
+        print(note, file=sys.stderr)
     options = {
         "input_size": int(cfg.input_size),
         "opset": int(cfg.opset),

@@ -352,3 +352,11 @@ def test_cli_exports_int8_with_report_and_refuses_to_overwrite(model, tmp_path) 
     for result in (again, missing):
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_notes_a_size_other_than_the_validation_size() -> None:
+    from export_onnx import input_size_note
+
+    assert input_size_note("best.pt", 320, 320) is None
+    note = input_size_note("best.pt", 128, 320)
+    assert "best.pt was validated at 128², the file takes 320²" in note and "input_size=128" in note
