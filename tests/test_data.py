@@ -20,6 +20,7 @@ from u2net.data import (
     scan_source,
     train_transform,
 )
+from u2net.data.io import to_rgb
 from u2net.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -86,6 +87,14 @@ def test_read_image_modes(tmp_path) -> None:
     exif[0x0112] = 6
     img.save(tmp_path / "rotated.jpg", exif=exif)
     assert read_image(tmp_path / "rotated.jpg").shape == (7, 5, 3)
+
+
+def test_sixteen_bit_images_read_alike_in_either_byte_order() -> None:
+    values = np.array([[0, 100, 200, 255]], np.uint16)  # a dark 16-bit image, not a bright 8-bit one
+    little = to_rgb(Image.frombytes("I;16", (4, 1), values.tobytes()))
+    big = to_rgb(Image.frombytes("I;16B", (4, 1), values.astype(">u2").tobytes()))
+    np.testing.assert_array_equal(big, little)
+    assert little[0, :, 0].tolist() == [0, 0, 1, 1]
 
 
 def test_orphans_corrupt_and_size_mismatch_are_listed(tmp_path) -> None:

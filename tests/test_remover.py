@@ -86,7 +86,10 @@ def test_every_input_mode(tmp_path, mode) -> None:
         assert cutout.mode == "RGBA" and cutout.size == (30, 20)
         out = np.asarray(cutout)
         np.testing.assert_array_equal(out[..., :3], expected)
-        np.testing.assert_array_equal(out[..., 3], np.rint(prob * 255))
+        alpha = np.rint(prob * 255)
+        if mode in ("LA", "RGBA"):  # the input's own transparency is kept
+            alpha = (alpha * np.asarray(img.getchannel("A")) + 127) // 255
+        np.testing.assert_array_equal(out[..., 3], alpha)
     np.testing.assert_array_equal(load_rgb(path), read_image(path))
     np.testing.assert_array_equal(load_rgb(path.read_bytes()), expected)
 
@@ -158,6 +161,31 @@ def test_bbox_crop_and_padding_clamp() -> None:
     assert tight.size == (9, 11) and np.asarray(tight).min() == 255
     empty = _fixed(np.zeros((30, 40))).remove(image, RemovalOptions(crop=True))
     assert empty.size == (40, 30)  # nothing to crop to: the image is kept whole
+
+
+def test_crop_ignores_faint_background_noise() -> None:
+    # The min–max stretch turns a model's faint background (here 0.4–0.8 %) into alpha 1–2 everywhere.
+    prob = _rect(30, 40, (5, 16, 2, 11), value=0.9) + np.random.default_rng(1).uniform(0.004, 0.008, (30, 40))
+    remover = _fixed(prob.astype(np.float32))
+    assert remover.remove(_picture(), RemovalOptions(crop=True, padding=0)).size == (9, 11)
+    assert remover.remove(_picture(), RemovalOptions(crop=True, padding=0, crop_threshold=1)).size == (40, 30)
+    with pytest.raises(ValueError, match="crop_threshold must be in"):
+        RemovalOptions(crop_threshold=0)
+
+
+def test_transparent_input_stays_transparent(tmp_path) -> None:
+    remover = _fixed(np.ones((30, 40), np.float32))  # the model sees everything as subject
+    rgba = np.dstack([_picture(), np.full((30, 40), 255, np.uint8)])
+    rgba[:, :10, 3] = 0  # the left quarter was cut away already
+    rgba[:, 10:20, 3] = 128
+    Image.fromarray(rgba).save(tmp_path / "cut.png")
+    for source in (tmp_path / "cut.png", (tmp_path / "cut.png").read_bytes(), Image.fromarray(rgba), rgba):
+        alpha = np.asarray(remover.remove(source))[..., 3]
+        assert alpha[:, :10].max() == 0 and (alpha[:, 10:20] == 128).all() and alpha[:, 20:].min() == 255
+        on_white = np.asarray(remover.remove(source, RemovalOptions(bg_color="white")))
+        assert (on_white[:, :10] == 255).all()  # the background shows where the input was transparent
+    # the mask is the model's, as with rembg's only_mask
+    assert np.asarray(remover.remove(rgba, RemovalOptions(mask_only=True))).min() == 255
 
 
 def test_background_colour_and_image(tmp_path) -> None:

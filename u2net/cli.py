@@ -106,6 +106,13 @@ def _add_remove_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument(
         "--padding", type=_non_negative, default=10, metavar="N", help="padding around the crop, px (default 10)"
     )
+    output.add_argument(
+        "--crop-threshold",
+        type=_int_in(1, 255),
+        default=32,
+        metavar="A",
+        help="pixels with alpha >= A count as the subject when cropping (default 32)",
+    )
     background = output.add_mutually_exclusive_group()
     background.add_argument(
         "--bg-color",
@@ -190,6 +197,7 @@ def _run_remove(args: argparse.Namespace) -> int:
             mask_only=args.mask_only,
             crop=args.crop,
             padding=args.padding,
+            crop_threshold=args.crop_threshold,
             threshold=args.threshold,
             alpha_matting=args.alpha_matting,
             fg_threshold=args.fg_threshold,

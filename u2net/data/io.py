@@ -27,7 +27,8 @@ def oriented_size(path: str | os.PathLike) -> tuple[int, int]:
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
-    if array.dtype == np.uint16 or (np.issubdtype(array.dtype, np.integer) and array.max(initial=0) > 255):
+    sixteen_bit = array.dtype.kind == "u" and array.dtype.itemsize == 2  # either byte order (I;16, I;16B)
+    if sixteen_bit or (np.issubdtype(array.dtype, np.integer) and array.max(initial=0) > 255):
         return (array.astype(np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
         scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0

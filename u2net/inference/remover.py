@@ -26,7 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageColor
+from PIL import Image, ImageColor, ImageOps
 
 from ..data.io import _to_uint8, list_images, read_image, to_rgb
 from ..fileio import atomic_write
@@ -44,9 +44,10 @@ class RemovalOptions:
 
     - ``mask_only``: return the final alpha mask (an ``L`` image; after ``threshold``,
       ``post_process`` and ``alpha_matting``) instead of a cut-out.
-    - ``crop`` / ``padding``: crop every output to the subject's bounding box (pixels with alpha ≥ 1),
-      grown by ``padding`` px on each side and clamped to the image; an empty mask leaves the image
-      uncropped.
+    - ``crop`` / ``padding`` / ``crop_threshold``: crop every output to the subject's bounding box
+      (pixels with alpha ≥ ``crop_threshold``, default 32 of 255: faint background noise, which the
+      min–max stretch turns into alpha 1–2 anywhere, does not widen it), grown by ``padding`` px on each
+      side and clamped to the image; an empty mask leaves the image uncropped.
     - ``threshold``: binarise the mask at this probability (0–1): alpha 255 where p ≥ threshold, else 0.
     - ``alpha_matting``: refine the edges with closed-form matting (pymatting, ``pip install
       u2net[matting]``): a trimap is built from the mask (sure foreground where alpha >
@@ -71,6 +72,7 @@ class RemovalOptions:
     mask_only: bool = False
     crop: bool = False
     padding: int = 10
+    crop_threshold: int = 32
     threshold: float | None = None
     alpha_matting: bool = False
     fg_threshold: int = 240
@@ -93,6 +95,8 @@ class RemovalOptions:
             self.bg_color = _check_color(self.bg_color)
         if self.padding < 0:
             raise ValueError(f"padding must be >= 0, got {self.padding}")
+        if not 1 <= self.crop_threshold <= 255:
+            raise ValueError(f"crop_threshold must be in [1, 255], got {self.crop_threshold}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold is a probability in [0, 1], got {self.threshold}")
         for name in ("fg_threshold", "bg_threshold"):
@@ -102,6 +106,28 @@ class RemovalOptions:
             raise ValueError(f"erode_size must be >= 0, got {self.erode_size}")
         if not 0.0 <= self.min_island <= 1.0:
             raise ValueError(f"min_island is a fraction of the largest component in [0, 1], got {self.min_island}")
+
+
+def load_rgb_alpha(image: ImageInput) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`load_rgb`, plus the input's own alpha channel (H×W uint8) where it has a non-opaque one."""
+    if isinstance(image, (str, os.PathLike, bytes)):
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
+            return load_rgb_alpha(img)
+    alpha = None
+    if isinstance(image, Image.Image):
+        image = ImageOps.exif_transpose(image)
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        if image.mode in ("RGBA", "LA", "PA"):
+            alpha = np.asarray(image.getchannel("A"))
+        rgb = to_rgb(image, exif=False)
+    else:
+        rgb = load_rgb(image)
+        if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] in (2, 4):
+            alpha = _to_uint8(image[..., -1])
+    if alpha is not None and alpha.min() == 255:
+        alpha = None
+    return rgb, alpha
 
 
 def load_rgb(image: ImageInput) -> np.ndarray:
@@ -203,9 +229,13 @@ class BackgroundRemover:
         ``mask_only``; RGB (or RGBA for a translucent colour) composited on ``bg_color`` /
         ``bg_image``; cropped to the subject with ``crop``."""
         options = options or RemovalOptions()
-        alpha, foreground = self._alpha(load_rgb(image), options)
+        rgb, source_alpha = load_rgb_alpha(image)
+        alpha, foreground = self._alpha(rgb, options)
+        if source_alpha is not None and not options.mask_only:
+            # What was transparent in the input stays so in the cut-out (as with rembg's composite).
+            alpha = ((alpha.astype(np.uint16) * source_alpha + 127) // 255).astype(np.uint8)
         if options.crop:
-            box = mask_bbox(alpha, options.padding)
+            box = mask_bbox(alpha, options.padding, options.crop_threshold)
             if box is not None:
                 x0, y0, x1, y1 = box
                 alpha, foreground = alpha[y0:y1, x0:x1], foreground[y0:y1, x0:x1]

@@ -3,8 +3,8 @@
 Endpoints (OpenAPI docs at ``/docs``):
 
 - ``POST /remove-background``: a multipart image (field ``file``) -> the PNG cut-out. Form fields:
-  ``mask_only``, ``crop``, ``padding``, ``threshold``, ``bg_color``, ``alpha_matting``, ``post_process``,
-  ``stretch``.
+  ``mask_only``, ``crop``, ``padding``, ``crop_threshold``, ``threshold``, ``bg_color``, ``alpha_matting``,
+  ``post_process``, ``stretch``.
 - ``POST /batch-remove-background``: up to ``max_batch`` images (field ``files``, same options) -> a
   zip of ``<stem>.png`` files plus ``errors.json``, the per-file error list (empty when all worked).
 - ``POST /remove-background/path``: JSON ``{"sourceImagePath", "outputImagePath", "threshold"}``, paths
@@ -384,6 +384,9 @@ def form_options(
     mask_only: Annotated[bool, Form(description="return the alpha mask (grayscale PNG)")] = False,
     crop: Annotated[bool, Form(description="crop to the subject's bounding box")] = False,
     padding: Annotated[int, Form(ge=0, le=10_000, description="padding around the crop, px")] = 10,
+    crop_threshold: Annotated[
+        int, Form(ge=1, le=255, description="pixels with alpha >= this count as the subject when cropping")
+    ] = 32,
     threshold: Annotated[
         float | None, Form(ge=0.0, le=1.0, description="binarise the mask at this probability")
     ] = None,
@@ -406,6 +409,7 @@ def form_options(
             mask_only=mask_only,
             crop=crop,
             padding=padding,
+            crop_threshold=crop_threshold,
             threshold=threshold,
             bg_color=bg_color or None,
             alpha_matting=alpha_matting,
