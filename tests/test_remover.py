@@ -13,6 +13,7 @@ from PIL import Image
 import u2net
 from u2net.cli import main
 from u2net.data.io import read_image
+from u2net.fileio import write_image
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions, mask_bbox, parse_color, remove_batch
 from u2net.inference.remover import clean_mask, cover, load_rgb, plan_outputs
 
@@ -340,6 +341,12 @@ def test_batch_mirrors_the_tree_and_reports_failures(tmp_path, remover) -> None:
     assert Image.open(tmp_path / "out" / "a.png").mode == "L"
 
 
+def test_outputs_with_names_near_the_length_limit_are_written(tmp_path) -> None:
+    out = tmp_path / ("n" * 247 + ".png")  # 251 characters: fits, but not with a temporary suffix added
+    write_image(out, np.zeros((4, 4), np.uint8))
+    assert Image.open(out).size == (4, 4) and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
 def test_plan_outputs(tmp_path) -> None:
     (tmp_path / "in" / "x").mkdir(parents=True)
     for name in ("x/p.jpg", "x/p.png", "q.JPG"):
@@ -353,6 +360,11 @@ def test_plan_outputs(tmp_path) -> None:
     (tmp_path / "in" / "cut").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "in" / "cut" / "q.png")
     assert len(plan_outputs(tmp_path / "in", tmp_path / "in" / "cut")) == 3
+    # every input gets its own output, whatever the names (and on case-insensitive disks too)
+    for name in ("x/p.jpg.png", "x/P.webp", "Q.png", "r.gif"):
+        Image.new("RGB", (4, 4)).save(tmp_path / "in" / name, format="PNG")
+    outputs = [b.as_posix().lower() for _, b in plan_outputs(tmp_path / "in", tmp_path / "out")]
+    assert len(outputs) == len(set(outputs)) == 8 and outputs.count(f"{tmp_path / 'out' / 'r.png'}".lower()) == 1
     single = tmp_path / "in" / "q.JPG"
     assert plan_outputs(single, tmp_path / "o.png") == [(single, tmp_path / "o.png")]
     assert plan_outputs(single, tmp_path / "outdir") == [(single, tmp_path / "outdir" / "q.png")]
@@ -406,6 +418,10 @@ def test_cli_usage_errors(tmp_path, checkpoint, capsys, monkeypatch) -> None:
     assert err.startswith("error: ") and "cannot load the model" in err and len(err.strip().splitlines()) == 1
     assert main(["remove", photo, out, "--model", str(checkpoint), "--backend", "onnxruntime"]) == 2
     assert "needs an .onnx model" in capsys.readouterr().err
+    (tmp_path / "bg.jpg").write_text("not a jpeg")
+    assert main(["remove", photo, out, "--model", str(checkpoint), "--bg-image", str(tmp_path / "bg.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'bg.jpg'}: cannot read the background image") and err.count("\n") == 1
 
     def offline(tag, *args, **kwargs):
         raise RuntimeError(f"could not download u2net.pth for {tag!r}: <urlopen error no network>")

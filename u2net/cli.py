@@ -181,12 +181,19 @@ def _load_remover(args: argparse.Namespace):
 
 
 def _run_remove(args: argparse.Namespace) -> int:
+    from .data.io import read_image
     from .inference.remover import RemovalOptions, plan_outputs, remove_batch
 
     if not Path(args.input).exists():
         raise UsageError(f"{args.input}: no such file or folder")
-    if args.bg_image is not None and not args.bg_image.is_file():
-        raise UsageError(f"{args.bg_image}: background image not found")
+    background = None
+    if args.bg_image is not None:
+        if not args.bg_image.is_file():
+            raise UsageError(f"{args.bg_image}: background image not found")
+        try:  # decoded once, here: a bad file is one usage error, not a failure of every image
+            background = read_image(args.bg_image)
+        except Exception as exc:
+            raise UsageError(f"{args.bg_image}: cannot read the background image: {_one_line(exc)}") from None
     if args.alpha_matting:
         try:
             import pymatting  # noqa: F401
@@ -205,7 +212,7 @@ def _run_remove(args: argparse.Namespace) -> int:
             erode_size=args.erode_size,
             post_process=args.post_process,
             bg_color=args.bg_color,
-            bg_image=args.bg_image,
+            bg_image=background,
             stretch=args.stretch,
             rembg_compatible=args.rembg_compatible,
         )

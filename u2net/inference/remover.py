@@ -449,16 +449,31 @@ def plan_outputs(src: str | os.PathLike, dst: str | os.PathLike) -> list[tuple[P
         raise ValueError(f"{dst}: the output folder must differ from the input folder")
     inside = dst.resolve().is_relative_to(src.resolve())
     files = [p for p in list_images(src, recursive=True) if not (inside and p.resolve().is_relative_to(dst.resolve()))]
-    stems: dict[Path, int] = {}
-    for path in files:
-        key = path.relative_to(src).with_suffix("")
-        stems[key] = stems.get(key, 0) + 1
-    pairs = []
-    for path in files:
-        rel = path.relative_to(src)
-        name = f"{rel.stem}.png" if stems[rel.with_suffix("")] == 1 else f"{rel.name}.png"
-        pairs.append((path, dst / rel.parent / name))
-    return pairs
+    names = _output_names([path.relative_to(src) for path in files])
+    return [(path, dst / name) for path, name in zip(files, names)]
+
+
+def _output_names(rels: list[Path]) -> list[Path]:
+    """``a/b.jpg`` -> ``a/b.png``; inputs whose outputs would clash (``b.jpg`` and ``b.png``, also
+    ``b.jpg.png``, or names differing only in case) keep their full names, then get numbers."""
+    names = {rel: rel.parent / f"{rel.stem}.png" for rel in rels}
+    full: set[Path] = set()
+    for _ in range(len(rels) + 2):
+        groups: dict[str, list[Path]] = {}
+        for rel in rels:
+            groups.setdefault(names[rel].as_posix().lower(), []).append(rel)
+        clashes = [group for group in groups.values() if len(group) > 1]
+        if not clashes:
+            return [names[rel] for rel in rels]
+        widened = [rel for group in clashes for rel in group if rel not in full]
+        for rel in widened:
+            full.add(rel)
+            names[rel] = rel.parent / f"{rel.name}.png"
+        if not widened:
+            for group in clashes:
+                for number, rel in enumerate(group[1:], 2):
+                    names[rel] = rel.parent / f"{rel.name}.{number}.png"
+    raise ValueError(f"cannot give {len(rels)} outputs distinct names")
 
 
 def remove_batch(
