@@ -114,7 +114,9 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     if cfg.pred_dir:
         if not cfg.gt_dir:
             raise ValueError("pred_dir needs gt_dir (the ground-truth masks to score against)")
-        result = score_folders(cfg.pred_dir, cfg.gt_dir, "pred_dir", cfg.image_dir, cfg.gallery_count, cfg.progress)
+        result = score_folders(
+            cfg.pred_dir, cfg.gt_dir, "pred_dir", cfg.image_dir, cfg.gallery_count, cfg.progress, cfg.missing_as_empty
+        )
         table = write_reports([result], out_dir, Path(cfg.pred_dir).name, None, cfg.gallery_count)
     elif cfg.weights:
         weights = [cfg.weights] if isinstance(cfg.weights, str) else list(cfg.weights)

@@ -74,6 +74,19 @@ def test_folder_mode_problems_are_reported(tmp_path) -> None:
         pair_predictions(tmp_path / "nowhere", tmp_path / "gt")
 
 
+def test_missing_predictions_can_count_as_empty(tmp_path) -> None:
+    _masks(tmp_path / "gt", count=4)
+    _masks(tmp_path / "pred", count=3)  # the tool failed on img3
+    (tmp_path / "pred" / "img2.png").write_text("not an image")  # and wrote garbage for img2
+    left_out = score_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
+    counted = score_folders(tmp_path / "pred", tmp_path / "gt", progress=False, missing_as_empty=True)
+    assert left_out.summary["n_images"] == 2 and left_out.summary["mae"] == 0.0
+    assert counted.summary["n_images"] == 4
+    empty_mae = [np.asarray(Image.open(tmp_path / "gt" / f"img{i}.png")).mean() / 255 for i in (2, 3)]
+    assert counted.summary["mae"] == pytest.approx(sum(empty_mae) / 4)
+    assert any("img3.png: no prediction with this stem" in m and "scored as an empty" in m for m in counted.failures)
+
+
 def test_folder_mode_cli_writes_every_report(tmp_path) -> None:
     _masks(tmp_path / "gt")
     _masks(tmp_path / "pred", shift=3)

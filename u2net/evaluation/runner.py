@@ -171,8 +171,11 @@ def _finish(result: DatasetResult, metrics: SaliencyMetrics, worst: _WorstImages
     return result
 
 
-def pair_predictions(pred_dir: str | Path, gt_dir: str | Path) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """Pair prediction and ground-truth files by stem; returns (pairs, messages about unpaired files)."""
+def pair_predictions(
+    pred_dir: str | Path, gt_dir: str | Path, keep_missing: bool = False
+) -> tuple[list[tuple[Path | None, Path]], list[str]]:
+    """Pair prediction and ground-truth files by stem; returns (pairs, messages about unpaired files).
+    With ``keep_missing``, ground truth without a prediction is paired with ``None``."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for folder, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
         if not folder.is_dir():
@@ -180,14 +183,15 @@ def pair_predictions(pred_dir: str | Path, gt_dir: str | Path) -> tuple[list[tup
     problems: list[Problem] = []
     preds = index_by_stem(list_images(pred_dir), pred_dir, problems)
     gts = index_by_stem(list_images(gt_dir), gt_dir, problems)
-    pairs = [(preds[stem], gts[stem]) for stem in sorted(gts) if stem in preds]
+    pairs = [(preds.get(stem), gts[stem]) for stem in sorted(gts) if stem in preds or keep_missing]
     messages = [str(problem) for problem in problems]
     unpaired = [stem for stem in sorted(gts) if stem not in preds]
-    messages += [f"{gts[stem]}: no prediction with this stem in {pred_dir}" for stem in unpaired]
+    scored = " (scored as an empty prediction)" if keep_missing else ""
+    messages += [f"{gts[stem]}: no prediction with this stem in {pred_dir}{scored}" for stem in unpaired]
     extra = sorted(set(preds) - set(gts))
     if extra:
         messages.append(f"{pred_dir}: {len(extra)} prediction(s) without ground truth ignored (e.g. {extra[0]})")
-    if not pairs:
+    if len(unpaired) == len(gts):
         raise ValueError(f"no prediction in {pred_dir} has a ground truth with the same stem in {gt_dir}")
     return pairs, messages
 
@@ -199,27 +203,34 @@ def score_folders(
     image_dir: str | Path | None = None,
     worst_count: int = 12,
     progress: bool = True,
+    missing_as_empty: bool = False,
 ) -> DatasetResult:
     """Score saved predictions (any tool's: grayscale masks, or RGBA cut-outs by their alpha) against
-    ground truth. A prediction of another size is resized to the ground truth's, with a warning."""
+    ground truth. A prediction of another size is resized to the ground truth's, with a warning.
+
+    Missing or unreadable predictions are reported and left out, or with ``missing_as_empty`` scored
+    as empty masks, so that a tool which fails on hard images is not flattered by skipping them."""
     from tqdm import tqdm
 
-    pairs, messages = pair_predictions(pred_dir, gt_dir)
+    pairs, messages = pair_predictions(pred_dir, gt_dir, keep_missing=missing_as_empty)
     metrics, worst = SaliencyMetrics(), _WorstImages(worst_count)
     result = DatasetResult(name, {}, failures=messages)
     images = index_by_stem(list_images(image_dir), image_dir, []) if image_dir else {}
     resized = 0
     for pred_path, gt_path in tqdm(pairs, desc=f"scoring {name}", unit="img", disable=not progress):
         try:
-            pred = read_mask(pred_path)
-        except Exception as exc:
-            result.failures.append(f"{pred_path}: unreadable prediction ({type(exc).__name__}: {exc})")
-            continue
-        try:
             gt = mask_to_uint8(read_mask(gt_path))
         except Exception as exc:
             result.failures.append(f"{gt_path}: unreadable ground truth ({type(exc).__name__}: {exc})")
             continue
+        try:
+            pred = read_mask(pred_path) if pred_path is not None else np.zeros(gt.shape, np.float32)
+        except Exception as exc:
+            scored = " (scored as an empty prediction)" if missing_as_empty else ""
+            result.failures.append(f"{pred_path}: unreadable prediction ({type(exc).__name__}: {exc}){scored}")
+            if not missing_as_empty:
+                continue
+            pred = np.zeros(gt.shape, np.float32)
         if pred.shape != gt.shape:
             resized += 1
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
