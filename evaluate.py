@@ -33,6 +33,7 @@ from u2net.evaluation import (
 )
 from u2net.fileio import write_text
 from u2net.inference import Predictor
+from u2net.models import WeightsDownloadError
 
 REPO = Path(__file__).resolve().parent
 
@@ -146,7 +147,7 @@ def main(cfg: DictConfig) -> dict:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return evaluate(cfg, out_dir)
-    except (ValueError, FileNotFoundError) as exc:  # bad input from the user: one line, no traceback
+    except (ValueError, FileNotFoundError, WeightsDownloadError) as exc:  # bad input or offline: one line
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit(f"error: {exc}")

@@ -31,7 +31,14 @@ from u2net.export import (
     verify_onnx,
 )
 from u2net.inference.predictor import DEFAULT_PREPROCESSING
-from u2net.models import PRETRAINED, create_model, download_weights, infer_architecture, load_state_dict
+from u2net.models import (
+    PRETRAINED,
+    WeightsDownloadError,
+    create_model,
+    download_weights,
+    infer_architecture,
+    load_state_dict,
+)
 from u2net.models.pretrained import sha256_of
 from u2net.models.weights import read_checkpoint
 
@@ -218,7 +225,7 @@ def export(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> dict:
     try:
         return export(cfg)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:  # bad input: one line, no traceback
+    except (ValueError, FileNotFoundError, FileExistsError, WeightsDownloadError) as exc:  # one line, no traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit(f"error: {exc}")

@@ -23,8 +23,10 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from u2net.engine import NonFiniteLossError, Trainer
 from u2net.engine.distributed import cleanup_distributed
 from u2net.engine.utils import pick_device, seed_everything
+from u2net.models import WeightsDownloadError
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError)  # DatasetCheckError: ValueError
+# DatasetCheckError is a ValueError
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError, WeightsDownloadError)
 
 
 def _user_error(exc: BaseException) -> BaseException | None:

@@ -16,7 +16,7 @@ import u2net
 from u2net.data import SaliencyDataModule
 from u2net.engine import NonFiniteLossError, Trainer, TrainerConfig, build_scheduler
 from u2net.engine.schedulers import LRFactor
-from u2net.engine.utils import autocast_context, resolve_precision
+from u2net.engine.utils import autocast_context, pick_device, resolve_precision
 from u2net.losses import DeepSupervisionLoss
 
 from .conftest import REPO
@@ -231,6 +231,29 @@ def test_train_script_ctrl_c_then_resume(tmp_path) -> None:
     state = torch.load(last, weights_only=True)
     assert state["step"] == stopped_at + 2 and state["config"]["data"]["batch_size"] == 4
     assert f"done at step {stopped_at + 2}" in resumed.stdout
+
+
+def test_offline_weights_and_missing_cuda_are_user_errors(monkeypatch) -> None:
+    from hydra.errors import InstantiationException
+
+    from train import _user_error
+    from u2net.models import WeightsDownloadError, create_model
+
+    monkeypatch.setattr("u2net.models.pretrained.download_file", lambda url, *a, **k: _raise(OSError("no network")))
+    with pytest.raises(
+        WeightsDownloadError, match="could not download u2netp.pth for 'u2netp.duts' \\(offline?"
+    ) as info:
+        create_model("u2netp", weights="u2netp.duts")
+    wrapped = InstantiationException("Error in call to target 'u2net.models.factory.create_model'")
+    wrapped.__cause__ = info.value  # how Hydra hands it to train.py
+    assert _user_error(wrapped) is info.value  # train.py prints it as one line
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available .*trainer.device=cpu"):
+            pick_device("cuda")
+
+
+def _raise(exc: Exception):
+    raise exc
 
 
 def test_train_script_reports_bad_dataset_in_one_line(tmp_path) -> None:

@@ -160,7 +160,7 @@ def _load_remover(args: argparse.Namespace):
         raise UsageError(f"--backend onnxruntime needs an .onnx model, got {model}")
     if args.backend == "pytorch" and is_onnx:
         raise UsageError(f"--backend pytorch needs a PyTorch checkpoint, .pth or tag, got {model}")
-    from .models.pretrained import PRETRAINED
+    from .models.pretrained import PRETRAINED, WeightsDownloadError
 
     if model not in PRETRAINED and not Path(model).expanduser().exists():
         raise UsageError(f"{model}: model file not found (give --model a checkpoint, .pth, .onnx or pretrained tag)")
@@ -168,7 +168,7 @@ def _load_remover(args: argparse.Namespace):
     try:
         return BackgroundRemover(Predictor.from_path(source, args.device))
     except RuntimeError as exc:
-        if model in PRETRAINED and "could not download" in str(exc):
+        if isinstance(exc, WeightsDownloadError):
             raise UsageError(
                 f"could not download the model {model!r} (offline?); pass --model PATH to a local "
                 f"checkpoint, .pth or .onnx file. ({_one_line(exc)})"
@@ -198,7 +198,7 @@ def _run_remove(args: argparse.Namespace) -> int:
         try:
             import pymatting  # noqa: F401
         except ImportError:
-            raise UsageError("--alpha-matting needs pymatting: pip install 'u2net[matting]'") from None
+            raise UsageError("--alpha-matting needs pymatting: pip install -e '.[matting]' in the repository") from None
     try:
         options = RemovalOptions(
             mask_only=args.mask_only,
@@ -290,7 +290,9 @@ def _run_serve(args: argparse.Namespace) -> int:
 
         from .serve import ServeSettings, create_app
     except ImportError as exc:
-        raise UsageError(f"serving needs FastAPI and uvicorn: pip install 'u2net[serve]' ({exc})") from None
+        raise UsageError(
+            f"serving needs FastAPI and uvicorn: pip install -e '.[serve]' in the repository ({exc})"
+        ) from None
     if args.storage_root is not None and not args.storage_root.expanduser().is_dir():
         raise UsageError(f"{args.storage_root}: storage root is not a folder")
     settings = ServeSettings(

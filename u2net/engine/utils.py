@@ -14,7 +14,9 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested != "auto":
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {requested!r} requested but CUDA is not available")
+            raise ValueError(
+                f"device {requested!r} requested but CUDA is not available (train on the CPU: trainer.device=cpu)"
+            )
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

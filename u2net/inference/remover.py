@@ -49,8 +49,8 @@ class RemovalOptions:
       min–max stretch turns into alpha 1–2 anywhere, does not widen it), grown by ``padding`` px on each
       side and clamped to the image; an empty mask leaves the image uncropped.
     - ``threshold``: binarise the mask at this probability (0–1): alpha 255 where p ≥ threshold, else 0.
-    - ``alpha_matting``: refine the edges with closed-form matting (pymatting, ``pip install
-      u2net[matting]``): a trimap is built from the mask (sure foreground where alpha >
+    - ``alpha_matting``: refine the edges with closed-form matting (pymatting, ``pip install -e
+      '.[matting]'``): a trimap is built from the mask (sure foreground where alpha >
       ``fg_threshold``, sure background where alpha < ``bg_threshold``, both eroded by an
       ``erode_size``² square, as rembg's ``alpha_matting_cutout``), then ``estimate_alpha_cf`` gives the
       alpha and ``estimate_foreground_ml`` the colours of the cut-out. Slow on large images.
@@ -315,7 +315,7 @@ def alpha_matting(
         from pymatting import estimate_alpha_cf, estimate_foreground_ml
         from scipy.ndimage import binary_erosion
     except ImportError:
-        raise ImportError("alpha matting needs pymatting: pip install 'u2net[matting]'") from None
+        raise ImportError("alpha matting needs pymatting: pip install -e '.[matting]' in the repository") from None
 
     is_fg = alpha > fg_threshold
     is_bg = alpha < bg_threshold

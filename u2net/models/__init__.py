@@ -2,7 +2,14 @@
 
 from . import factory as _factory  # noqa: F401  (registers the architectures)
 from .factory import create_model
-from .pretrained import PRETRAINED, PretrainedCfg, download_weights, get_pretrained_cfg, list_pretrained
+from .pretrained import (
+    PRETRAINED,
+    PretrainedCfg,
+    WeightsDownloadError,
+    download_weights,
+    get_pretrained_cfg,
+    list_pretrained,
+)
 from .registry import is_model, list_models, register_model
 from .u2net import RSU, U2NET_STAGES, U2NETP_STAGES, StageSpec, U2Net
 from .weights import infer_architecture, load_model, load_state_dict, load_weights, read_checkpoint
@@ -15,6 +22,7 @@ __all__ = [
     "PretrainedCfg",
     "StageSpec",
     "U2Net",
+    "WeightsDownloadError",
     "create_model",
     "download_weights",
     "get_pretrained_cfg",

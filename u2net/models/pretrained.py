@@ -136,6 +136,10 @@ def _looks_like_html(head: bytes) -> bool:
     return head.startswith(b"<!doctype html") or head.startswith(b"<html")
 
 
+class WeightsDownloadError(RuntimeError):
+    """No mirror of a pretrained tag's weights could be downloaded (offline, or every mirror failed)."""
+
+
 def download_weights(tag: str, directory: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Path to the weights for ``tag``, downloading them into the cache first if needed."""
     cfg = get_pretrained_cfg(tag)
@@ -149,4 +153,7 @@ def download_weights(tag: str, directory: str | os.PathLike | None = None, progr
             return download_file(url, dest, cfg.sha256, progress=progress)
         except Exception as exc:  # try the next mirror
             errors.append(f"{url}: {exc}")
-    raise RuntimeError(f"could not download {cfg.file_name} for {tag!r}: " + "; ".join(errors))
+    raise WeightsDownloadError(
+        f"could not download {cfg.file_name} for {tag!r} (offline? download it elsewhere and pass the local "
+        f"file, or put it in {dest.parent}): " + "; ".join(errors)
+    )

@@ -5,7 +5,7 @@
     from u2net.serve import ServeSettings, create_app
     app = create_app("best.onnx", ServeSettings(storage_root="/data", workers=2))
 
-Needs the ``serve`` extra: ``pip install 'u2net[serve]'``.
+Needs the ``serve`` extra: ``pip install -e ".[serve]"`` in the repository.
 """
 
 from .app import ApiError, ServeSettings, create_app
