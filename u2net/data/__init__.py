@@ -12,7 +12,6 @@ from .folder import (
     split_pairs,
 )
 from .io import IMAGE_EXTENSIONS, list_images, read_image, read_mask
-from .synthetic import ensure_synthetic_dataset, generate_synthetic_dataset
 from .transforms import SaliencyTransform, eval_transform, normalize_image, train_transform
 
 __all__ = [
@@ -37,3 +36,13 @@ __all__ = [
     "split_pairs",
     "train_transform",
 ]
+
+
+def __getattr__(name: str):
+    # The synthetic set's module is imported on first use, so that ``python -m u2net.data.synthetic``
+    # does not find it imported already (runpy warns about that).
+    if name in ("ensure_synthetic_dataset", "generate_synthetic_dataset"):
+        from . import synthetic
+
+        return getattr(synthetic, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
