@@ -140,3 +140,39 @@ def test_two_nodes_with_their_own_disks_match_one_process(tmp_path) -> None:
     # node B's first rank made its own copy of the set (the second rank waited for it)
     assert (tmp_path / "data_b" / "synthetic" / "DONE").is_file()
     assert not (tmp_path / "node_b" / "checkpoints").exists()  # only rank 0 (on node A) writes
+
+
+def test_accumulation_all_reduces_once_per_optimizer_step(tiny_synthetic, tmp_path, monkeypatch) -> None:
+    """In-process DDP (gloo, one rank): the gradient buckets are all-reduced on the last micro-batch
+    only, so K accumulated micro-batches cost what one does."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    from .test_training import _trainer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        reduced = {}
+        for accum in (1, 3):
+            trainer = _trainer(tiny_synthetic, tmp_path / str(accum), max_steps=1, grad_accum=accum)
+            assert isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel)
+            calls = []
+
+            def counting(state, bucket, calls=calls):
+                calls.append(bucket.index())
+                return allreduce_hook(state, bucket)
+
+            trainer.model.register_comm_hook(None, counting)
+            trainer._setup_data()
+            batches = iter(trainer.data.train_loader(0))
+            trainer.train_step([next(batches) for _ in range(accum)])
+            reduced[accum] = len(calls)
+        assert reduced[3] == reduced[1] > 0
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
