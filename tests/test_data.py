@@ -231,3 +231,9 @@ def test_datamodule_on_synthetic(tiny_synthetic) -> None:
     with_workers.setup(seed=0)
     other = next(iter(with_workers.train_loader(seed=0)))
     assert torch.equal(batch["image"], other["image"]) and torch.equal(batch["index"], other["index"])
+    # validation reuses one loader whose workers persist between validations
+    loader = with_workers.val_loader()
+    assert loader.persistent_workers and with_workers.val_loader() is loader
+    first_pass = [b["index"].tolist() for b in loader]
+    assert [b["index"].tolist() for b in with_workers.val_loader()] == first_pass
+    assert with_workers.val_loader(rank=1, world_size=2) is not loader

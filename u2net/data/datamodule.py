@@ -122,6 +122,7 @@ class SaliencyDataModule:
         self.val_transform = eval_transform(val_image_size or image_size, **common)
         self.train_set: SaliencyDataset | None = None
         self.val_set: SaliencyDataset | None = None
+        self._val_loader: tuple[tuple[int, int], DataLoader] | None = None  # made once per dataset
 
     def prepare(self) -> None:
         """Make the synthetic set if it is configured and missing (once per machine)."""
@@ -141,6 +142,7 @@ class SaliencyDataModule:
         """Build the datasets from pairs another process settled on (see :meth:`pairs`), without scanning."""
         self.train_set = SaliencyDataset(list(train_pairs), self.train_transform)
         self.val_set = SaliencyDataset(list(val_pairs), self.val_transform) if val_pairs else None
+        self._val_loader = None
 
     def setup(self, seed: int = 0, check: str | None = None) -> None:
         """Make the synthetic set if configured and missing, then scan and check every source
@@ -177,20 +179,27 @@ class SaliencyDataModule:
 
     def val_loader(self, rank: int = 0, world_size: int = 1) -> DataLoader | None:
         """Validation batches in a fixed order (every ``world_size``-th image from ``rank`` when
-        distributed, so that the ranks' metrics add up to the whole set), or ``None`` without one."""
+        distributed, so that the ranks' metrics add up to the whole set), or ``None`` without one.
+
+        The loader is made once and its workers persist: validating again does not start new ones."""
         if self.val_set is None:
             return None
-        dataset = self.val_set
-        if world_size > 1:
-            dataset = torch.utils.data.Subset(self.val_set, range(rank, len(self.val_set), world_size))
-        return DataLoader(
-            dataset,
-            batch_size=self.val_batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            pin_memory=self.pin_memory,
-        )
+        key = (rank, world_size)
+        if self._val_loader is None or self._val_loader[0] != key:
+            dataset = self.val_set
+            if world_size > 1:
+                dataset = torch.utils.data.Subset(self.val_set, range(rank, len(self.val_set), world_size))
+            loader = DataLoader(
+                dataset,
+                batch_size=self.val_batch_size,
+                shuffle=False,
+                num_workers=self.num_workers,
+                collate_fn=collate,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
+            self._val_loader = (key, loader)
+        return self._val_loader[1]
 
     def steps_per_epoch(self, world_size: int = 1) -> int:
         """Training steps in one pass over the training set."""
