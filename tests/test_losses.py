@@ -203,11 +203,12 @@ def test_hybrid_total_is_weighted_sum_of_parts() -> None:
     assert total.item() == pytest.approx(sum(w * e for w, e in zip(weights, expected_per)), rel=1e-5)
 
 
-def test_hybrid_defaults_are_bce_plus_iou() -> None:
+def test_hybrid_defaults_are_bce_iou_and_ssim_as_in_basnet() -> None:
     outputs, target = _outputs(2), _target()
     _, per = DeepSupervisionLoss(kind="hybrid")(outputs, target)
     for o, got in zip(outputs, per):
         expected = nn.BCELoss()(torch.sigmoid(o), target) + soft_iou_loss(o, target)
+        expected = expected + 1 - ssim(torch.sigmoid(o), target)
         assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
 

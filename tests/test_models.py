@@ -88,6 +88,18 @@ def test_custom_stage_table() -> None:
     load_state_dict(rebuilt, model.state_dict())
     with pytest.raises(ValueError, match="K - 1 decoder rows"):
         U2Net({"encoder": stages["encoder"], "decoder": stages["decoder"][:1]})
+    # a row that does not fit its neighbours is named at construction, not met as a shape error later
+    wrong = {"encoder": stages["encoder"], "decoder": [(3, 24, 8, 16, False), stages["decoder"][1]]}
+    with pytest.raises(ValueError, match=r"decoder row 1 \(stage 2d\) takes 24 channels but gets 16 .* = 32"):
+        U2Net(wrong)
+
+
+def test_published_tables_take_other_input_channels() -> None:
+    model = u2net.create_model("u2netp", in_ch=4).eval()  # e.g. RGB + depth
+    assert model(torch.randn(1, 4, 32, 32))[0].shape == (1, 1, 32, 32)
+    assert model.model_args == {"in_ch": 4, "out_ch": 1}
+    rebuilt = u2net.create_model("u2netp", **model.model_args)
+    load_state_dict(rebuilt, model.state_dict())
 
 
 def _official_style(model: torch.nn.Module) -> dict:
@@ -127,6 +139,18 @@ def test_wrong_architecture_names_the_file(tmp_path) -> None:
         load_weights(u2net.create_model("u2netp"), junk)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_weights(u2net.create_model("u2netp"), tmp_path / "missing.pth")
+    page = tmp_path / "u2net.pth"  # what a download blocked by a quota page leaves behind
+    page.write_text("<!DOCTYPE html><html>quota exceeded</html>")
+    with pytest.raises(ValueError, match="u2net.pth: a web page, not a weights file"):
+        load_weights(u2net.create_model("u2net"), page)
+    whole = tmp_path / "whole.pt"
+    torch.save(u2net.create_model("u2netp"), whole)
+    with pytest.raises(ValueError, match=r"whole.pt: holds pickled Python objects.*re-save its state_dict\(\)"):
+        load_weights(u2net.create_model("u2netp"), whole)
+    with pytest.raises(FileNotFoundError, match=r"u2net.dutss: weights file not found \(or a pretrained tag: u2net"):
+        load_weights(u2net.create_model("u2net"), "u2net.dutss")
+    with pytest.raises(ValueError, match="u2netp.duts holds u2netp weights; this model is u2net"):
+        load_weights(u2net.create_model("u2net"), "u2netp.duts")  # refused before any download
 
 
 def test_load_model_infers_official_architecture(tmp_path) -> None:

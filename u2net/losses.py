@@ -27,8 +27,9 @@ LOSS_KINDS: tuple[str, ...] = ("bce", "hybrid")
 _SSIM_SIGMA = 1.5
 _SSIM_C1 = 0.01**2
 _SSIM_C2 = 0.03**2
-# Added to both the intersection and the union of the soft IoU, so that an empty target predicted
-# as empty gives loss 0 instead of 0/0; far below any real pixel sum, so otherwise negligible.
+# Added to both the intersection and the union of the soft IoU so that an all-zero prediction of
+# an empty target is 0/0-safe. As in BASNet, an empty target has IoU 0 with any prediction that is
+# not exactly zero: its IoU loss is ~1 with no gradient, and only BCE/SSIM learn from such images.
 _IOU_EPS = 1e-6
 
 
@@ -148,7 +149,7 @@ class DeepSupervisionLoss(nn.Module):
         weights: Sequence[float] | None = None,
         bce_weight: float = 1.0,
         iou_weight: float = 1.0,
-        ssim_weight: float = 0.0,
+        ssim_weight: float = 1.0,
         ssim_window: int = 11,
     ) -> None:
         super().__init__()

@@ -12,7 +12,12 @@ from .u2net import U2NET_STAGES, U2NETP_STAGES, U2Net
 
 
 def _build(name: str, default_stages: dict, stages: dict | None, in_ch: int, out_ch: int) -> U2Net:
-    model = U2Net(stages if stages is not None else copy.deepcopy(default_stages), in_ch=in_ch, out_ch=out_ch)
+    table = stages
+    if table is None:  # the published table, with the first stage taking in_ch channels (e.g. RGB-D)
+        table = copy.deepcopy(default_stages)
+        height, _, mid, out, dilated = table["encoder"][0]
+        table["encoder"][0] = (height, in_ch, mid, out, dilated)
+    model = U2Net(table, in_ch=in_ch, out_ch=out_ch)
     model.model_name = name
     # What create_model needs to rebuild this exact model; stored in checkpoints.
     model.model_args = {"in_ch": in_ch, "out_ch": out_ch}

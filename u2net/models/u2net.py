@@ -168,6 +168,22 @@ class U2Net(nn.Module):
             )
         if encoder[0].in_ch != in_ch:
             raise ValueError(f"first encoder stage takes {encoder[0].in_ch} channels but in_ch={in_ch}")
+        # Catch a wrong row here, by name, rather than as a shape error deep inside the first forward pass.
+        for k in range(1, depth):
+            if encoder[k].in_ch != encoder[k - 1].out_ch:
+                raise ValueError(
+                    f"stage table: encoder row {k + 1} takes {encoder[k].in_ch} channels but row {k} gives "
+                    f"{encoder[k - 1].out_ch}"
+                )
+        below = encoder[-1].out_ch
+        for row, (i, spec) in enumerate(zip(range(depth - 1, 0, -1), decoder), start=1):
+            expected = below + encoder[i - 1].out_ch  # the stage below, upsampled, and encoder stage i's skip
+            if spec.in_ch != expected:
+                raise ValueError(
+                    f"stage table: decoder row {row} (stage {i}d) takes {spec.in_ch} channels but gets "
+                    f"{below} from below + {encoder[i - 1].out_ch} from encoder stage {i} = {expected}"
+                )
+            below = spec.out_ch
         self.depth = depth
         self.stages = {"encoder": [asdict(s) for s in encoder], "decoder": [asdict(s) for s in decoder]}
         self.in_ch = in_ch

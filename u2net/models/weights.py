@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .pretrained import PRETRAINED, download_weights
+from .pretrained import PRETRAINED, _looks_like_html, download_weights
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 
@@ -19,7 +20,8 @@ def _resolve(path_or_tag: str | os.PathLike) -> Path:
     if not path.exists() and str(path_or_tag) in PRETRAINED:
         return download_weights(str(path_or_tag))
     if not path.exists():
-        raise FileNotFoundError(f"{path}: weights file not found")
+        tags = f" (or a pretrained tag: {', '.join(PRETRAINED)})" if len(path.parts) == 1 else ""
+        raise FileNotFoundError(f"{path}: weights file not found{tags}")
     return path
 
 
@@ -34,8 +36,20 @@ def read_checkpoint(path_or_tag: str | os.PathLike) -> dict:
         from ..export.onnx import read_onnx_checkpoint
 
         return read_onnx_checkpoint(path)
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if _looks_like_html(head):
+        raise ValueError(f"{path}: a web page, not a weights file (a failed download? delete it and fetch it again)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # not a pickle of objects: damaged or not weights at all
+            raise ValueError(f"{path}: not a readable PyTorch weights file (not a weights-only pickle)") from None
+        # torch's own message suggests weights_only=False, i.e. running code from the file: not here.
+        raise ValueError(
+            f"{path}: holds pickled Python objects, not just tensors (a whole model saved with torch.save(model)?); "
+            "re-save its state_dict()"
+        ) from None
     except Exception as exc:
         raise ValueError(f"{path}: not a readable PyTorch weights file ({type(exc).__name__}: {exc})") from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
@@ -92,6 +106,10 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], so
 
 def load_weights(model: nn.Module, path_or_tag: str | os.PathLike) -> nn.Module:
     """Load an official ``.pth``, one of our checkpoints, an ONNX U²-Net or a pretrained tag into ``model`` (strict)."""
+    tag = PRETRAINED.get(str(path_or_tag)) if not Path(path_or_tag).expanduser().exists() else None
+    name = getattr(model, "model_name", None)
+    if tag is not None and name is not None and tag.architecture != name:
+        raise ValueError(f"{path_or_tag} holds {tag.architecture} weights; this model is {name}")
     checkpoint = read_checkpoint(path_or_tag)
     load_state_dict(model, checkpoint["model"], source=str(path_or_tag))
     return model
