@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -92,10 +93,12 @@ def bench_model(name: str, weights: str | None, photo: np.ndarray, runs: int, wo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["u2netp", "u2net"])
+    parser.add_argument("--models", nargs="+", default=["u2netp", "u2net"], choices=u2net.list_models())
     parser.add_argument("--weights", nargs="*", default=[], help="NAME=PATH: trained weights instead of random ones")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.weights):
+        parser.error("--weights takes NAME=PATH items, e.g. u2netp=checkpoints/u2netp.pth")
     weights = dict(item.split("=", 1) for item in args.weights)
     photo = synthetic_image((768, 1024), seed=1)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
@@ -103,14 +106,16 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
+            print(f"  {name}: exporting, quantising, timing ...", file=sys.stderr, flush=True)
             rows += bench_model(name, weights.get(name), photo, args.runs, Path(tmp))
     print("| model | pipeline | s/photo | vs rembg | alpha MAE vs ours fp32 |")
     print("|---|---|---:|---:|---:|")
     for name in args.models:
         mine = [r for r in rows if r[0] == name]
-        rembg_s = next((r[2] for r in mine if r[1].startswith("rembg")), float("nan"))
+        rembg_s = next((r[2] for r in mine if r[1].startswith("rembg")), None)
         for _, label, seconds, mae in mine:
-            print(f"| {name} | {label} | {seconds:.3f} | {seconds / rembg_s:.2f}× | {mae:.4f} |")
+            ratio = f"{seconds / rembg_s:.2f}×" if rembg_s else "–"
+            print(f"| {name} | {label} | {seconds:.3f} | {ratio} | {mae:.4f} |")
     print("targets: ONNX fp32 ≤ 0.9× rembg; int8 ≤ 0.5× rembg with alpha MAE ≤ 0.01")
 
 

@@ -160,6 +160,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best counts")
     parser.add_argument("--threads", type=int, default=None, help="cv2.setNumThreads (default: OpenCV's choice)")
     args = parser.parse_args()
+    try:
+        import py_sod_metrics  # noqa: F401  (the baseline)
+    except ImportError:
+        parser.exit(2, "this benchmark compares against PySODMetrics: pip install pysodmetrics\n")
     if args.threads is not None:
         cv2.setNumThreads(args.threads)
 

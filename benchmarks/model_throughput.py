@@ -157,6 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     peak = card_peak(device, args.peak_tflops)
     print(f"device: {name}; torch {torch.__version__}; {args.layout}; peak bf16/tf32 TFLOP/s: {peak or 'unknown'}")
+    if device.type != "cuda":
+        print(
+            "note: no CUDA GPU; this benchmark is meant for one. On a CPU the defaults take an hour or more: try "
+            "--train-batch 2 --infer-batch 2 --steps 2 --warmup 1 --precisions fp32",
+            file=sys.stderr,
+        )
     rows = []
     for model_name in args.models:
         for mode in args.modes:
@@ -173,10 +179,10 @@ def main(argv: list[str] | None = None) -> None:
                 seconds = measure(
                     model_name, batch, precision, compiled, args.steps, args.warmup, args.layout, args.profile
                 )
-                memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+                memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}" if device.type == "cuda" else "–"
                 tflops = flops * batch / seconds / 1e12
                 card = peak[0 if precision == "bf16" else 1] if peak else None
-                share = f"{100 * tflops / card:.1f} %" if card else "n/a"
+                share = f"{100 * tflops / card:.1f} %" if card else "–"
                 rows.append((model_name, mode, size, batch, label, batch / seconds, flops / 1e9, tflops, share, memory))
                 print(f"    {batch / seconds:.1f} img/s, {tflops:.1f} TFLOP/s", file=sys.stderr, flush=True)
                 torch._dynamo.reset()
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     for model_name, mode, size, batch, label, speed, gflop, tflops, share, memory in rows:
         print(
             f"| {model_name} | {mode} | {size}² | {batch} | {label} | {speed:.1f} | {gflop:.1f} | {tflops:.1f} "
-            f"| {share} | {memory:.1f} |"
+            f"| {share} | {memory} |"
         )
 
 

@@ -195,11 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             rss_start = rss_mb(process.pid)
             sampler.reset()
             marks: list[float] = []
-            step = max(1, args.requests // 5)
+            fifths = {round(args.requests * k / 5) for k in range(1, 6)} - {0}
 
             def on_done(count: int) -> None:
-                if count % step == 0:
+                if count in fifths:
                     marks.append(rss_mb(process.pid) or float("nan"))
+                    print(f"  {count}/{args.requests} requests done", file=sys.stderr, flush=True)
 
             started = time.perf_counter()
             latencies, errors = asyncio.run(load(base, photo, args.requests, args.concurrency, on_done))

@@ -68,19 +68,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["u2netp", "u2net"], choices=sorted(BATCH))
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--precisions", nargs="+", default=["auto"], help="ours: auto, fp32, bf16, fp16")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (at least 1: start-up costs)")
+    parser.add_argument(
+        "--precisions", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16", "fp16"], help="ours"
+    )
     parser.add_argument("--data", type=Path, default=Path("data/bench_synthetic"))
     parser.add_argument("--skip-original", action="store_true")
     parser.add_argument("--batch-size", type=int, help="batch for every model (default: u2netp 8, u2net 4)")
     parser.add_argument("--workers", type=int, default=2, help="our loader's workers (data config default: 2)")
     args = parser.parse_args(argv)
+    device = pick_device()
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--steps and --warmup must be at least 1 (the first step pays one-off start-up costs)")
+    if "fp16" in args.precisions and device.type != "cuda":
+        parser.error(f"fp16 needs CUDA; this machine trains on {device.type}")
 
     root = ensure_synthetic_dataset(args.data, num_train=64, num_val=0, seed=0, min_size=300, max_size=400)
     images = sorted(str(p) for p in (root / "DUTS-TR" / "DUTS-TR-Image").iterdir())
     masks = sorted(str(p) for p in (root / "DUTS-TR" / "DUTS-TR-Mask").iterdir())
     original = _load_original_recipe()
-    device = pick_device()
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, 288x288 crops")
 
     rows = []
@@ -94,16 +100,19 @@ def main(argv: list[str] | None = None) -> None:
         for precision in args.precisions:
             print(f"  {name}: ours {precision} ...", file=sys.stderr, flush=True)
             ours = measure_ours(name, root, batch, args.steps, args.warmup, precision, args.workers)
-            ratio = ours["images_per_s"] / baseline["images_per_s"] if baseline else float("nan")
+            ratio = ours["images_per_s"] / baseline["images_per_s"] if baseline else None
             label = f"ours ({resolve_precision(precision, device)}, channels_last, {args.workers} workers)"
-            target = f"≥ {TARGET[name]}× {'met' if ratio >= TARGET[name] else 'MISSED'}" if precision == "auto" else ""
+            target = ""
+            if precision == "auto" and ratio is not None:
+                target = f"≥ {TARGET[name]}× {'met' if ratio >= TARGET[name] else 'MISSED'}"
             rows.append((name, batch, label, ours["images_per_s"], ratio, target))
 
     print()
     print("| model | batch | pipeline | img/s | vs original | target (default precision) |")
     print("|---|---:|---|---:|---:|---|")
     for name, batch, label, speed, ratio, target in rows:
-        print(f"| {name} | {batch} | {label} | {speed:.2f} | {ratio:.2f}× | {target} |")
+        shown = f"{ratio:.2f}×" if ratio is not None else "–"
+        print(f"| {name} | {batch} | {label} | {speed:.2f} | {shown} | {target} |")
 
 
 if __name__ == "__main__":
