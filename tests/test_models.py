@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import u2net
 from u2net.models import (
     PretrainedCfg,
     U2Net,
+    WeightsDownloadError,
     download_weights,
     infer_architecture,
     load_model,
@@ -185,6 +188,34 @@ def test_download_is_atomic_and_checked(tmp_path, monkeypatch) -> None:
     assert path == tmp_path / "home" / "u2netp_test.pth"
     model = u2net.create_model("u2netp", weights="u2netp.test")
     assert model.model_name == "u2netp"
+
+
+def test_onnx_export_of_the_same_weights_is_the_fallback(tmp_path, monkeypatch) -> None:
+    from u2net.export.onnx import export_onnx
+
+    source = u2net.create_model("u2netp").eval()
+    remote = export_onnx(source, tmp_path / "remote" / "u2netp.onnx", input_size=64)
+    md5 = hashlib.md5(remote.read_bytes()).hexdigest()
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "home"))
+    quota_page = (tmp_path / "quota.html").as_uri()  # Drive's "quota exceeded" page (not found here)
+    cfg = PretrainedCfg("u2netp", "u2netp_test.pth", (quota_page,), onnx_mirror=(remote.as_uri(), "0" * 32))
+    monkeypatch.setitem(PRETRAINED, "u2netp.test", cfg)
+    with pytest.raises(WeightsDownloadError, match="quota.html.*u2netp.onnx: checksum mismatch \\(expected md5"):
+        download_weights("u2netp.test", progress=False)
+    monkeypatch.setitem(PRETRAINED, "u2netp.test", replace(cfg, onnx_mirror=(remote.as_uri(), md5)))
+    path = download_weights("u2netp.test", progress=False)
+    assert path == tmp_path / "home" / "u2netp_test.onnx" and path.read_bytes() == remote.read_bytes()
+    model = u2net.create_model("u2netp", weights="u2netp.test").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], source(x)[0], rtol=1e-4, atol=1e-4)
+    assert download_weights("u2netp.test", progress=False) == path  # cached: no second download
+    assert {tag: cfg.onnx_mirror is not None for tag, cfg in PRETRAINED.items() if tag != "u2netp.test"} == {
+        "u2net.duts": True,
+        "u2netp.duts": True,
+        "u2net.human_seg": True,
+        "u2net.portrait": False,  # rembg does not publish it
+    }
 
 
 def test_pretrained_tags_describe_their_inputs() -> None:
