@@ -248,7 +248,7 @@ def test_offline_weights_and_missing_cuda_are_user_errors(monkeypatch) -> None:
     wrapped.__cause__ = info.value  # how Hydra hands it to train.py
     assert _user_error(wrapped) is info.value  # train.py prints it as one line
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available .*trainer.device=cpu"):
+        with pytest.raises(ValueError, match="CUDA is not available; use the CPU .*trainer.device=cpu"):
             pick_device("cuda")
 
 
