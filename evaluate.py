@@ -55,8 +55,16 @@ def dataset_pairs(name: str, cfg: DictConfig) -> list:
     if data.test_sources or data.val_sources:
         return collect_pairs(data.test_sources or data.val_sources, **check)
     if data.train_sources and data.val_fraction > 0:
-        # No separate test folders (e.g. human_seg): the images training held out, split with its seed.
-        _, held_out = split_pairs(collect_pairs(data.train_sources, **check), data.val_fraction, train_cfg.trainer.seed)
+        # No separate test folders (e.g. human_seg): the images training held out, rebuilt as training
+        # builds them (its file check and seed); another seed or other files give another split.
+        seed = train_cfg.trainer.seed
+        pairs = collect_pairs(data.train_sources, check=data.check, on_invalid=data.on_invalid, progress=cfg.progress)
+        _, held_out = split_pairs(pairs, data.val_fraction, seed)
+        print(
+            f"{name}: scoring the {len(held_out)} image(s) training holds out (val_fraction {data.val_fraction}, "
+            f"seed {seed}); if the model was trained with another seed: dataset_overrides=['seed=N']",
+            file=sys.stderr,
+        )
         return held_out[: data.max_val_samples] if data.max_val_samples is not None else held_out
     raise ValueError(f"dataset {name!r} names no test or validation images to score")
 

@@ -176,3 +176,18 @@ def test_accumulation_all_reduces_once_per_optimizer_step(tiny_synthetic, tmp_pa
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_a_refusal_on_rank_0_stops_every_rank_with_its_message(tmp_path) -> None:
+    # bad data: rank 0 finds it; the other rank must not wait for pairs that never come
+    gone = f"data.train=[{{name:gone,root:{tmp_path / 'gone'},images:im,masks:gt}}]"
+    missing = _run(tmp_path, "missing", 2, gone, "trainer.max_steps=2", timeout=120)
+    assert missing.returncode != 0
+    assert "error: dataset gone: image folder" in missing.stderr
+    assert "error: rank 0 could not prepare the data: dataset gone" in missing.stderr  # rank 1's line
+    # a run folder holding checkpoints: rank 0 refuses, and so does every rank
+    (tmp_path / "taken" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "taken" / "checkpoints" / "last.pt").write_bytes(b"an earlier run's checkpoint")
+    taken = _run(tmp_path, "taken", 2, "data.batch_size=2", "trainer.max_steps=2", timeout=120)
+    assert taken.returncode != 0 and taken.stderr.count("holds checkpoints of an earlier run (last.pt)") == 2
+    assert (tmp_path / "taken" / "checkpoints" / "last.pt").read_bytes() == b"an earlier run's checkpoint"

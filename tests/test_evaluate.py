@@ -74,6 +74,20 @@ def test_folder_mode_problems_are_reported(tmp_path) -> None:
         pair_predictions(tmp_path / "nowhere", tmp_path / "gt")
 
 
+def test_nested_predictions_pair_by_their_path(tmp_path) -> None:
+    for sub in ("a", "b"):  # as score_model saves datasets of several folders
+        _masks(tmp_path / "gt" / sub, count=2)
+        _masks(tmp_path / "pred" / sub, count=2, shift=2 if sub == "a" else 0)
+    pairs, messages = pair_predictions(tmp_path / "pred", tmp_path / "gt")
+    assert [(p.relative_to(tmp_path / "pred").as_posix(), g.parent.name) for p, g in pairs] == [
+        ("a/img0.png", "a"),
+        ("a/img1.png", "a"),
+        ("b/img0.png", "b"),
+        ("b/img1.png", "b"),
+    ]
+    assert messages == []
+
+
 def test_missing_predictions_can_count_as_empty(tmp_path) -> None:
     _masks(tmp_path / "gt", count=4)
     _masks(tmp_path / "pred", count=3)  # the tool failed on img3

@@ -210,6 +210,10 @@ def test_onnx_export_of_the_same_weights_is_the_fallback(tmp_path, monkeypatch) 
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], source(x)[0], rtol=1e-4, atol=1e-4)
     assert download_weights("u2netp.test", progress=False) == path  # cached: no second download
+    path.write_bytes(path.read_bytes()[:-1])  # a cached file that is not that export is refused, kept
+    with pytest.raises(WeightsDownloadError, match="u2netp_test.onnx: does not match the MD5"):
+        download_weights("u2netp.test", progress=False)
+    assert path.exists()
     assert {tag: cfg.onnx_mirror is not None for tag, cfg in PRETRAINED.items() if tag != "u2netp.test"} == {
         "u2net.duts": True,
         "u2netp.duts": True,

@@ -342,9 +342,11 @@ def test_batch_mirrors_the_tree_and_reports_failures(tmp_path, remover) -> None:
 
 
 def test_outputs_with_names_near_the_length_limit_are_written(tmp_path) -> None:
-    out = tmp_path / ("n" * 247 + ".png")  # 251 characters: fits, but not with a temporary suffix added
-    write_image(out, np.zeros((4, 4), np.uint8))
-    assert Image.open(out).size == (4, 4) and [p.name for p in tmp_path.iterdir()] == [out.name]
+    # 251 bytes, and 80 three-byte characters (244 bytes): they fit, but not with a temporary suffix added
+    for out in (tmp_path / ("n" * 247 + ".png"), tmp_path / ("写" * 80 + ".png")):
+        write_image(out, np.zeros((4, 4), np.uint8))
+        assert Image.open(out).size == (4, 4)
+    assert len(list(tmp_path.iterdir())) == 2  # no temporary files left
 
 
 def test_plan_outputs(tmp_path) -> None:

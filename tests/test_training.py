@@ -233,12 +233,13 @@ def test_train_script_ctrl_c_then_resume(tmp_path) -> None:
     assert f"done at step {stopped_at + 2}" in resumed.stdout
 
 
-def test_offline_weights_and_missing_cuda_are_user_errors(monkeypatch) -> None:
+def test_offline_weights_and_missing_cuda_are_user_errors(tmp_path, monkeypatch) -> None:
     from hydra.errors import InstantiationException
 
     from train import _user_error
     from u2net.models import WeightsDownloadError, create_model
 
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path))  # an empty cache
     monkeypatch.setattr("u2net.models.pretrained.download_file", lambda url, *a, **k: _raise(OSError("no network")))
     with pytest.raises(
         WeightsDownloadError, match="could not download u2netp.pth for 'u2netp.duts' \\(offline?"

@@ -16,8 +16,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     over ``path``; on any error (Ctrl-C included) it is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The name is shortened so that a target name near the file system's limit (255) still fits.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+    # The name is shortened so that a target name near the file system's limit (255 bytes) still fits.
+    stem = os.fsencode(path.name)[:150].decode(errors="ignore")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
     # mkstemp makes the file private (0600); give the result the permissions a plain open() would.
     umask = os.umask(0)
     os.umask(umask)

@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from ..data import DatasetCheckError
 from ..data.datamodule import SaliencyDataModule
 from ..metrics import SaliencyMetrics, evaluate_batch
+from ..metrics.saliency import PER_IMAGE_KEYS
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .distributed import any_rank, barrier, broadcast_object, gather_objects, setup_distributed
 from .utils import autocast_context, pick_device, resolve_precision, seed_everything
@@ -66,6 +67,9 @@ class TrainerConfig:
                 raise ValueError(f"trainer.{name} must be 0 (off) or more, got {getattr(self, name)}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"trainer.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        known = (*PER_IMAGE_KEYS, "mae_all_background")  # what validate() returns
+        if self.monitor not in known:
+            raise ValueError(f"trainer.monitor={self.monitor!r} is not a validation metric; one of {', '.join(known)}")
         if self.monitor_mode == "auto":
             self.monitor_mode = "min" if self.monitor.startswith("mae") else "max"
         if self.monitor_mode not in ("min", "max"):
@@ -130,13 +134,18 @@ class Trainer:
         """Train up to ``max_steps`` optimizer steps (resuming from ``ckpt_path`` if given) and
         return the last validation metrics. Ctrl-C saves ``last.pt`` and returns early."""
         cfg, ctx = self.cfg, self.dist
+        # Decided by rank 0 (the only writer) and raised on every rank, so that none is left waiting.
+        refusal = None
         if ctx.is_main and not ckpt_path and not cfg.overwrite:
             earlier = sorted(p.name for p in self.ckpt_dir.glob("*.pt"))
             if earlier:
-                raise FileExistsError(
+                refusal = (
                     f"{self.ckpt_dir} holds checkpoints of an earlier run ({', '.join(earlier)}): resume with "
                     f"ckpt_path={self.ckpt_dir / 'last.pt'}, pick another run folder, or set trainer.overwrite=true"
                 )
+        refusal = broadcast_object(ctx, refusal)
+        if refusal is not None:
+            raise FileExistsError(refusal)
         seed_everything(cfg.seed + ctx.rank)  # per-rank seeds; DDP broadcasts rank 0's initial weights
         self._setup_data()
         if ckpt_path:
@@ -198,20 +207,35 @@ class Trainer:
         # pairs to the other ranks, so that all of them train on the same list (with on_invalid=skip
         # too). Then the first rank of each other node finds the synthetic set on shared storage or
         # makes that node its own copy (no two processes ever generate into one folder) and checks
-        # that the node sees every file.
+        # that the node sees every file. A failure anywhere is raised on every rank: none waits forever.
         ctx = self.dist
+        failure, pairs = None, None
         if ctx.is_main:
-            self.data.setup(seed=self.cfg.seed)
-        pairs = broadcast_object(ctx, self.data.pairs() if ctx.is_main else None)
+            try:
+                self.data.setup(seed=self.cfg.seed)
+                pairs = self.data.pairs()
+            except Exception as exc:
+                failure = exc
+        pairs, message = broadcast_object(ctx, (pairs, None if failure is None else str(failure)))
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise DatasetCheckError(f"rank 0 could not prepare the data: {message}")
+        problem = None
         if not ctx.is_main and ctx.local_rank == 0:
-            self.data.prepare()
-            missing = [str(path) for pair in itertools.chain(*pairs) for path in pair if not Path(path).is_file()]
-            if missing:
-                raise DatasetCheckError(
-                    f"rank {ctx.rank}: {len(missing)} file(s) that rank 0 uses are missing here, e.g. {missing[0]}; "
-                    "every node needs the datasets at the same path, on shared storage or copied"
-                )
-        barrier(ctx)
+            try:
+                self.data.prepare()
+                missing = [str(path) for pair in itertools.chain(*pairs) for path in pair if not Path(path).is_file()]
+                if missing:
+                    problem = (
+                        f"rank {ctx.rank}: {len(missing)} file(s) that rank 0 uses are missing there, e.g. "
+                        f"{missing[0]}; every node needs the datasets at the same path, on shared storage or copied"
+                    )
+            except Exception as exc:
+                problem = f"rank {ctx.rank}: {exc}"
+        problems = [p for p in gather_objects(ctx, problem) if p is not None]
+        if problems:
+            raise DatasetCheckError(problems[0])
         if not ctx.is_main:
             self.data.setup_from_pairs(*pairs)
 
@@ -284,10 +308,6 @@ class Trainer:
         metrics = {k: float(v) for k, v in results.items() if k != "n_images" and np.ndim(v) == 0}
         # What a model that predicts "all background" would score: the yardstick for "it learned".
         metrics["mae_all_background"] = background_error / results["n_images"]
-        if self.cfg.monitor not in metrics:
-            raise ValueError(
-                f"trainer.monitor={self.cfg.monitor!r} is not a validation metric; one of {', '.join(metrics)}"
-            )
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(f"val/{key}", value, self.step)

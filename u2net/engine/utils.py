@@ -15,7 +15,8 @@ def pick_device(requested: str = "auto") -> torch.device:
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(
-                f"device {requested!r} requested but CUDA is not available; use the CPU (train.py: trainer.device=cpu)"
+                f"device {requested!r} requested but CUDA is not available; "
+                "use the CPU (trainer.device=cpu, --device cpu)"
             )
         return device
     if torch.cuda.is_available():

@@ -181,8 +181,9 @@ def pair_predictions(
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: {what} folder does not exist")
     problems: list[Problem] = []
-    preds = index_by_stem(list_images(pred_dir), pred_dir, problems)
-    gts = index_by_stem(list_images(gt_dir), gt_dir, problems)
+    # Recursive: predictions saved for datasets of several folders are nested (see score_model).
+    preds = index_by_stem(list_images(pred_dir, recursive=True), pred_dir, problems)
+    gts = index_by_stem(list_images(gt_dir, recursive=True), gt_dir, problems)
     pairs = [(preds.get(stem), gts[stem]) for stem in sorted(gts) if stem in preds or keep_missing]
     messages = [str(problem) for problem in problems]
     unpaired = [stem for stem in sorted(gts) if stem not in preds]

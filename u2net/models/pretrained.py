@@ -104,13 +104,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("U2NET_HOME", Path.home() / ".cache" / "u2net")).expanduser()
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (``"sha256"``, ``"md5"``, ...), read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file."""
+    return file_digest(path, "sha256")
 
 
 def download_file(
@@ -165,9 +170,12 @@ def download_weights(tag: str, directory: str | os.PathLike | None = None, progr
     dest = Path(directory) if directory is not None else cache_dir()
     dest = dest / cfg.file_name
     onnx = dest.with_suffix(".onnx") if cfg.onnx_mirror else None
-    for cached in (dest, onnx):
-        if cached is not None and cached.exists():
-            return cached
+    if dest.exists():
+        return dest
+    if onnx is not None and onnx.exists():  # ours, or rembg's in a shared $U2NET_HOME: checked, never replaced
+        if file_digest(onnx, "md5") != cfg.onnx_mirror[1]:
+            raise WeightsDownloadError(f"{onnx}: does not match the MD5 of {tag!r}'s ONNX export; move it away")
+        return onnx
     errors = []
     for url in cfg.urls:
         try:
