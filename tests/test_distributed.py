@@ -44,6 +44,12 @@ def _run(
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _state(tmp_path, name: str) -> dict:
     return torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)
 
@@ -113,9 +119,7 @@ def test_two_nodes_with_their_own_disks_match_one_process(tmp_path) -> None:
     generate_synthetic_dataset(tmp_path / "data_a" / "synthetic", num_train=16, num_val=6, seed=0, progress=False)
     first = sorted((tmp_path / "data_a" / "synthetic" / "DUTS-TR" / "DUTS-TR-Image").iterdir())[0]
     first.write_bytes(b"not a jpeg")
-    with socket.socket() as probe:  # a free port for the rendezvous store
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()  # for the rendezvous store
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     skipping = ["data.on_invalid=skip", "data.batch_size=2"]
     nodes = []
@@ -150,9 +154,7 @@ def test_accumulation_all_reduces_once_per_optimizer_step(tiny_synthetic, tmp_pa
 
     from .test_training import _trainer
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
