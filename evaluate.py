@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from u2net.data import collect_pairs, ensure_synthetic_dataset, split_pairs
 from u2net.evaluation import (
@@ -47,7 +48,11 @@ def dataset_pairs(name: str, cfg: DictConfig) -> list:
     except MissingConfigException:
         known = sorted(p.stem for p in (REPO / "configs" / "data").glob("[!_]*.yaml"))
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(known)}") from None
-    data = instantiate(train_cfg.data, _convert_="all")
+    try:
+        data = instantiate(train_cfg.data, _convert_="all")
+    except MissingMandatoryValue as exc:  # a required `???` value, e.g. data.images of data=folder
+        key = exc.full_key
+        raise ValueError(f"dataset {name!r} needs {key}: add dataset_overrides=['{key}=...']") from None
     if data.synthetic:
         options = dict(data.synthetic)
         ensure_synthetic_dataset(Path(options.pop("root")), progress=cfg.progress, **options)

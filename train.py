@@ -18,6 +18,7 @@ import hydra
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from u2net.engine import NonFiniteLossError, Trainer
@@ -33,6 +34,8 @@ def _user_error(exc: BaseException) -> BaseException | None:
     """The user-facing cause of ``exc`` (Hydra wraps errors raised while building objects), if any."""
     while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
         exc = exc.__cause__
+    if isinstance(exc, MissingMandatoryValue):  # a required `???` value, e.g. data.images of data=folder
+        return ValueError(f"{exc.full_key} is required: add {exc.full_key}=... to the command line")
     return exc if isinstance(exc, USER_ERRORS) else None
 
 
@@ -46,7 +49,8 @@ def build_and_fit(cfg: DictConfig) -> tuple[Trainer, dict]:
     data = instantiate(cfg.data, _convert_="all", **({"pin_memory": True} if on_cuda else {}))
     loss_fn = instantiate(cfg.loss, _convert_="all")
     fused = {"fused": True} if on_cuda and cfg.optim.get("fused", None) is None else {}
-    optimizer = instantiate(cfg.optim, _convert_="all", **fused)(model.parameters())
+    groups = instantiate(cfg.params)(model, lr=cfg.optim.lr)  # per-stage rates, or a frozen encoder
+    optimizer = instantiate(cfg.optim, _convert_="all", **fused)(groups)
     scheduler = instantiate(cfg.sched)(optimizer, total_steps=cfg.trainer.max_steps)
     trainer = Trainer(model, loss_fn, optimizer, scheduler, data, instantiate(cfg.trainer), run_config)
     return trainer, trainer.fit(ckpt_path=cfg.ckpt_path)
@@ -72,6 +76,8 @@ def main(cfg: DictConfig) -> dict:
             f"validation MAE {trainer.initial_metrics['mae']:.4f} at the start -> {metrics['mae']:.4f} now "
             f"(predicting all background: {metrics['mae_all_background']:.4f})"
         )
+    if trainer.summary():
+        print(trainer.summary())
     print(f"checkpoints and TensorBoard logs in {trainer.out_dir}")
     return metrics
 

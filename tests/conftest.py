@@ -28,6 +28,29 @@ def save_tiny_checkpoint(path: Path, seed: int = 0):
     return model
 
 
+def lively_u2netp(seed: int = 0):
+    """U²-Net† with random weights, non-trivial BatchNorm statistics and output convolutions scaled so that
+    the probabilities spread over (0, 1) instead of sitting at 0.5."""
+    import torch
+
+    import u2net
+
+    torch.manual_seed(seed)
+    model = u2net.create_model("u2netp")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+        for name in ("side1", "side2", "side3", "side4", "side5", "side6", "outconv"):
+            getattr(model, name).weight.mul_(10.0)
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny U²-Net† checkpoint with random weights (64 px), shared by a test module."""

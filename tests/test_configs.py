@@ -16,6 +16,8 @@ from u2net.losses import DeepSupervisionLoss
 from .conftest import REPO
 
 DATA_CONFIGS = sorted(p.stem for p in (REPO / "configs" / "data").glob("*.yaml") if not p.stem.startswith("_"))
+# What a config needs on the command line (data=folder: the user's folders are required).
+REQUIRED = {"folder": ["data.images=/datasets/mine/images", "data.masks=/datasets/mine/masks"]}
 
 
 def _compose(*overrides: str):
@@ -33,7 +35,7 @@ def test_every_dataset_named_in_the_issue_has_a_config() -> None:
 
 @pytest.mark.parametrize("name", DATA_CONFIGS)
 def test_data_configs_build_a_datamodule(name: str) -> None:
-    cfg = _compose(f"data={name}", "paths.data_dir=/datasets")
+    cfg = _compose(f"data={name}", "paths.data_dir=/datasets", *REQUIRED.get(name, []))
     data = instantiate(cfg.data, _convert_="all")
     assert isinstance(data, SaliencyDataModule) and data.train_sources
     assert all(s.root.startswith("/datasets/") for s in data.train_sources + data.val_sources + data.test_sources)

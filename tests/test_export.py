@@ -31,7 +31,7 @@ from u2net.export import (
 from u2net.inference import Predictor, TorchBackend
 from u2net.inference.predictor import OnnxBackend, symbolic_batch_dim
 
-from .conftest import REPO
+from .conftest import REPO, lively_u2netp
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -42,25 +42,6 @@ SIZE = 64
 # 0.10); at 320² on U²-Net† and U²-Net 0.0005-0.006. 0.02 leaves a wide margin and still catches a broken file.
 INT8_MAE_TOL = 0.02
 PREPROCESSING = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "normalization": "standard"}
-
-
-def lively_u2netp(seed: int = 0) -> torch.nn.Module:
-    """U²-Net† with random weights, non-trivial BatchNorm statistics and output convolutions scaled so that
-    the probabilities spread over (0, 1) instead of sitting at 0.5."""
-    torch.manual_seed(seed)
-    model = u2net.create_model("u2netp")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-        for name in ("side1", "side2", "side3", "side4", "side5", "side6", "outconv"):
-            getattr(model, name).weight.mul_(10.0)
-    return model.eval()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -430,7 +430,7 @@ def test_cli_usage_errors(tmp_path, checkpoint, capsys, monkeypatch) -> None:
 
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr("u2net.models.pretrained.download_file", offline)  # every mirror fails
-    assert main(["remove", photo, out]) == 2  # the default model, offline
+    assert main(["remove", photo, out, "--model", "u2net.duts"]) == 2  # a tag that is not bundled, offline
     err = capsys.readouterr().err
     assert "could not download the model 'u2net.duts' (offline?); pass --model PATH" in err
     for bad in (["--bg-color", "nocolour"], ["--threshold", "2"], ["--bg-color", "red", "--bg-image", photo]):

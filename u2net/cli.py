@@ -1,6 +1,6 @@
 """The ``u2net`` command.
 
-    u2net remove photo.jpg cutout.png                      # RGBA cut-out with the default model
+    u2net remove photo.jpg cutout.png                      # RGBA cut-out with the bundled U²-Net† (offline)
     u2net remove photos/ cutouts/ --model best.onnx --crop --bg-color white
     u2net remove photos/ masks/ --mask-only --threshold 0.5 --overwrite
 
@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_MODEL = "u2net.duts"
+from .models.pretrained import DEFAULT_MODEL
 
 
 class UsageError(Exception):
@@ -83,7 +83,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         metavar="PATH",
         default=DEFAULT_MODEL,
-        help=f"checkpoint, official .pth, .onnx file or pretrained tag (default: {DEFAULT_MODEL}, downloaded once)",
+        help=f"checkpoint, official .pth, .onnx file or pretrained tag (default: {DEFAULT_MODEL}, shipped with the "
+        "package: no download; other tags are downloaded once)",
     )
     model.add_argument(
         "--backend",

@@ -1,6 +1,6 @@
 """Datasets, preprocessing and loaders."""
 
-from .datamodule import ResumableBatchSampler, SaliencyDataModule
+from .datamodule import ResumableBatchSampler, SaliencyDataModule, folder_datamodule
 from .folder import (
     DatasetCheckError,
     Problem,
@@ -8,11 +8,12 @@ from .folder import (
     SourceSpec,
     check_pairs,
     collect_pairs,
+    collect_source_pairs,
     scan_source,
     split_pairs,
 )
 from .io import IMAGE_EXTENSIONS, list_images, read_image, read_mask
-from .transforms import SaliencyTransform, eval_transform, normalize_image, train_transform
+from .transforms import SaliencyTransform, appearance_steps, eval_transform, normalize_image, train_transform
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -23,10 +24,13 @@ __all__ = [
     "SaliencyDataset",
     "SaliencyTransform",
     "SourceSpec",
+    "appearance_steps",
     "check_pairs",
     "collect_pairs",
+    "collect_source_pairs",
     "ensure_synthetic_dataset",
     "eval_transform",
+    "folder_datamodule",
     "generate_synthetic_dataset",
     "list_images",
     "normalize_image",

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -18,13 +19,18 @@ from .io import list_images, oriented_size, read_image, read_mask
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """One dataset on disk: ``root/images`` holds the images, ``root/masks`` the masks."""
+    """One dataset on disk: ``root/images`` holds the images, ``root/masks`` the masks.
+
+    ``weight`` (training sources only): the share of training draws that come from this source,
+    relative to the other sources' weights (see :class:`~u2net.data.ResumableBatchSampler`).
+    """
 
     name: str
     root: str
     images: str = "images"
     masks: str = "masks"
     recursive: bool = False
+    weight: float | None = None
 
     @property
     def image_dir(self) -> Path:
@@ -139,27 +145,27 @@ def check_pairs(
     return problems
 
 
-def collect_pairs(
+def collect_source_pairs(
     sources: Sequence[SourceSpec],
     check: str = "full",
     on_invalid: str = "error",
     workers: int = 4,
     progress: bool = True,
-) -> list[tuple[Path, Path]]:
-    """Scan and check ``sources`` and return the usable (image, mask) pairs of all of them.
+) -> list[list[tuple[Path, Path]]]:
+    """Scan and check ``sources`` and return the usable (image, mask) pairs of each, in order.
 
     ``on_invalid="error"`` (default) raises one :class:`DatasetCheckError` listing every offending
     file; ``"skip"`` leaves them out with a warning that gives their number.
     """
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
-    all_pairs: list[tuple[Path, Path]] = []
+    per_source: list[list[tuple[Path, Path]]] = []
     all_problems: list[Problem] = []
     for source in sources:
         scan = scan_source(source)
         problems = scan.problems + check_pairs(scan.pairs, check, workers, progress, source.name)
         bad = {Path(p.path) for p in problems}
-        all_pairs.extend(pair for pair in scan.pairs if pair[0] not in bad and pair[1] not in bad)
+        per_source.append([pair for pair in scan.pairs if pair[0] not in bad and pair[1] not in bad])
         all_problems.extend(problems)
     if all_problems:
         listing = "\n".join(f"  {p}" for p in all_problems)
@@ -170,9 +176,21 @@ def collect_pairs(
                 f"(set data.on_invalid=skip to train without these files):\n{listing}"
             )
         warnings.warn(f"dataset {names}: skipping {len(all_problems)} invalid file(s):\n{listing}", stacklevel=2)
-    if not all_pairs:
+    if not any(per_source):
         raise DatasetCheckError(f"dataset {', '.join(s.name for s in sources)}: no usable pairs left")
-    return all_pairs
+    return per_source
+
+
+def collect_pairs(
+    sources: Sequence[SourceSpec],
+    check: str = "full",
+    on_invalid: str = "error",
+    workers: int = 4,
+    progress: bool = True,
+) -> list[tuple[Path, Path]]:
+    """The usable (image, mask) pairs of all ``sources``, one after the other (see :func:`collect_source_pairs`)."""
+    per_source = collect_source_pairs(sources, check, on_invalid, workers, progress)
+    return [pair for pairs in per_source for pair in pairs]
 
 
 SampleKey = int | tuple[int, int]
@@ -211,10 +229,12 @@ class SaliencyDataset(Dataset):
         return {"image": image_t, "mask": mask_t, "index": index}
 
 
-def split_pairs(
-    pairs: Sequence[tuple[Path, Path]], fraction: float, seed: int
-) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
-    """Hold out ``fraction`` of ``pairs`` (at least one) for validation, chosen by ``seed``."""
+T = TypeVar("T")
+
+
+def split_pairs(pairs: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """Hold out ``fraction`` of ``pairs`` (at least one) for validation, chosen by ``seed``; both parts
+    keep the input's order. The split depends only on ``len(pairs)`` and ``seed``."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
     order = np.random.default_rng(seed).permutation(len(pairs))

@@ -6,6 +6,9 @@ so that the official weights see what they were trained on. Validation and infer
 
 Note: the original code flips with ``image[::-1]``, i.e. *vertically*; we default to horizontal
 flips (``hflip=0.5``) and offer ``vflip`` for exact reproduction.
+
+Optional appearance augmentation for fine-tuning on small sets of one's own photos (all off by
+default; the original recipe has none): colour jitter, blur and sensor noise, on the image only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,32 @@ import torch
 from ..models.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
 _INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC}
+
+
+def appearance_steps(color_jitter: float = 0.0, blur: float = 0.0, noise: float = 0.0) -> list:
+    """Albumentations steps that change how an H×W×3 uint8 image looks, not where anything is, each
+    applied with its probability: moderate colour jitter, a mild Gaussian or motion blur, mild Gaussian
+    noise. Strengths stay moderate so that the masks still fit the changed images."""
+    for name, p in (("color_jitter", color_jitter), ("blur", blur), ("noise", noise)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} is a probability in [0, 1], got {p}")
+    steps: list = []
+    if color_jitter > 0:
+        steps.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=color_jitter))
+    if blur > 0:
+        kinds = [A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.3, 1.2)), A.MotionBlur(blur_limit=(3, 5))]
+        steps.append(A.OneOf(kinds, p=blur))
+    if noise > 0:
+        steps.append(A.GaussNoise(std_range=(0.01, 0.04), p=noise))  # std as a fraction of 255
+    return steps
+
+
+def _seed_step(step: A.BasicTransform | A.BaseCompose, stream: np.random.SeedSequence) -> None:
+    # A composite step (OneOf) hands its children its own seed; give each child a stream of its own.
+    step.set_random_seed(int(stream.generate_state(1)[0]))
+    children = step.transforms if isinstance(step, A.BaseCompose) else []
+    for child, child_stream in zip(children, stream.spawn(len(children))):
+        _seed_step(child, child_stream)
 
 
 def normalize_image(
@@ -48,7 +77,8 @@ def normalize_image(
 
 
 class SaliencyTransform:
-    """Albumentations geometry on image and mask, then normalisation and conversion to tensors.
+    """Albumentations geometry on image and mask, then appearance changes on the image alone (see
+    :func:`appearance_steps`), then normalisation and conversion to tensors.
 
     ``__call__(image, mask, seed)``: image H×W×3 uint8, mask H×W float32 in [0, 1]; returns
     (3×h×w float32, 1×h×w float32). With ``seed`` the random choices are those of that seed alone.
@@ -64,6 +94,9 @@ class SaliencyTransform:
         std: Sequence[float] = IMAGENET_STD,
         normalization: str = "max",
         interpolation: str = "linear",
+        color_jitter: float = 0.0,
+        blur: float = 0.0,
+        noise: float = 0.0,
     ) -> None:
         if interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}")
@@ -78,25 +111,31 @@ class SaliencyTransform:
         if vflip > 0:
             steps.append(A.VerticalFlip(p=vflip))
         self.geometry = A.Compose(steps)
-        self._seed_geometry(0)
+        self.appearance = A.Compose(appearance_steps(color_jitter, blur, noise))
+        self._seed(0)
         self.mean, self.std, self.normalization = tuple(mean), tuple(std), normalization
         self.output_size = crop_size or image_size
 
-    def _seed_geometry(self, seed: int) -> None:
+    def _seed(self, seed: int) -> None:
         # Compose.set_random_seed hands every step the same seed, so their draws would coincide: the
         # flip would be decided by the crop's offset (flipped crops all from one half of the image).
-        # Each step gets its own stream, derived from ``seed``.
+        # Each step gets its own stream, derived from ``seed``. The appearance steps take the streams
+        # after the geometry's (spawned children do not depend on how many are spawned), so the
+        # geometry is the same with or without them.
         self.geometry.set_random_seed(seed)
-        streams = np.random.SeedSequence(seed).spawn(len(self.geometry.transforms))
-        for step, stream in zip(self.geometry.transforms, streams):
-            step.set_random_seed(int(stream.generate_state(1)[0]))
+        self.appearance.set_random_seed(seed)
+        steps = [*self.geometry.transforms, *self.appearance.transforms]
+        for step, stream in zip(steps, np.random.SeedSequence(seed).spawn(len(steps))):
+            _seed_step(step, stream)
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, seed: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if seed is not None:
-            self._seed_geometry(int(seed))
+            self._seed(int(seed))
         out = self.geometry(image=image, mask=mask)
+        if self.appearance.transforms:
+            out["image"] = self.appearance(image=out["image"])["image"]
         image_t = normalize_image(out["image"], self.mean, self.std, self.normalization)
         mask_t = torch.from_numpy(np.ascontiguousarray(out["mask"], dtype=np.float32)).clamp_(0, 1)[None]
         return image_t, mask_t
@@ -114,5 +153,5 @@ def train_transform(
 
 
 def eval_transform(image_size: int = 320, **kwargs) -> SaliencyTransform:
-    """Validation / inference preprocessing: resize to ``image_size``² and normalise."""
+    """Validation / inference preprocessing: resize to ``image_size``² and normalise (no augmentation)."""
     return SaliencyTransform(image_size, None, 0.0, 0.0, **kwargs)

@@ -76,6 +76,14 @@ def broadcast_object(ctx: DistContext, obj):
     return box[0]
 
 
+def broadcast_tensors(ctx: DistContext, tensors: list[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` on every rank with rank 0's values, in place (no-op when not distributed)."""
+    if not ctx.enabled:
+        return
+    for tensor in tensors:
+        dist.broadcast(tensor.data, src=0)
+
+
 def gather_objects(ctx: DistContext, obj) -> list:
     """``obj`` of every rank, in rank order (``[obj]`` when not distributed)."""
     if not ctx.enabled:

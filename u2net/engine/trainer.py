@@ -21,8 +21,10 @@ from ..data import DatasetCheckError
 from ..data.datamodule import SaliencyDataModule
 from ..metrics import SaliencyMetrics, evaluate_batch
 from ..metrics.saliency import PER_IMAGE_KEYS
+from ..models.batchnorm import folded_batchnorms, restore_batchnorm
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
-from .distributed import any_rank, barrier, broadcast_object, gather_objects, setup_distributed
+from .distributed import any_rank, barrier, broadcast_object, broadcast_tensors, gather_objects, setup_distributed
+from .ema import WeightEMA
 from .utils import autocast_context, pick_device, resolve_precision, seed_everything
 
 
@@ -57,16 +59,33 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model
     profile_steps: int = 0  # record a torch.profiler trace of this many steps (after 2 warm-up) for TensorBoard
     overwrite: bool = False  # start afresh in a run folder that holds checkpoints (else refuse; resume instead)
+    max_minutes: float = 0.0  # budget of training minutes (validation not counted): stop, validate, save; 0 = none
+    val_every_minutes: float = 0.0  # also validate after each this many training minutes; 0 = by steps only
+    ema_decay: float = 0.0  # exponential moving average of the weights, validated beside them; 0 = off
+    restore_bn: bool = True  # folded BatchNorm (rembg ONNX files): restore it from training images first
+    restore_bn_images: int = 64  # calibration images for restore_bn
+    val_precision: str = "fp32"  # validation precision: fp32 (bf16 scores this model measurably worse) | same
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "log_every", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("val_every", "checkpoint_every", "image_log_count", "profile_steps"):
+        for name in (
+            "val_every",
+            "checkpoint_every",
+            "image_log_count",
+            "profile_steps",
+            "max_minutes",
+            "val_every_minutes",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"trainer.{name} must be 0 (off) or more, got {getattr(self, name)}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"trainer.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"trainer.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        if self.val_precision not in ("fp32", "same"):
+            raise ValueError(f"trainer.val_precision must be fp32 or same, got {self.val_precision!r}")
         known = (*PER_IMAGE_KEYS, "mae_all_background")  # what validate() returns
         if self.monitor not in known:
             raise ValueError(f"trainer.monitor={self.monitor!r} is not a validation metric; one of {', '.join(known)}")
@@ -126,6 +145,13 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self.initial_metrics: dict[str, float] = {}
         self.best: float | None = None
+        self.best_metrics: dict[str, float] = {}  # of the weights in best.pt (the start's at first)
+        self.best_source = ""  # "start", "model" or "ema": which weights best.pt holds
+        self.ema = WeightEMA(self.module, config.ema_decay) if config.ema_decay > 0 else None
+        self.ema_metrics: dict[str, float] = {}
+        self.val_precision = "fp32" if config.val_precision == "fp32" else self.precision
+        self.train_seconds = 0.0  # time spent in training steps (and waiting for their data), resumed too
+        self.history: list[dict[str, float]] = []  # one row per validation: step, minutes, metrics (ema_*)
         self.stop_requested = False
         self.writer = None
 
@@ -150,6 +176,8 @@ class Trainer:
         self._setup_data()
         if ckpt_path:
             self.restore(ckpt_path)  # every rank reads the same checkpoint
+        elif cfg.restore_bn:
+            self._restore_folded_batchnorm()
         if cfg.tensorboard and ctx.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -157,11 +185,12 @@ class Trainer:
         start = self.step * cfg.grad_accum
         batches = iter(self.data.train_loader(cfg.seed, start, ctx.rank, ctx.world_size))
         if cfg.validate_at_start and self.step == 0:
-            self.initial_metrics = self.validate()
+            self._validate_start()
         images_per_step = self.data.batch_size * cfg.grad_accum * ctx.world_size
         progress = _progress_bar(self.step, cfg.max_steps, cfg.progress and ctx.is_main)
         handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         profiler = self._profiler()
+        next_val_minutes = self._next_minute_mark()
         try:
             while self.step < cfg.max_steps:
                 started = time.perf_counter()
@@ -172,15 +201,25 @@ class Trainer:
                 self.step += 1
                 if profiler is not None:
                     profiler.step()
-                speed = images_per_step / (time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self.train_seconds += elapsed
+                speed = images_per_step / elapsed
                 progress.update(1)
                 progress.set_postfix(loss=f"{losses[0]:.4f}", img_s=f"{speed:.2f}")
                 if self.step % cfg.log_every == 0 or self.step == 1:
                     self._log_train(losses, speed)
-                at_end = self.step == cfg.max_steps
-                if (cfg.val_every and self.step % cfg.val_every == 0) or at_end:
-                    self.metrics = self.validate()
-                    self._save_checkpoints()
+                # Rank 0's clock decides for every rank, so that all of them stop and validate together.
+                minutes = broadcast_object(ctx, self.train_seconds / 60) if cfg.max_minutes or next_val_minutes else 0
+                out_of_time = bool(cfg.max_minutes) and minutes >= cfg.max_minutes
+                at_mark = next_val_minutes is not None and minutes >= next_val_minutes
+                at_end = self.step == cfg.max_steps or out_of_time
+                if (cfg.val_every and self.step % cfg.val_every == 0) or at_end or at_mark:
+                    next_val_minutes = self._next_minute_mark()
+                    self._validate_and_save(progress)
+                    if out_of_time:
+                        if ctx.is_main:
+                            progress.write(f"time budget of {cfg.max_minutes:g} min reached at step {self.step}")
+                        break
                 elif cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save("last.pt")
                 # All ranks stop together, whichever of them was signalled.
@@ -225,7 +264,9 @@ class Trainer:
         if not ctx.is_main and ctx.local_rank == 0:
             try:
                 self.data.prepare()
-                missing = [str(path) for pair in itertools.chain(*pairs) for path in pair if not Path(path).is_file()]
+                missing = [
+                    str(path) for pair in itertools.chain(*pairs[:2]) for path in pair if not Path(path).is_file()
+                ]
                 if missing:
                     problem = (
                         f"rank {ctx.rank}: {len(missing)} file(s) that rank 0 uses are missing there, e.g. "
@@ -277,22 +318,26 @@ class Trainer:
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.module)
         return losses
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """MAE and F-measure of the fused output on the validation set (empty dict without one)."""
+    def validate(self, model: nn.Module | None = None, tag: str = "val") -> dict[str, float]:
+        """MAE and F-measure of the fused output of ``model`` (default: the trained one) on the
+        validation set (empty dict without one); logged to TensorBoard under ``tag``."""
         loader = self.data.val_loader(self.dist.rank, self.dist.world_size)
         if loader is None:
             return {}
-        self.model.eval()
+        model = self.model if model is None else model
+        model.eval()
         meter = SaliencyMetrics()
         shown = None
         background_error = 0.0
         for batch in loader:
             images, masks = self._to_device(batch)
-            with autocast_context(self.device, self.precision):
-                fused = self.model(images)[0]
+            with autocast_context(self.device, self.val_precision):
+                fused = model(images)[0]
             probs = torch.sigmoid(fused.float())
             evaluate_batch(meter, probs.cpu(), masks.cpu())
             background_error += (masks > 128 / 255).flatten(1).float().mean(1).sum().item()
@@ -310,17 +355,20 @@ class Trainer:
         metrics["mae_all_background"] = background_error / results["n_images"]
         if self.writer is not None:
             for key, value in metrics.items():
-                self.writer.add_scalar(f"val/{key}", value, self.step)
-            if shown is not None:
+                self.writer.add_scalar(f"{tag}/{key}", value, self.step)
+            if shown is not None and tag == "val":
                 self._log_images(*shown)
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
-        """Everything needed to resume, plus what evaluate/export need to rebuild the model."""
+    def state_dict(self, weights: Mapping[str, torch.Tensor] | None = None) -> dict:
+        """Everything needed to resume, plus what evaluate/export need to rebuild the model.
+
+        ``weights`` replaces the trained model's state dict under ``"model"`` (best.pt holding the
+        EMA's or the start's weights); the training state stays this run's."""
         model = self.module
         return {
-            "model": model.state_dict(),
+            "model": dict(weights) if weights is not None else model.state_dict(),
             "model_name": getattr(model, "model_name", None),
             "model_args": getattr(model, "model_args", {}),
             "preprocessing": dict(self.data.preprocessing),
@@ -330,17 +378,24 @@ class Trainer:
             "epoch": self.step * self.cfg.grad_accum // max(1, self.data.steps_per_epoch(self.dist.world_size)),
             "metrics": dict(self.metrics),
             "best": self.best,
+            "best_metrics": dict(self.best_metrics),
+            "best_source": self.best_source,
+            "initial_metrics": dict(self.initial_metrics),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "train_seconds": self.train_seconds,
+            "history": [dict(row) for row in self.history],
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
         }
 
-    def save(self, name: str) -> Path:
-        """Write the current state to ``out_dir/checkpoints/name`` atomically (rank 0 only)."""
+    def save(self, name: str, weights: Mapping[str, torch.Tensor] | None = None) -> Path:
+        """Write the current state (with ``weights`` as the model's, see :meth:`state_dict`) to
+        ``out_dir/checkpoints/name`` atomically (rank 0 only)."""
         path = self.ckpt_dir / name
         if self.dist.is_main:
-            save_checkpoint(self.state_dict(), path)
+            save_checkpoint(self.state_dict(weights), path)
         return path
 
     def restore(self, path: str | Path) -> None:
@@ -366,6 +421,13 @@ class Trainer:
         if state.get("scaler"):  # empty when the checkpoint was not trained in fp16
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.metrics, self.best = state["step"], state.get("metrics", {}), state.get("best")
+        self.best_metrics, self.best_source = state.get("best_metrics", {}), state.get("best_source", "")
+        self.initial_metrics = state.get("initial_metrics", {})
+        self.train_seconds, self.history = state.get("train_seconds", 0.0), list(state.get("history", []))
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:  # resuming a run that had no EMA: start the average here
+            self.ema = WeightEMA(self.module, self.cfg.ema_decay)
         set_rng_state(state["rng"])
 
     def _set_base_lrs(self, base_lrs: list[float]) -> None:
@@ -383,16 +445,92 @@ class Trainer:
                 group["lr"] = base * factor(self.scheduler.last_epoch)
             self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
-    def _save_checkpoints(self) -> None:
-        value = self.metrics.get(self.cfg.monitor)
-        improved = value is not None and (
-            self.best is None or (value < self.best if self.cfg.monitor_mode == "min" else value > self.best)
-        )
-        if improved:
-            self.best = value
-        self.save("last.pt")
-        if improved:
+    def _next_minute_mark(self) -> float | None:
+        every = self.cfg.val_every_minutes
+        return (math.floor(self.train_seconds / 60 / every + 1e-9) + 1) * every if every > 0 else None
+
+    def _better(self, value: float | None, than: float | None) -> bool:
+        if value is None:
+            return False
+        return than is None or (value < than if self.cfg.monitor_mode == "min" else value > than)
+
+    def _validate_start(self) -> None:
+        # The starting weights are the first candidate for best.pt: a fine-tuning run whose every
+        # step makes the model worse ends with best.pt equal to the model it started from.
+        self.initial_metrics = self.validate()
+        self.metrics = dict(self.initial_metrics)
+        self._record()
+        value = self.initial_metrics.get(self.cfg.monitor)
+        if value is not None:
+            self.best, self.best_metrics, self.best_source = value, dict(self.initial_metrics), "start"
             self.save("best.pt")
+
+    def _validate_and_save(self, progress) -> None:
+        """Validate the trained weights (and their EMA), save last.pt, and best.pt when either is
+        better than every candidate so far; print a line comparing with the start."""
+        self.metrics = self.validate()
+        candidates = [("model", self.metrics, None)]
+        if self.ema is not None:
+            self.ema_metrics = self.validate(self.ema.module, tag="val_ema")
+            candidates.append(("ema", self.ema_metrics, self.ema.module.state_dict()))
+        improved = None
+        for source, metrics, weights in candidates:
+            if self._better(metrics.get(self.cfg.monitor), self.best):
+                self.best, self.best_metrics, self.best_source = metrics[self.cfg.monitor], dict(metrics), source
+                improved = weights if weights is not None else self.module.state_dict()
+        self._record()
+        self.save("last.pt")
+        if improved is not None:
+            self.save("best.pt", improved)
+        if self.dist.is_main and self.metrics:
+            progress.write(self._validation_line())
+
+    def _record(self) -> None:
+        if self.metrics:
+            row = {"step": self.step, "minutes": self.train_seconds / 60, **self.metrics}
+            self.history.append(row | {f"ema_{k}": v for k, v in self.ema_metrics.items()})
+
+    def _validation_line(self) -> str:
+        keys = [k for k in ("mae", "max_f", "sm", "biou") if k in self.metrics]
+        start = self.initial_metrics
+
+        def show(metrics: Mapping[str, float]) -> str:
+            return " ".join(f"{k} {metrics[k]:.4f}" + (f" ({start[k]:.4f})" if k in start else "") for k in keys)
+
+        line = f"val step {self.step}{' (start in brackets)' if start else ''}: {show(self.metrics)}"
+        if self.ema_metrics:
+            line += f" | ema: {show(self.ema_metrics)}"
+        return (
+            line
+            + f" | best.pt: {self.best_source} ({self.cfg.monitor} {self.best:.4f})"
+            + ("; (start) in brackets" if start else "")
+        )
+
+    def summary(self) -> str:
+        """Start vs best.pt on every validation metric, one line each (empty without validation)."""
+        if not self.best_metrics:
+            return ""
+        rows = [f"best.pt holds the {self.best_source} weights; start -> best on the validation set:"]
+        for key, value in self.best_metrics.items():
+            before = self.initial_metrics.get(key)
+            shown = f"{before:.4f} -> {value:.4f}" if before is not None else f"{value:.4f}"
+            rows.append(f"  {key:<20} {shown}")
+        return "\n".join(rows)
+
+    def _restore_folded_batchnorm(self) -> None:
+        """Undo folded BatchNorm (see :mod:`u2net.models.batchnorm`) from the first training images."""
+        if not folded_batchnorms(self.module):
+            return
+        # Every rank measures the same images (rank 0's view of step 0) and then takes rank 0's
+        # result, so that the ranks start from identical weights whatever the device's rounding.
+        loader = self.data.train_loader(self.cfg.seed, 0, rank=0, world_size=1)
+        batches = itertools.islice(iter(loader), max(1, math.ceil(self.cfg.restore_bn_images / self.data.batch_size)))
+        count = restore_batchnorm(self.module, (batch["image"].to(self.device) for batch in batches))
+        broadcast_tensors(self.dist, list(self.module.state_dict().values()))
+        if self.ema is not None:
+            self.ema = WeightEMA(self.module, self.cfg.ema_decay)
+        if self.dist.is_main and self.cfg.progress:
+            print(f"restored {count} folded BatchNorm layers from {self.cfg.restore_bn_images} training images")
 
     # ------------------------------------------------------------------ helpers
     def _request_stop(self, signum, frame) -> None:  # noqa: ARG002

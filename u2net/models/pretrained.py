@@ -4,6 +4,9 @@ Kept apart from the architecture (as in timm): a tag names an architecture plus 
 trained on. ``download_weights(tag)`` fetches a file once into the cache folder
 (``$U2NET_HOME``, default ``~/.cache/u2net``) and returns its path.
 
+``u2netp.duts`` (:data:`DEFAULT_MODEL`) ships inside the package (``u2net/models/bundled/``, see the
+``NOTICE`` there): its tag resolves to that file, MD5-checked, without any network access.
+
 The official ``.pth`` files live on Google Drive, which refuses downloads when a file's daily quota
 is spent. Where rembg publishes an ONNX export of the same weights on GitHub, that file (checked
 against rembg's MD5) is the fallback; it is imported back into PyTorch like any U²-Net ONNX file.
@@ -24,6 +27,18 @@ from ..fileio import atomic_write
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+DEFAULT_MODEL = "u2netp.duts"  # what `u2net remove` and `u2net serve` use without --model: bundled, works offline
+BUNDLED_DIR = Path(__file__).with_name("bundled")  # weights shipped as package data
+
+
+@dataclass(frozen=True)
+class BundledFile:
+    """A weights file shipped in :data:`BUNDLED_DIR`, with the digests it was shipped with."""
+
+    name: str
+    md5: str
+    sha256: str
+
 
 @dataclass(frozen=True)
 class PretrainedCfg:
@@ -43,6 +58,7 @@ class PretrainedCfg:
     normalization: str = "max"
     description: str = ""
     onnx_mirror: tuple[str, str] | None = None  # (url, md5) of an ONNX export of the same weights
+    bundled: BundledFile | None = None  # shipped with the package: used instead of any download
     extra: dict = field(default_factory=dict)
 
 
@@ -67,8 +83,13 @@ PRETRAINED: dict[str, PretrainedCfg] = {
         "u2netp",
         "u2netp.pth",
         (_gdrive("1rbSTGKAE-MTxBYHd-51l2hMOQPT_7EPy"),),
-        description="official U²-Net† (lite) trained on DUTS-TR (4.7 MB)",
+        description="official U²-Net† (lite) trained on DUTS-TR (4.7 MB; bundled as rembg's ONNX export)",
         onnx_mirror=_rembg_release("u2netp.onnx", "8e83ca70e441ab06c318d82300c84806"),
+        bundled=BundledFile(
+            "u2netp.onnx",
+            md5="8e83ca70e441ab06c318d82300c84806",
+            sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+        ),
     ),
     "u2net.human_seg": PretrainedCfg(
         "u2net",
@@ -111,6 +132,36 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# (path, size, mtime) of bundled files whose MD5 matched: the check costs ~10 ms, but a predictor reads its
+# weights twice and a server or test session loads them many times.
+_VERIFIED_BUNDLES: set[tuple[str, int, int]] = set()
+
+
+def bundled_weights_path(tag: str) -> Path | None:
+    """The weights file shipped with the package for ``tag``, MD5-checked once per process; ``None`` when
+    the tag ships none. A missing or damaged file (a broken installation) is a one-line error naming it."""
+    bundled = get_pretrained_cfg(tag).bundled
+    if bundled is None:
+        return None
+    path = BUNDLED_DIR / bundled.name
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: the bundled weights of {tag!r} are missing from the installed package; reinstall the package"
+        ) from None
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED_BUNDLES:
+        md5 = file_digest(path, "md5")
+        if md5 != bundled.md5:
+            raise ValueError(
+                f"{path}: the bundled weights of {tag!r} are damaged (md5 {md5}, expected {bundled.md5}); "
+                "reinstall the package"
+            )
+        _VERIFIED_BUNDLES.add(key)
+    return path
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -163,19 +214,39 @@ class WeightsDownloadError(RuntimeError):
     """No mirror of a pretrained tag's weights could be downloaded (offline, or every mirror failed)."""
 
 
-def download_weights(tag: str, directory: str | os.PathLike | None = None, progress: bool = True) -> Path:
-    """Path to the weights for ``tag``, downloading them into the cache first if needed: the
-    official file, else the ONNX export of the same weights (see the module docstring)."""
+def _cached_path(cfg: PretrainedCfg, directory: str | os.PathLike | None) -> Path:
+    return (Path(directory) if directory is not None else cache_dir()) / cfg.file_name
+
+
+def local_weights(tag: str, directory: str | os.PathLike | None = None) -> Path | None:
+    """The weights for ``tag`` already on this machine, never downloading: the bundled file (see
+    :func:`bundled_weights_path`), else the official file or its ONNX export in ``directory`` (default:
+    the cache folder), else ``None``."""
+    bundled = bundled_weights_path(tag)
+    if bundled is not None:  # before the cache: the same file everywhere, whatever a cache holds
+        return bundled
     cfg = get_pretrained_cfg(tag)
-    dest = Path(directory) if directory is not None else cache_dir()
-    dest = dest / cfg.file_name
-    onnx = dest.with_suffix(".onnx") if cfg.onnx_mirror else None
+    dest = _cached_path(cfg, directory)
     if dest.exists():
         return dest
-    if onnx is not None and onnx.exists():  # ours, or rembg's in a shared $U2NET_HOME: checked, never replaced
+    onnx = dest.with_suffix(".onnx")
+    if cfg.onnx_mirror is not None and onnx.exists():  # ours, or rembg's in a shared $U2NET_HOME: checked, kept
         if file_digest(onnx, "md5") != cfg.onnx_mirror[1]:
             raise WeightsDownloadError(f"{onnx}: does not match the MD5 of {tag!r}'s ONNX export; move it away")
         return onnx
+    return None
+
+
+def download_weights(tag: str, directory: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Path to the weights for ``tag``: the bundled file where the tag has one (no network access), else
+    the cached file, downloading it into ``directory`` (default: the cache folder) first if needed: the
+    official file, else the ONNX export of the same weights (see the module docstring)."""
+    local = local_weights(tag, directory)
+    if local is not None:
+        return local
+    cfg = get_pretrained_cfg(tag)
+    dest = _cached_path(cfg, directory)
+    onnx = dest.with_suffix(".onnx")
     errors = []
     for url in cfg.urls:
         try:

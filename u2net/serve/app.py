@@ -46,6 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..fileio import atomic_write
 from ..inference.remover import BackgroundRemover, RemovalOptions
+from ..models.pretrained import DEFAULT_MODEL
 
 log = logging.getLogger("u2net.serve")
 
@@ -365,12 +366,9 @@ def _model_file(source: str | os.PathLike | None) -> Path | None:
     path = Path(source).expanduser()
     if path.is_file():
         return path
-    from ..models.pretrained import PRETRAINED, cache_dir, get_pretrained_cfg
+    from ..models.pretrained import PRETRAINED, local_weights
 
-    if str(source) in PRETRAINED:
-        cached = cache_dir() / get_pretrained_cfg(str(source)).file_name
-        return cached if cached.is_file() else None
-    return None
+    return local_weights(str(source)) if str(source) in PRETRAINED else None  # bundled or cached, never fetched
 
 
 def _sha256(path: Path) -> str:
@@ -425,11 +423,12 @@ Options = Annotated[RemovalOptions, Depends(form_options)]
 
 # -- the app -----------------------------------------------------------------------------------
 def create_app(
-    remover_or_model_path: BackgroundRemover | str | os.PathLike, settings: ServeSettings | None = None
+    remover_or_model_path: BackgroundRemover | str | os.PathLike = DEFAULT_MODEL, settings: ServeSettings | None = None
 ) -> FastAPI:
     """The FastAPI app serving one model: a :class:`BackgroundRemover` (or anything with its
-    ``remove``), or a checkpoint / ``.pth`` / ``.onnx`` path or pretrained tag, loaded here once.
-    The model file's SHA-256 is computed here too."""
+    ``remove``), or a checkpoint / ``.pth`` / ``.onnx`` path or pretrained tag, loaded here once
+    (default: :data:`~u2net.models.pretrained.DEFAULT_MODEL`, shipped with the package). The model
+    file's SHA-256 is computed here too."""
     settings = settings or ServeSettings()
     if isinstance(remover_or_model_path, (str, os.PathLike)):
         remover = BackgroundRemover.from_path(remover_or_model_path, device=settings.device)

@@ -1,0 +1,231 @@
+"""The U²-Net† weights shipped inside the package (``u2net/models/bundled/u2netp.onnx``): present and intact,
+resolved from the ``u2netp.duts`` tag without the network, refused when damaged, and the default model of
+``u2net remove`` and ``u2net serve``. Nothing here reads the network or a shared folder."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks PyPI for updates on import
+
+import hashlib  # noqa: E402
+import inspect  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import urllib.request  # noqa: E402
+import zipfile  # noqa: E402
+from importlib import resources  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from u2net.models import pretrained  # noqa: E402
+from u2net.models.pretrained import (  # noqa: E402
+    DEFAULT_MODEL,
+    WeightsDownloadError,
+    bundled_weights_path,
+    download_weights,
+    get_pretrained_cfg,
+)
+
+BUNDLED_MD5 = "8e83ca70e441ab06c318d82300c84806"
+BUNDLED_SIZE = 4_574_861
+REPO = Path(__file__).resolve().parent.parent
+
+
+class NetworkAccess(OSError):
+    """Raised by the patched socket and urllib functions: a test tried to reach the network."""
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path) -> Path:
+    """No network (sockets and urllib refuse) and an empty ``U2NET_HOME``; returns that folder."""
+
+    def refuse(*args, **kwargs):
+        raise NetworkAccess("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    home = tmp_path / "u2net_home"
+    monkeypatch.setenv("U2NET_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def fresh_checks(monkeypatch) -> set:
+    """Forget which bundled files were already MD5-checked in this process."""
+    verified: set = set()
+    monkeypatch.setattr(pretrained, "_VERIFIED_BUNDLES", verified)
+    return verified
+
+
+def _photo(path: Path) -> Path:
+    """A 64×48 photo: a red disc (the subject) on a light grey background."""
+    image = Image.new("RGB", (64, 48), (225, 225, 225))
+    ImageDraw.Draw(image).ellipse((18, 10, 46, 38), fill=(200, 30, 30))
+    image.save(path)
+    return path
+
+
+# -- the file ----------------------------------------------------------------------------------
+def test_bundled_file_is_in_the_installed_package_and_intact() -> None:
+    installed = resources.files("u2net.models") / "bundled" / "u2netp.onnx"
+    assert installed.is_file(), f"{installed}: missing from the installed package"
+    data = installed.read_bytes()
+    cfg = get_pretrained_cfg("u2netp.duts").bundled
+    assert len(data) == BUNDLED_SIZE
+    assert hashlib.md5(data).hexdigest() == BUNDLED_MD5 == cfg.md5
+    assert hashlib.sha256(data).hexdigest() == cfg.sha256
+    notice = (resources.files("u2net.models") / "bundled" / "NOTICE").read_text(encoding="utf-8")
+    assert all(s in notice for s in ("Apache", "github.com/xuebinqin/U-2-Net", "rembg", BUNDLED_MD5, cfg.sha256))
+
+
+def test_only_u2netp_duts_is_bundled() -> None:
+    assert DEFAULT_MODEL == "u2netp.duts"
+    assert {tag for tag, cfg in pretrained.PRETRAINED.items() if cfg.bundled} == {"u2netp.duts"}
+    assert bundled_weights_path("u2net.duts") is None
+
+
+# -- resolution without the network ------------------------------------------------------------
+def test_tag_resolves_to_the_bundled_file_offline(offline, fresh_checks) -> None:
+    from u2net.models.weights import _resolve, read_checkpoint
+
+    bundled = pretrained.BUNDLED_DIR / "u2netp.onnx"
+    assert download_weights("u2netp.duts") == bundled
+    assert download_weights("u2netp.duts", directory=offline / "elsewhere") == bundled  # nothing to download
+    assert _resolve("u2netp.duts") == bundled
+    checkpoint = read_checkpoint("u2netp.duts")
+    assert checkpoint["model_name"] == "u2netp"
+    assert not offline.exists()  # nothing written to the cache
+    with pytest.raises(WeightsDownloadError, match="could not download u2net.pth .*network access attempted"):
+        download_weights("u2net.duts", progress=False)  # other tags still download: here refused, so offline works
+
+
+def test_md5_is_checked_once_per_process_and_again_when_the_file_changes(tmp_path, monkeypatch, fresh_checks) -> None:
+    copy = tmp_path / "u2netp.onnx"
+    shutil.copyfile(pretrained.BUNDLED_DIR / "u2netp.onnx", copy)
+    monkeypatch.setattr(pretrained, "BUNDLED_DIR", tmp_path)
+    calls = []
+    real_digest = pretrained.file_digest
+    monkeypatch.setattr(pretrained, "file_digest", lambda *a, **k: calls.append(a) or real_digest(*a, **k))
+    assert bundled_weights_path("u2netp.duts") == copy
+    assert bundled_weights_path("u2netp.duts") == copy
+    assert len(calls) == 1
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed, and a newer modification time
+    copy.write_bytes(bytes(data))
+    stat = copy.stat()
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    with pytest.raises(ValueError, match="damaged"):
+        bundled_weights_path("u2netp.duts")
+    assert len(calls) == 2
+
+
+def test_corrupted_bundled_file_is_a_clear_error(tmp_path, monkeypatch, offline, fresh_checks, capsys) -> None:
+    from u2net.cli import main
+
+    data = bytearray((pretrained.BUNDLED_DIR / "u2netp.onnx").read_bytes())
+    data[1000] ^= 0x01
+    (tmp_path / "u2netp.onnx").write_bytes(bytes(data))
+    monkeypatch.setattr(pretrained, "BUNDLED_DIR", tmp_path)
+    damaged = tmp_path / "u2netp.onnx"
+    pattern = (
+        f"^{re.escape(str(damaged))}: the bundled weights of 'u2netp.duts' are damaged \\(md5 [0-9a-f]{{32}}, expected "
+    )
+    with pytest.raises(ValueError, match=pattern + f"{BUNDLED_MD5}\\); reinstall the package$"):
+        download_weights("u2netp.duts")
+    photo = _photo(tmp_path / "photo.png")
+    assert main(["remove", str(photo), str(tmp_path / "out.png"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert str(damaged) in err and "reinstall the package" in err
+    assert not (tmp_path / "out.png").exists()
+
+    damaged.unlink()
+    with pytest.raises(
+        FileNotFoundError, match=f"^{re.escape(str(damaged))}: .* missing from the installed package; reinstall"
+    ):
+        download_weights("u2netp.duts")
+
+
+# -- the default model of the command line ------------------------------------------------------
+def test_remove_without_model_uses_the_bundled_weights_offline(tmp_path, offline, capsys) -> None:
+    from u2net.cli import main
+
+    photo = _photo(tmp_path / "photo.png")
+    out = tmp_path / "out.png"
+    assert main(["remove", str(photo), str(out), "-q"]) == 0, capsys.readouterr().err
+    with Image.open(out) as cutout:
+        assert (cutout.format, cutout.mode, cutout.size) == ("PNG", "RGBA", (64, 48))
+        alpha = np.asarray(cutout.getchannel("A"))
+    assert np.ptp(alpha) > 128
+    # Real weights find the disc: opaque at its centre, transparent in the corners.
+    assert alpha[24, 32] > 200 and max(alpha[0, 0], alpha[0, -1], alpha[-1, 0], alpha[-1, -1]) < 50
+    assert not offline.exists()
+
+
+def test_remove_and_serve_default_to_the_bundled_tag() -> None:
+    from u2net.cli import build_parser
+
+    parser = build_parser()
+    for command in (["remove", "in.png", "out.png"], ["serve"]):
+        assert parser.parse_args(command).model == DEFAULT_MODEL
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in ("remove", "serve"):
+        assert f"default: {DEFAULT_MODEL}, shipped with the package" in " ".join(
+            sub.choices[name].format_help().split()
+        )
+
+
+def test_serve_without_model_serves_the_bundled_file_offline(offline, monkeypatch) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    pytest.importorskip("httpx")
+    import torch
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from u2net.cli import main
+    from u2net.serve import create_app
+
+    assert inspect.signature(create_app).parameters["remover_or_model_path"].default == DEFAULT_MODEL
+    seen = {}
+
+    def fake_run(app, host, port, log_level):  # in-memory requests instead of a listening server
+        with TestClient(app) as client:
+            seen["info"] = client.get("/model-info").json()
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the test process keeps its threads
+    assert main(["serve", "--device", "cpu", "--workers", "1"]) == 0
+    info = seen["info"]
+    assert info["name"] == "u2netp" and info["file"] == "u2netp.onnx"
+    assert info["sha256"] == get_pretrained_cfg("u2netp.duts").bundled.sha256
+
+
+# -- packaging ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_wheel_carries_the_weights_and_notice(tmp_path) -> None:
+    # Built from a copy so no build/ or egg-info appears in the checkout; no build isolation: works offline.
+    source = tmp_path / "src"
+    shutil.copytree(REPO / "u2net", source / "u2net", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("u2net-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        assert {"u2net/models/bundled/u2netp.onnx", "u2net/models/bundled/NOTICE"} <= names
+        assert hashlib.md5(archive.read("u2net/models/bundled/u2netp.onnx")).hexdigest() == BUNDLED_MD5

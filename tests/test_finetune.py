@@ -1,0 +1,171 @@
+"""Fine-tuning real weights: BatchNorm restored for folded files, best.pt never worse than the start,
+a time budget, an EMA of the weights, and per-stage learning rates."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import u2net
+from u2net.engine import Trainer, TrainerConfig, WeightEMA, build_scheduler, param_groups
+from u2net.export import export_onnx
+from u2net.losses import DeepSupervisionLoss
+from u2net.models.batchnorm import conv_bn_pairs, folded_batchnorms, restore_batchnorm
+
+from .conftest import ASSETS, lively_u2netp
+from .test_training import _data
+
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def folded_model(tmp_path_factory) -> torch.nn.Module:
+    """A U²-Net† imported from an ONNX file with BatchNorm folded into the convolutions (as rembg's are)."""
+    path = export_onnx(lively_u2netp(), tmp_path_factory.mktemp("onnx") / "folded.onnx", input_size=64, dynamic_hw=True)
+    return u2net.load_model(path)
+
+
+def _probs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.sigmoid(torch.stack(model(x)))
+
+
+def test_restore_batchnorm_keeps_eval_outputs_and_matches_train_mode(folded_model) -> None:
+    model = copy.deepcopy(folded_model).eval()
+    assert len(folded_batchnorms(model)) == len(conv_bn_pairs(model)) == 112  # every REBNCONV of U²-Net†
+    g = torch.Generator().manual_seed(0)
+    calibration = [torch.randn(4, 3, 64, 64, generator=g) for _ in range(2)]
+    unseen = torch.randn(2, 3, 80, 72, generator=g)
+    before = _probs(model, unseen)
+    assert restore_batchnorm(model, calibration) == 112
+    assert _probs(model, unseen).sub(before).abs().max() <= 1e-5  # the eval-mode function is unchanged
+    assert not folded_batchnorms(model) and restore_batchnorm(model, calibration) == 0
+    # The convolutions carry comparable scales again: each channel's output over the calibration images
+    # has unit standard deviation, the BatchNorm weight the channel's former scale.
+    conv, bn = conv_bn_pairs(model)[5]
+    assert bn.weight.min() < 0.5 * bn.weight.max()
+    # Train-mode BatchNorm, on the calibration images, computes the same function as eval mode.
+    batch = torch.cat(calibration)
+    trained = copy.deepcopy(model).train()
+    torch.testing.assert_close(_probs(trained, batch), _probs(model.eval(), batch), atol=1e-4, rtol=0)
+    # ... whereas the folded model in train mode is another function altogether.
+    assert _probs(copy.deepcopy(folded_model).train(), batch).sub(_probs(folded_model.eval(), batch)).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("make", [lively_u2netp, lambda: u2net.create_model("u2netp")], ids=["trained", "fresh"])
+def test_real_batchnorm_is_left_alone(make) -> None:
+    model = make()  # BatchNorm with statistics, or freshly initialised (running variance 1, not 1 - eps)
+    state = copy.deepcopy(model.state_dict())
+    assert restore_batchnorm(model, [torch.randn(2, 3, 32, 32)]) == 0
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+
+
+def _trainer(root, out_dir, model, max_steps=2, lr=1e-3, loss_fn=None, data=None, **cfg) -> Trainer:
+    optimizer = torch.optim.Adam(param_groups(model, lr), lr=lr)
+    scheduler = build_scheduler(optimizer, max_steps, "constant")
+    config = TrainerConfig(
+        out_dir=str(out_dir), max_steps=max_steps, progress=False, device="cpu", precision="fp32", seed=3, **cfg
+    )
+    return Trainer(model, loss_fn or DeepSupervisionLoss(), optimizer, scheduler, data or _data(root), config)
+
+
+def test_trainer_restores_folded_batchnorm_before_the_start_is_scored(folded_model, tiny_synthetic, tmp_path) -> None:
+    plain = _trainer(tiny_synthetic, tmp_path / "a", copy.deepcopy(folded_model), max_steps=1, lr=0.0, restore_bn=False)
+    plain.fit()
+    restored = _trainer(tiny_synthetic, tmp_path / "b", copy.deepcopy(folded_model), max_steps=1, lr=0.0)
+    restored.fit()
+    assert not folded_batchnorms(restored.module)
+    # Same start, within float rounding: restoration does not change what the model computes.
+    for key in ("mae", "max_f", "sm"):
+        assert restored.initial_metrics[key] == pytest.approx(plain.initial_metrics[key], abs=1e-5)
+    # One train-mode step at learning rate 0 only moves the BatchNorm running statistics: restored, they
+    # stay about what they were; folded, they turn the model into another one.
+    assert abs(restored.metrics["mae"] - restored.initial_metrics["mae"]) < 0.002
+    assert abs(plain.metrics["mae"] - plain.initial_metrics["mae"]) > 0.01
+
+
+def _trained_u2netp() -> torch.nn.Module:
+    """The U²-Net† trained on the synthetic set (tests/assets), a model that steps can make worse."""
+    return u2net.load_model(ASSETS / "u2netp_synthetic.pt")
+
+
+def test_best_is_the_start_when_every_step_makes_it_worse(tiny_synthetic, tmp_path) -> None:
+    base = DeepSupervisionLoss()
+
+    def towards_inverted_masks(outputs, target):  # every step makes the model worse
+        return base(outputs, 1.0 - target)
+
+    model = _trained_u2netp()
+    start = copy.deepcopy(model.state_dict())
+    data = _data(tiny_synthetic, image_size=128, crop_size=None)
+    trainer = _trainer(tiny_synthetic, tmp_path, model, 3, 1e-3, towards_inverted_masks, data, val_every=1)
+    final = trainer.fit()
+    assert final["mae"] > trainer.initial_metrics["mae"]  # it did get worse
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert best["best_source"] == "start" and best["best_metrics"] == trainer.initial_metrics
+    for key, value in best["model"].items():
+        torch.testing.assert_close(value, start[key], rtol=0, atol=0)
+    assert "start -> best" in trainer.summary()
+
+
+def test_max_minutes_stops_validates_and_saves(tiny_synthetic, tmp_path) -> None:
+    trainer = _trainer(tiny_synthetic, tmp_path, u2net.create_model("u2netp"), max_steps=1000, max_minutes=1e-5)
+    metrics = trainer.fit()
+    assert trainer.step == 1 and metrics
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == 1 and last["metrics"] == metrics
+
+
+def test_weight_ema_follows_the_formula() -> None:
+    live = torch.nn.Linear(2, 1)
+    ema = WeightEMA(live, decay=0.9)
+    expected = live.weight.detach().clone()
+    for _ in range(5):
+        with torch.no_grad():
+            live.weight.add_(1.0)
+        decay = ema.current_decay()
+        assert decay == pytest.approx(min(0.9, (1 + ema.updates + 1) / (10 + ema.updates + 1)))
+        ema.update(live)
+        expected = decay * expected + (1 - decay) * live.weight.detach()
+    torch.testing.assert_close(ema.module.weight, expected)
+
+
+def test_ema_is_validated_saved_and_resumed_exactly(tiny_synthetic, tmp_path) -> None:
+    def run(out_dir, max_steps, ckpt_path=None):
+        torch.manual_seed(0)
+        trainer = _trainer(tiny_synthetic, out_dir, u2net.create_model("u2netp"), max_steps, ema_decay=0.9, val_every=2)
+        trainer.fit(ckpt_path=ckpt_path)
+        return trainer
+
+    straight = run(tmp_path / "straight", 4)
+    assert straight.ema_metrics and straight.ema.updates == 4
+    last = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["ema"]["updates"] == 4 and last["best_source"] in ("start", "model", "ema")
+    run(tmp_path / "resumed", 2)
+    resumed = run(tmp_path / "resumed", 4, ckpt_path=tmp_path / "resumed" / "checkpoints" / "last.pt")
+    for key, value in straight.ema.module.state_dict().items():
+        torch.testing.assert_close(resumed.ema.module.state_dict()[key], value, rtol=0, atol=0)
+    # best.pt holds whichever weights scored best; loading it gives a model that scores that.
+    best = torch.load(tmp_path / "straight" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["best_metrics"][straight.cfg.monitor] == straight.best
+
+
+def test_encoder_learning_rate_scale_and_freezing(tiny_synthetic, tmp_path) -> None:
+    model = u2net.create_model("u2netp")
+    groups = {g["name"]: g for g in param_groups(model, 1e-3, encoder_lr_scale=0.1)}
+    assert groups["encoder"]["lr"] == pytest.approx(1e-4) and groups["decoder"]["lr"] == 1e-3
+    assert len(groups["encoder"]["params"]) + len(groups["decoder"]["params"]) == len(list(model.parameters()))
+    frozen = u2net.create_model("u2netp")
+    before = copy.deepcopy(frozen.state_dict())
+    trainer = _trainer(tiny_synthetic, tmp_path, frozen, max_steps=2, freeze_bn=True, validate_at_start=False)
+    trainer.optimizer = torch.optim.Adam(param_groups(frozen, 1e-3, encoder_lr_scale=0.0))
+    trainer.scheduler = None
+    trainer.fit()
+    after = frozen.state_dict()
+    assert all(
+        torch.equal(after[k], v) for k, v in before.items() if k.startswith("stage1.") and "num_batches" not in k
+    )
+    assert not torch.equal(after["outconv.weight"], before["outconv.weight"])
