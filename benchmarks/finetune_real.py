@@ -63,7 +63,7 @@ def scoring_sets(real: Path, seed: int) -> dict[str, list]:
     return {"ecssd": split_pairs(pairs("ecssd_dev"), 0.25, seed)[1], "duts": pairs("duts_te_dev")}
 
 
-def train(arm: str, task: str, minutes: float, args, real: Path) -> Path:
+def train(arm: str, task: str, minutes: float, args: argparse.Namespace, real: Path) -> Path:
     """Run train.py for one arm and task; returns its run folder."""
     run_dir = args.out / f"{task}_{arm}"
     command = [
@@ -95,7 +95,11 @@ def score(weights: str, sets: dict[str, list]) -> dict[str, dict[str, float]]:
     from u2net.inference import Predictor
 
     predictor = Predictor.from_path(weights, device="cpu")
-    return {name: score_model(predictor, pairs, name, progress=False).summary for name, pairs in sets.items()}
+    scores = {}
+    for name, pairs in sets.items():
+        summary = score_model(predictor, pairs, name, progress=False).summary
+        scores[name] = {k: float(v) for k, v in summary.items() if k in (*KEYS, "n_images")}
+    return scores
 
 
 def _row(label: str, values: dict, keys=KEYS) -> str:
@@ -107,11 +111,14 @@ def mark_table(histories: dict[tuple[str, str], list[dict]]) -> str:
     lines = ["| task / arm / minute (step) | MAE | maxF | S | BIoU |", "|---|---:|---:|---:|---:|"]
     for (task, arm), history in histories.items():
         for row in history:
-            lines.append(_row(f"{task} / {arm} / {row['minutes']:.1f} ({row['step']})", row))
+            label = f"{task} / {arm} / {row['minutes']:.1f} ({row['step']})"
+            lines.append(_row(label, row))
+            if "ema_mae" in row:
+                lines.append(_row(label + " EMA", {k: row[f"ema_{k}"] for k in KEYS if f"ema_{k}" in row}))
     return "\n".join(lines)
 
 
-def final_table(scores: dict[str, dict[str, dict]], tasks: list[str]) -> str:
+def final_table(scores: dict[str, dict[str, dict]]) -> str:
     """Start vs each arm's best.pt on every set (full-resolution scoring)."""
     sets = list(next(iter(scores.values())))
     header = "| weights | " + " | ".join(f"{s} {k}" for s in sets for k in ("MAE", "maxF", "S", "BIoU")) + " |"
@@ -142,15 +149,18 @@ def plot(histories: dict[tuple[str, str], list[dict]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real", type=Path, default=REPO.parent / "shared" / "real", help="the real data sets")
     parser.add_argument("--tasks", nargs="+", default=["ecssd", "duts"], choices=["ecssd", "duts"])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--minutes", type=float, default=20.0, help="training minutes of the preset")
     parser.add_argument("--original-minutes", type=float, default=None, help="of the original (default --minutes)")
+    parser.add_argument("--duts-minutes", type=float, default=None, help="cap on the duts task (default --minutes)")
     parser.add_argument("--marks", type=float, default=5.0, help="validate every this many training minutes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-scores", action="store_true", help="skip the full-resolution scoring at the end")
+    parser.add_argument("--report-only", action="store_true", help="report on the runs already in --out")
     default_out = REPO / "runs" / "benchmarks" / time.strftime("finetune_%Y%m%d-%H%M%S")
     parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args(argv)
@@ -159,34 +169,47 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.real}: missing {', '.join(missing)} (images/ + masks/ each)")
     if args.minutes <= 0 or args.marks <= 0:
         parser.error("--minutes and --marks must be positive")
+    return args
+
+
+def write_report(histories: dict, scores: dict, out: Path) -> None:
+    """results.md, results.json and curves.png in ``out`` (rewritten after every arm)."""
+    report = ["## Validation during training (training minutes; 320² scoring as in training)", mark_table(histories)]
+    if scores:
+        report += ["## Start vs best.pt on every set (evaluate.py's scoring, full resolution)", final_table(scores)]
+    text = "\n\n".join(report) + "\n"
+    (out / "results.md").write_text(text)
+    serialisable = {"histories": {f"{t}/{a}": h for (t, a), h in histories.items()}, "scores": scores}
+    (out / "results.json").write_text(json.dumps(serialisable, indent=1))
+    plot(histories, out / "curves.png")
+    print("\n" + text + f"\n(written to {out / 'results.md'} and {out / 'curves.png'})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; results in {args.out}", flush=True)
-
     sets = scoring_sets(args.real, args.seed)
-    histories, scores = {}, {"start (u2netp.duts)": score("u2netp.duts", sets)}
+    start_label = "start (u2netp.duts)"
+    histories, scores = {}, ({} if args.no_scores else {start_label: score("u2netp.duts", sets)})
     for task in args.tasks:
         for arm in args.arms:
             minutes = args.original_minutes if arm == "original" and args.original_minutes else args.minutes
-            run_dir = train(arm, task, minutes, args, args.real)
+            if task == "duts" and args.duts_minutes:
+                minutes = min(minutes, args.duts_minutes)
+            run_dir = args.out / f"{task}_{arm}"
+            if not args.report_only:
+                train(arm, task, minutes, args, args.real)
+            elif not (run_dir / "checkpoints" / "last.pt").is_file():
+                continue
             last = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
             histories[(task, arm)] = last["history"]
             best = run_dir / "checkpoints" / "best.pt"
             source = torch.load(best, map_location="cpu", weights_only=True)["best_source"]
-            scores[f"{task} / {arm} best.pt ({source})"] = score(str(best), sets)
-
-    report = [
-        "## Validation during training (training minutes; 320² scoring as in training)",
-        mark_table(histories),
-        "## Start vs best.pt on every set (evaluate.py's scoring, full resolution)",
-        final_table(scores, args.tasks),
-    ]
-    text = "\n\n".join(report) + "\n"
-    print("\n" + text)
-    (args.out / "results.md").write_text(text)
-    serialisable = {"histories": {f"{t}/{a}": h for (t, a), h in histories.items()}, "scores": scores}
-    (args.out / "results.json").write_text(json.dumps(serialisable, indent=1))
-    plot(histories, args.out / "curves.png")
-    print(f"wrote {args.out / 'results.md'} and {args.out / 'curves.png'}")
+            if not args.no_scores:  # best.pt holding the start's weights scores as the start: not scored again
+                by_set = scores[start_label] if source == "start" else score(str(best), sets)
+                scores[f"{task} / {arm} best.pt ({source})"] = by_set
+            write_report(histories, scores, args.out)
     return 0
 
 

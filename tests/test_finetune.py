@@ -4,6 +4,8 @@ a time budget, an EMA of the weights, and per-stage learning rates."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from u2net.export import export_onnx
 from u2net.losses import DeepSupervisionLoss
 from u2net.models.batchnorm import conv_bn_pairs, folded_batchnorms, restore_batchnorm
 
-from .conftest import ASSETS, lively_u2netp
+from .conftest import ASSETS, REPO, lively_u2netp
 from .test_training import _data
 
 pytest.importorskip("onnx")
@@ -126,11 +128,10 @@ def test_weight_ema_follows_the_formula() -> None:
     for _ in range(5):
         with torch.no_grad():
             live.weight.add_(1.0)
-        decay = ema.current_decay()
-        assert decay == pytest.approx(min(0.9, (1 + ema.updates + 1) / (10 + ema.updates + 1)))
         ema.update(live)
-        expected = decay * expected + (1 - decay) * live.weight.detach()
+        expected = 0.9 * expected + 0.1 * live.weight.detach()
     torch.testing.assert_close(ema.module.weight, expected)
+    assert ema.updates == 5
 
 
 def test_ema_is_validated_saved_and_resumed_exactly(tiny_synthetic, tmp_path) -> None:
@@ -150,7 +151,24 @@ def test_ema_is_validated_saved_and_resumed_exactly(tiny_synthetic, tmp_path) ->
         torch.testing.assert_close(resumed.ema.module.state_dict()[key], value, rtol=0, atol=0)
     # best.pt holds whichever weights scored best; loading it gives a model that scores that.
     best = torch.load(tmp_path / "straight" / "checkpoints" / "best.pt", weights_only=True)
-    assert best["best_metrics"][straight.cfg.monitor] == straight.best
+    model = u2net.create_model("u2netp")
+    model.load_state_dict(best["model"])
+    assert straight.validate(model)["mae"] == pytest.approx(best["best_metrics"]["mae"], abs=1e-6)
+    assert best["metrics"] == best["best_metrics"]
+
+
+def test_validation_on_a_clock_and_no_resume_from_other_weights(tiny_synthetic, tmp_path) -> None:
+    trainer = _trainer(tiny_synthetic, tmp_path, u2net.create_model("u2netp"), max_steps=3, ema_decay=0.5)
+    trainer.cfg.val_every, trainer.cfg.val_every_minutes = 0, 1e-6  # a mark passed after every step
+    trainer.fit()
+    assert [row["step"] for row in trainer.history] == [0, 1, 2, 3]
+    assert all(row["minutes"] > 0 for row in trainer.history[1:]) and "ema_mae" in trainer.history[-1]
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert last["weights_source"] == "model"
+    torch.save(last | {"weights_source": "ema"}, tmp_path / "ema_best.pt")  # as best.pt when the EMA won
+    resumed = _trainer(tiny_synthetic, tmp_path / "again", u2net.create_model("u2netp"), max_steps=4)
+    with pytest.raises(ValueError, match="holds the ema weights, not the run's own; resume from last.pt"):
+        resumed.restore(tmp_path / "ema_best.pt")
 
 
 def test_encoder_learning_rate_scale_and_freezing(tiny_synthetic, tmp_path) -> None:
@@ -169,3 +187,43 @@ def test_encoder_learning_rate_scale_and_freezing(tiny_synthetic, tmp_path) -> N
         torch.equal(after[k], v) for k, v in before.items() if k.startswith("stage1.") and "num_batches" not in k
     )
     assert not torch.equal(after["outconv.weight"], before["outconv.weight"])
+
+
+def test_a_run_at_another_size_than_the_weights_warns(tiny_synthetic, tmp_path) -> None:
+    model = u2net.create_model("u2netp", weights="u2netp.duts")  # the bundled weights: made for 320²
+    assert model.weights_input_size == 320
+    with pytest.warns(UserWarning, match=r"made for 320×320 inputs but this run resizes to 48×48"):
+        _trainer(tiny_synthetic, tmp_path, model)
+
+
+def test_finetune_preset_on_a_folder_from_the_command_line(tiny_synthetic, tmp_path) -> None:
+    # The user's path: bundled weights, their own folders, a time budget; sizes shrunk to keep it quick,
+    # which the run must call out (the weights are 320² ones).
+    train, run = tiny_synthetic / "DUTS-TR", tmp_path / "run"
+    command = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "experiment=finetune",
+        f"data.images={train / 'DUTS-TR-Image'}",
+        f"data.masks={train / 'DUTS-TR-Mask'}",
+        "data.val_fraction=0.25",
+        "data.image_size=64",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.restore_bn_images=8",
+        "trainer.max_steps=3",
+        "trainer.max_minutes=1000",
+        "logger=none",
+        f"hydra.run.dir={run}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "made for 320×320 inputs but this run resizes to 64×64" in done.stderr
+    assert "restored 112 folded BatchNorm layers" in done.stdout
+    assert "start -> best on the validation set" in done.stdout and "(start in brackets)" in done.stdout
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == 3 and last["config"]["model"]["weights"] == "u2netp.duts"
+    assert [row["step"] for row in last["history"]] == [0, 3] and last["ema"]["updates"] == 3
+    # The preset freezes the encoder (params.encoder_lr_scale=0): the EMA of a frozen weight is that weight.
+    for key in ("stage1.rebnconvin.conv_s1.weight", "outconv.weight"):
+        assert torch.equal(last["model"][key], last["ema"]["model"][key]) == key.startswith("stage1.")

@@ -241,9 +241,7 @@ def test_offline_weights_and_missing_cuda_are_user_errors(tmp_path, monkeypatch)
 
     monkeypatch.setenv("U2NET_HOME", str(tmp_path))  # an empty cache
     monkeypatch.setattr("u2net.models.pretrained.download_file", lambda url, *a, **k: _raise(OSError("no network")))
-    with pytest.raises(
-        WeightsDownloadError, match="could not download u2net.pth for 'u2net.duts' \\(offline?"
-    ) as info:
+    with pytest.raises(WeightsDownloadError, match="could not download u2net.pth for 'u2net.duts' \\(offline?") as info:
         create_model("u2net", weights="u2net.duts")  # not bundled (u2netp.duts is)
     wrapped = InstantiationException("Error in call to target 'u2net.models.factory.create_model'")
     wrapped.__cause__ = info.value  # how Hydra hands it to train.py

@@ -29,6 +29,8 @@ def param_groups(model: nn.Module, lr: float, encoder_lr_scale: float = 1.0) -> 
         (encoder if is_encoder_parameter(name) else rest).append(parameter)
     if not encoder:
         raise ValueError(f"{type(model).__name__} has no encoder stages (stage1, stage2, ...) to scale")
+    if encoder_lr_scale == 1:  # one group, as torch.optim builds from model.parameters()
+        return [{"params": encoder + rest, "lr": lr, "name": "all"}]
     groups = [{"params": rest, "lr": lr, "name": "decoder"}]
     if encoder_lr_scale == 0:
         for parameter in encoder:

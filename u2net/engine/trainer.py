@@ -7,6 +7,7 @@ import itertools
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ class TrainerConfig:
     val_precision: str = "fp32"  # validation precision: fp32 (bf16 scores this model measurably worse) | same
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "log_every", "grad_accum"):
+        for name in ("max_steps", "log_every", "grad_accum", "restore_bn_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
         for name in (
@@ -114,6 +115,7 @@ class Trainer:
         run_config: Mapping | None = None,
     ) -> None:
         self.cfg = config
+        _warn_on_size_mismatch(model, data)
         self.device = pick_device(config.device)
         self.dist = setup_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
@@ -209,7 +211,9 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == 1:
                     self._log_train(losses, speed)
                 # Rank 0's clock decides for every rank, so that all of them stop and validate together.
-                minutes = broadcast_object(ctx, self.train_seconds / 60) if cfg.max_minutes or next_val_minutes else 0
+                if cfg.max_minutes or next_val_minutes:
+                    self.train_seconds = broadcast_object(ctx, self.train_seconds)
+                minutes = self.train_seconds / 60
                 out_of_time = bool(cfg.max_minutes) and minutes >= cfg.max_minutes
                 at_mark = next_val_minutes is not None and minutes >= next_val_minutes
                 at_end = self.step == cfg.max_steps or out_of_time
@@ -361,14 +365,15 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self, weights: Mapping[str, torch.Tensor] | None = None) -> dict:
+    def state_dict(self, weights: Mapping[str, torch.Tensor] | None = None, metrics: Mapping | None = None) -> dict:
         """Everything needed to resume, plus what evaluate/export need to rebuild the model.
 
-        ``weights`` replaces the trained model's state dict under ``"model"`` (best.pt holding the
-        EMA's or the start's weights); the training state stays this run's."""
+        ``weights`` and ``metrics`` replace the trained model's state dict and scores (best.pt holding
+        the EMA's or the start's weights); the training state stays this run's."""
         model = self.module
         return {
             "model": dict(weights) if weights is not None else model.state_dict(),
+            "weights_source": "model" if weights is None else self.best_source,  # what "model" holds
             "model_name": getattr(model, "model_name", None),
             "model_args": getattr(model, "model_args", {}),
             "preprocessing": dict(self.data.preprocessing),
@@ -376,7 +381,7 @@ class Trainer:
             "trainer": asdict(self.cfg),
             "step": self.step,
             "epoch": self.step * self.cfg.grad_accum // max(1, self.data.steps_per_epoch(self.dist.world_size)),
-            "metrics": dict(self.metrics),
+            "metrics": dict(self.metrics if metrics is None else metrics),
             "best": self.best,
             "best_metrics": dict(self.best_metrics),
             "best_source": self.best_source,
@@ -390,12 +395,12 @@ class Trainer:
             "rng": rng_state(),
         }
 
-    def save(self, name: str, weights: Mapping[str, torch.Tensor] | None = None) -> Path:
-        """Write the current state (with ``weights`` as the model's, see :meth:`state_dict`) to
+    def save(self, name: str, weights: Mapping | None = None, metrics: Mapping | None = None) -> Path:
+        """Write the current state (with ``weights`` and their ``metrics``, see :meth:`state_dict`) to
         ``out_dir/checkpoints/name`` atomically (rank 0 only)."""
         path = self.ckpt_dir / name
         if self.dist.is_main:
-            save_checkpoint(self.state_dict(weights), path)
+            save_checkpoint(self.state_dict(weights, metrics), path)
         return path
 
     def restore(self, path: str | Path) -> None:
@@ -405,11 +410,22 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if "optimizer" not in state:
             raise ValueError(f"{path}: holds no training state; to fine-tune from weights use model.weights={path}")
+        if state.get("weights_source", "model") != "model":  # best.pt holding the EMA's or the start's weights
+            raise ValueError(
+                f"{path}: holds the {state['weights_source']} weights, not the run's own; resume from last.pt "
+                f"beside it, or fine-tune from these with model.weights={path}"
+            )
         load_state_dict(self.module, state["model"], source=str(path))
         # This run's learning rates (its optim.lr) win over the checkpoint's, so that resuming with
         # another rate (after a NaN, say) takes effect; with the same config nothing changes.
         configured = [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # another grouping of the parameters (params.encoder_lr_scale 0 vs not)
+            raise ValueError(
+                f"{path}: its optimizer state does not fit this run's parameter groups ({exc}); resume with the "
+                "params.encoder_lr_scale the run was started with (0 freezes the encoder: another grouping)"
+            ) from None
         if self.scheduler is not None and state.get("scheduler") is not None:
             # LambdaLR.load_state_dict also overwrites the schedule's own settings (total steps,
             # warm-up); keep this run's, so that resuming with a larger max_steps stretches the schedule.
@@ -471,6 +487,7 @@ class Trainer:
         self.metrics = self.validate()
         candidates = [("model", self.metrics, None)]
         if self.ema is not None:
+            broadcast_tensors(self.dist, list(self.ema.module.buffers()))  # per-rank BatchNorm statistics
             self.ema_metrics = self.validate(self.ema.module, tag="val_ema")
             candidates.append(("ema", self.ema_metrics, self.ema.module.state_dict()))
         improved = None
@@ -481,7 +498,7 @@ class Trainer:
         self._record()
         self.save("last.pt")
         if improved is not None:
-            self.save("best.pt", improved)
+            self.save("best.pt", improved, self.best_metrics)
         if self.dist.is_main and self.metrics:
             progress.write(self._validation_line())
 
@@ -500,11 +517,9 @@ class Trainer:
         line = f"val step {self.step}{' (start in brackets)' if start else ''}: {show(self.metrics)}"
         if self.ema_metrics:
             line += f" | ema: {show(self.ema_metrics)}"
-        return (
-            line
-            + f" | best.pt: {self.best_source} ({self.cfg.monitor} {self.best:.4f})"
-            + ("; (start) in brackets" if start else "")
-        )
+        if self.best is not None:
+            line += f" | best.pt: {self.best_source} ({self.cfg.monitor} {self.best:.4f})"
+        return line
 
     def summary(self) -> str:
         """Start vs best.pt on every validation metric, one line each (empty without validation)."""
@@ -524,13 +539,14 @@ class Trainer:
         # Every rank measures the same images (rank 0's view of step 0) and then takes rank 0's
         # result, so that the ranks start from identical weights whatever the device's rounding.
         loader = self.data.train_loader(self.cfg.seed, 0, rank=0, world_size=1)
-        batches = itertools.islice(iter(loader), max(1, math.ceil(self.cfg.restore_bn_images / self.data.batch_size)))
-        count = restore_batchnorm(self.module, (batch["image"].to(self.device) for batch in batches))
+        batches = itertools.islice(iter(loader), math.ceil(self.cfg.restore_bn_images / self.data.batch_size))
+        images = [batch["image"] for batch in batches]
+        count = restore_batchnorm(self.module, (batch.to(self.device) for batch in images))
         broadcast_tensors(self.dist, list(self.module.state_dict().values()))
         if self.ema is not None:
             self.ema = WeightEMA(self.module, self.cfg.ema_decay)
         if self.dist.is_main and self.cfg.progress:
-            print(f"restored {count} folded BatchNorm layers from {self.cfg.restore_bn_images} training images")
+            print(f"restored {count} folded BatchNorm layers from {sum(len(b) for b in images)} training images")
 
     # ------------------------------------------------------------------ helpers
     def _request_stop(self, signum, frame) -> None:  # noqa: ARG002
@@ -575,7 +591,7 @@ class Trainer:
         self.writer.add_scalar("train/loss", losses[0], self.step)
         for i, value in enumerate(losses[1:]):
             self.writer.add_scalar(f"train/loss_{'fused' if i == 0 else f'side{i}'}", value, self.step)
-        self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
+        self.writer.add_scalar("train/lr", self.optimizer.param_groups[-1]["lr"], self.step)  # the decoder's
         self.writer.add_scalar("train/images_per_s", speed, self.step)
 
     def _log_images(self, images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor) -> None:
@@ -587,6 +603,17 @@ class Trainer:
         rows = [shown, masks[:n].float().expand(-1, 3, -1, -1), probs[:n].expand(-1, 3, -1, -1)]
         grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)
         self.writer.add_image("val/input_gt_prediction", grid.cpu(), self.step)
+
+
+def _warn_on_size_mismatch(model: nn.Module, data: SaliencyDataModule) -> None:
+    expected, size = getattr(model, "weights_input_size", None), data.preprocessing["image_size"]
+    if expected and expected != size:
+        warnings.warn(
+            f"the starting weights were made for {expected}×{expected} inputs but this run resizes to {size}×{size} "
+            f"(data.image_size); unless that is meant, set data.image_size={expected} (and data.crop_size), as "
+            "experiment=finetune and data=folder do",
+            stacklevel=3,
+        )
 
 
 def _progress_bar(initial: int, total: int, enabled: bool):

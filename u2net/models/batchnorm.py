@@ -25,14 +25,15 @@ from torch import nn
 __all__ = ["conv_bn_pairs", "folded_batchnorms", "restore_batchnorm"]
 
 
-def conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+def conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.modules.batchnorm._BatchNorm]]:
     """Every (convolution, BatchNorm) pair where the BatchNorm directly follows the convolution:
     the ``conv_s1`` / ``bn_s1`` of each ``REBNCONV`` (found by structure, not by name)."""
     pairs = []
     for module in model.modules():
         children = list(module.children())
         for first, second in zip(children, children[1:]):
-            if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d):
+            # _BatchNorm: SyncBatchNorm too (trainer.sync_batchnorm converts before restoring)
+            if isinstance(first, nn.Conv2d) and isinstance(second, nn.modules.batchnorm._BatchNorm):
                 pairs.append((first, second))
     return pairs
 

@@ -112,6 +112,11 @@ def load_weights(model: nn.Module, path_or_tag: str | os.PathLike) -> nn.Module:
         raise ValueError(f"{path_or_tag} holds {tag.architecture} weights; this model is {name}")
     checkpoint = read_checkpoint(path_or_tag)
     load_state_dict(model, checkpoint["model"], source=str(path_or_tag))
+    # The input size the weights were trained or validated at, where known: the trainer warns when a
+    # fine-tuning run resizes to another (a silent 128² fine-tune of 320² weights scores far worse).
+    size = (checkpoint.get("preprocessing") or {}).get("image_size") or (tag.input_size if tag else None)
+    if size:
+        model.weights_input_size = int(size)
     return model
 
 
