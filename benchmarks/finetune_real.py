@@ -17,6 +17,9 @@ task's validation set and on the other task's (forgetting). Prints Markdown tabl
 
     python benchmarks/finetune_real.py                       # ../shared/real, 20 min per arm
     python benchmarks/finetune_real.py --tasks ecssd --minutes 20 --original-minutes 10 --marks 5
+    python benchmarks/finetune_real.py --out DIR --report-only          # tables of the runs already in DIR
+
+The tables are rewritten after every arm, so a run stopped part-way leaves what it measured.
 """
 
 from __future__ import annotations
