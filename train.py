@@ -76,8 +76,9 @@ def main(cfg: DictConfig) -> dict:
             f"validation MAE {trainer.initial_metrics['mae']:.4f} at the start -> {metrics['mae']:.4f} now "
             f"(predicting all background: {metrics['mae_all_background']:.4f})"
         )
-    if trainer.summary():
-        print(trainer.summary())
+    summary = trainer.summary()
+    if summary:
+        print(summary)
     print(f"checkpoints and TensorBoard logs in {trainer.out_dir}")
     return metrics
 
