@@ -51,8 +51,8 @@ def build_and_fit(cfg: DictConfig) -> tuple[Trainer, dict]:
     fused = {"fused": True} if on_cuda and cfg.optim.get("fused", None) is None else {}
     groups = instantiate(cfg.params)(model, lr=cfg.optim.lr)  # per-stage rates, or a frozen encoder
     optimizer = instantiate(cfg.optim, _convert_="all", **fused)(groups)
-    scheduler = instantiate(cfg.sched)(optimizer, total_steps=cfg.trainer.max_steps)
-    trainer = Trainer(model, loss_fn, optimizer, scheduler, data, instantiate(cfg.trainer), run_config)
+    schedule = instantiate(cfg.sched)
+    trainer = Trainer(model, loss_fn, optimizer, schedule, data, instantiate(cfg.trainer), run_config)
     return trainer, trainer.fit(ckpt_path=cfg.ckpt_path)
 
 

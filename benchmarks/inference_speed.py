@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 import u2net
-from u2net.export.onnx import export_onnx, quantize_static_int8, synthetic_image
+from u2net.export import export_onnx, quantize_static_int8, synthetic_image
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

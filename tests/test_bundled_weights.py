@@ -200,7 +200,8 @@ def test_serve_without_model_serves_the_bundled_file_offline(offline, monkeypatc
     seen = {}
 
     def fake_run(app, host, port, log_level):  # in-memory requests instead of a listening server
-        with TestClient(app) as client:
+        # As a browser on the same machine would call it: the service answers only its own host names.
+        with TestClient(app, base_url=f"http://{host}:{port}") as client:
             seen["info"] = client.get("/model-info").json()
 
     monkeypatch.setattr(uvicorn, "run", fake_run)

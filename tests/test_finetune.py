@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import u2net
-from u2net.engine import Trainer, TrainerConfig, WeightEMA, build_scheduler, param_groups
+from u2net.engine import LRSchedule, Trainer, TrainerConfig, WeightEMA, param_groups
 from u2net.export import export_onnx
 from u2net.losses import DeepSupervisionLoss
 from u2net.models.batchnorm import conv_bn_pairs, folded_batchnorms, restore_batchnorm
@@ -65,13 +65,15 @@ def test_real_batchnorm_is_left_alone(make) -> None:
         torch.testing.assert_close(value, state[key], rtol=0, atol=0)
 
 
-def _trainer(root, out_dir, model, max_steps=2, lr=1e-3, loss_fn=None, data=None, **cfg) -> Trainer:
-    optimizer = torch.optim.Adam(param_groups(model, lr), lr=lr)
-    scheduler = build_scheduler(optimizer, max_steps, "constant")
+def _trainer(
+    root, out_dir, model, max_steps=2, lr=1e-3, loss_fn=None, data=None, encoder_lr_scale=1.0, **cfg
+) -> Trainer:
+    optimizer = torch.optim.Adam(param_groups(model, lr, encoder_lr_scale), lr=lr)
     config = TrainerConfig(
         out_dir=str(out_dir), max_steps=max_steps, progress=False, device="cpu", precision="fp32", seed=3, **cfg
     )
-    return Trainer(model, loss_fn or DeepSupervisionLoss(), optimizer, scheduler, data or _data(root), config)
+    schedule = LRSchedule("constant")
+    return Trainer(model, loss_fn or DeepSupervisionLoss(), optimizer, schedule, data or _data(root), config)
 
 
 def test_trainer_restores_folded_batchnorm_before_the_start_is_scored(folded_model, tiny_synthetic, tmp_path) -> None:
@@ -178,9 +180,7 @@ def test_encoder_learning_rate_scale_and_freezing(tiny_synthetic, tmp_path) -> N
     assert len(groups["encoder"]["params"]) + len(groups["decoder"]["params"]) == len(list(model.parameters()))
     frozen = u2net.create_model("u2netp")
     before = copy.deepcopy(frozen.state_dict())
-    trainer = _trainer(tiny_synthetic, tmp_path, frozen, max_steps=2, freeze_bn=True, validate_at_start=False)
-    trainer.optimizer = torch.optim.Adam(param_groups(frozen, 1e-3, encoder_lr_scale=0.0))
-    trainer.scheduler = None
+    trainer = _trainer(tiny_synthetic, tmp_path, frozen, encoder_lr_scale=0.0, freeze_bn=True, validate_at_start=False)
     trainer.fit()
     after = frozen.state_dict()
     assert all(

@@ -182,6 +182,27 @@ def test_ssim_map_interior_matches_skimage() -> None:
     torch.testing.assert_close(ours[5:-5, 5:-5], torch.from_numpy(ref[5:-5, 5:-5]), atol=1e-5, rtol=1e-4)
 
 
+def test_ssim_map_borders_match_zero_padded_gaussian_convolution() -> None:
+    # The separable blur must equal BASNet's 11×11 Gaussian convolution with zero padding everywhere,
+    # borders included, on a non-square map with several channels.
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 3, 17, 29, generator=g)
+    y = (torch.rand(2, 3, 17, 29, generator=g) > 0.5).float()
+    coords = torch.arange(11, dtype=torch.float32) - 5
+    g1 = torch.exp(-(coords**2) / (2 * 1.5**2))
+    g1 = g1 / g1.sum()
+    kernel = torch.outer(g1, g1).expand(3, 1, 11, 11)
+
+    def blur(z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(z, kernel, padding=5, groups=3)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y, cov = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2, blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    expected = (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    torch.testing.assert_close(ssim_map(x, y), expected, atol=1e-5, rtol=1e-4)
+
+
 # --- hybrid ----------------------------------------------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """The REST service: every endpoint, every limit (upload size, non-images, corrupt files, pixel bombs,
-batch size, timeouts, queue), path safety of the storage-root endpoint, and the ``serve`` command."""
+matting size and time, output size, batch size, timeouts, queue), path safety of the storage-root
+endpoint, the Host check, and the ``serve`` command."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import struct
 import threading
@@ -28,13 +30,16 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 import u2net  # noqa: E402
 from u2net.inference import BackgroundRemover, RemovalOptions  # noqa: E402
-from u2net.serve import ApiError, ServeSettings, create_app  # noqa: E402
+from u2net.serve import ApiError, ServeSettings, create_app, default_allowed_hosts  # noqa: E402
+from u2net.serve.matting import Matting  # noqa: E402
+
+HOSTS = ["testserver"]  # the Host the test client sends
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client(remover) -> TestClient:
-    return TestClient(create_app(remover, ServeSettings(warmup=False)))
+    return TestClient(create_app(remover, ServeSettings(warmup=False, allowed_hosts=HOSTS)))
 
 
 class RectPredictor:
@@ -64,7 +69,7 @@ class SlowRemover:
 
 
 def _client(remover, raise_server_exceptions: bool = True, **settings) -> TestClient:
-    app = create_app(remover, ServeSettings(warmup=False, **settings))
+    app = create_app(remover, ServeSettings(warmup=False, **{"allowed_hosts": HOSTS, **settings}))
     return TestClient(app, raise_server_exceptions=raise_server_exceptions)
 
 
@@ -133,11 +138,18 @@ def test_model_info(client, checkpoint):
     assert body["execution_providers"] == ["cpu"]
     assert body["file"] == "tiny.pt"
     assert body["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    assert body["limits"] == {"max_upload_mb": 20.0, "max_pixels": 40_000_000, "max_batch": 10, "request_timeout_s": 60}
+    assert body["limits"] == {
+        "max_upload_mb": 20.0,
+        "max_pixels": 40_000_000,
+        "max_matting_pixels": 250_000,
+        "max_output_mb": 64.0,
+        "max_batch": 10,
+        "request_timeout_s": 60,
+    }
 
 
 def test_create_app_from_a_path_loads_once_and_hashes_at_start_up(checkpoint):
-    app = create_app(checkpoint, ServeSettings(device="cpu", warmup=False))
+    app = create_app(checkpoint, ServeSettings(device="cpu", warmup=False, allowed_hosts=HOSTS))
     service = app.state.service
     assert service.sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     with TestClient(app) as client:  # lifespan: the pool is shut down at the end
@@ -231,11 +243,87 @@ def test_remove_background_stretch_option():
     assert set(np.unique(kept)) == {51, 153}
 
 
-def test_remove_background_alpha_matting():
+def test_remove_background_alpha_matting_in_a_child_matches_the_remover():
     pytest.importorskip("pymatting")
     client, _ = _rect_client()
-    image = _image(_post(client, _encode(_picture(80, 60)), alpha_matting="true"))
-    assert image.mode == "RGBA" and image.size == (80, 60)
+    matting = client.app.state.service.matting
+    calls = []
+    call = matting.call
+    matting.call = lambda *args: calls.append(args) or call(*args)
+    rgba = np.dstack([_picture(80, 60), np.full((60, 80), 255, np.uint8)])
+    rgba[:6, :, 3] = 0  # the input's own transparency is kept
+    for form, options in [
+        ({}, RemovalOptions(alpha_matting=True)),
+        ({"crop": "true", "bg_color": "white"}, RemovalOptions(alpha_matting=True, crop=True, bg_color="white")),
+    ]:
+        served = _image(_post(client, _encode(rgba), alpha_matting="true", **form))
+        expected = BackgroundRemover(RectPredictor()).remove(rgba, options)  # matting in this process
+        assert served.mode == expected.mode and served.size == expected.size
+        assert np.abs(np.asarray(served, np.int16) - np.asarray(expected, np.int16)).max() <= 1
+    assert len(calls) == 2 and matting.running == 0
+
+
+class UnsurePredictor:
+    """A map sure only in two corners (foreground top left, background bottom right): alpha matting
+    has nearly every pixel to solve, which takes seconds."""
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        prob = np.full((h, w), 0.5, np.float32)
+        prob[: h // 5, : w // 5] = 1.0
+        prob[-h // 5 :, -w // 5 :] = 0.0
+        return prob
+
+
+def test_alpha_matting_is_killed_at_the_deadline():
+    """A matting that outlives its request is killed at the timeout, so its worker is free at once
+    for the next request instead of grinding on for nobody."""
+    pytest.importorskip("pymatting")
+    settings = ServeSettings(
+        warmup=False, workers=1, request_timeout_s=1.5, max_matting_pixels=300_000, allowed_hosts=HOSTS
+    )
+    app = create_app(BackgroundRemover(UnsurePredictor()), settings)
+    client = TestClient(app)
+    matting = app.state.service.matting
+    matting.call(os.getpid, (), time.monotonic() + 60)  # the forkserver is up: only the deadline counts below
+    started = time.perf_counter()
+    response = _post(client, _encode(_picture(500, 500)), alpha_matting="true")  # ~10 s of matting here
+    _assert_error(response, 504, "timed out")
+    assert _post(client, _encode(_picture(16, 16))).status_code == 200  # the only worker, free again
+    assert time.perf_counter() - started < 5
+    assert matting.running == 0
+
+
+def test_matting_call_runs_in_a_child_killed_at_its_deadline():
+    matting = Matting()
+    assert matting.call(os.getpid, (), time.monotonic() + 60) != os.getpid()
+    started = time.perf_counter()
+    with pytest.raises(ApiError) as late:
+        matting.call(time.sleep, (30,), time.monotonic() + 0.5)
+    assert late.value.status == 504 and time.perf_counter() - started < 3
+    assert matting.running == 0
+    assert not [p for p in multiprocessing.active_children() if p.name == "u2net-matting"]
+    with pytest.raises(ApiError) as failed:
+        matting.call(os.strerror, ("not a number",), time.monotonic() + 60)
+    assert failed.value.status == 500 and "TypeError" in failed.value.message
+    matting.close()
+    with pytest.raises(ApiError) as closed:
+        matting.call(os.getpid, (), time.monotonic() + 60)
+    assert closed.value.status == 503
+
+
+def test_alpha_matting_pixel_limit_413():
+    pytest.importorskip("pymatting")
+    client, predictor = _rect_client(max_matting_pixels=1000)
+    data = _encode(_picture(48, 40))  # 1,920 pixels
+    body = _assert_error(_post(client, data, alpha_matting="true"), 413, "alpha_matting", "1,000")
+    assert body["detail"] == {"filename": "photo.png", "width": 48, "height": 40, "max_matting_pixels": 1000}
+    assert predictor.calls == 0
+    assert _post(client, data).status_code == 200  # the same image without matting
+    batch = client.post("/batch-remove-background", files=_files(("big.png", data)), data={"alpha_matting": "true"})
+    with zipfile.ZipFile(io.BytesIO(batch.content)) as archive:
+        assert [(e["filename"], e["status"]) for e in json.loads(archive.read("errors.json"))] == [("big.png", 413)]
+    assert predictor.calls == 1
 
 
 def test_invalid_options_are_json_errors(client):
@@ -315,17 +403,120 @@ def test_timeout_504():
 
 
 def test_busy_503_when_the_queue_is_full():
-    app = create_app(SlowRemover(0.5), ServeSettings(workers=1, max_queue=0, warmup=False))
+    app = create_app(SlowRemover(1.0), ServeSettings(workers=1, max_queue=0, warmup=False, allowed_hosts=HOSTS))
     service = app.state.service
     image = Image.new("RGB", (8, 8))
-    (running,) = service._submit(1, service.cutout, [(image, "a.png", RemovalOptions())])
+    (running,) = service._submit(
+        service.cutout, [(image, "a.png", RemovalOptions(), service.deadline())], service.admit()
+    )
     with pytest.raises(ApiError) as refused:
-        service._submit(1, service.cutout, [(image, "b.png", RemovalOptions())])
+        service.admit()
     assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+    busy = _post(TestClient(app), _encode(_picture()))
+    _assert_error(busy, 503, "busy")
+    assert busy.headers["retry-after"] == "1"
     running.result(timeout=5)
     assert service.pending == 0
     response = _post(TestClient(app), _encode(_picture()))
     assert response.status_code == 200  # free again
+
+
+async def _asgi_post(app, path: str, body: bytes, content_type: str) -> tuple[int, bytes, int]:
+    """POST ``body`` straight to the ASGI app in 1 KiB chunks; (status, answer, chunks the app read)."""
+    chunks = [body[i : i + 1024] for i in range(0, len(body), 1024)]
+    read = 0
+    sent: list[dict] = []
+
+    async def receive():
+        nonlocal read
+        if read < len(chunks):
+            read += 1
+            return {"type": "http.request", "body": chunks[read - 1], "more_body": read < len(chunks)}
+        await asyncio.Event().wait()  # a client that stays connected
+
+    async def send(message) -> None:
+        sent.append(message)
+
+    headers = [(b"host", b"testserver"), (b"content-type", content_type.encode())]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    await app(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), read
+
+
+def test_busy_503_comes_before_the_upload_is_read():
+    app = create_app(SlowRemover(0.0), ServeSettings(workers=1, max_queue=0, warmup=False, allowed_hosts=HOSTS))
+    service = app.state.service
+    form = httpx.Request("POST", "http://testserver/", files={"file": ("a.png", _encode(_picture()), "image/png")})
+    body, content_type = form.read(), form.headers["content-type"]
+    held = service.admit()  # the only slot is taken
+    for path in ("/remove-background", "/batch-remove-background", "/remove-background/path"):
+        status, answer, read = asyncio.run(_asgi_post(app, path, body, content_type))
+        assert (status, read) == (503, 0), answer
+        assert "busy" in json.loads(answer)["error"]
+    held.close()
+    status, answer, read = asyncio.run(_asgi_post(app, "/remove-background", body, content_type))
+    assert status == 200 and read == -(-len(body) // 1024)
+    assert Image.open(io.BytesIO(answer)).size == (48, 40)
+    assert service.pending == 0
+
+
+def test_output_size_limit_413(storage):
+    root, _ = storage
+    client, _ = _rect_client(max_output_mb=0.01, storage_root=root)  # 10 KiB of PNG per image
+    noise, small = _encode(_picture(120, 120)), _encode(_picture(20, 20))  # cut-outs of ~40 KB and ~1.5 KB
+    body = _assert_error(_post(client, noise), 413, "output limit", "0.01 MB")
+    assert body["detail"] == {"filename": "photo.png", "max_output_bytes": int(0.01 * 2**20)}
+    assert _post(client, small).status_code == 200
+    batch = client.post("/batch-remove-background", files=_files(("big.png", noise), ("ok.png", small)))
+    with zipfile.ZipFile(io.BytesIO(batch.content)) as archive:
+        assert archive.namelist() == ["ok.png", "errors.json"]
+        assert [(e["filename"], e["status"]) for e in json.loads(archive.read("errors.json"))] == [("big.png", 413)]
+    (root / "in" / "noise.png").write_bytes(noise)
+    request = {"sourceImagePath": "in/noise.png", "outputImagePath": "out/new/noise.png"}
+    _assert_error(client.post("/remove-background/path", json=request), 413, "output limit")
+    assert sorted(p.name for p in root.iterdir()) == ["in"]  # no file, no temporary, no folder made for it
+
+
+def test_batch_zip_is_built_off_the_event_loop_and_streamed(monkeypatch):
+    import tempfile
+
+    import u2net.serve.app as app_module
+
+    built = {}
+    zip_file = app_module.zip_file
+
+    def recording(members, errors):
+        try:
+            asyncio.get_running_loop()
+            built["on_loop"] = True
+        except RuntimeError:
+            built["on_loop"] = False
+        built["result"] = zip_file(members, errors)
+        return built["result"]
+
+    monkeypatch.setattr(app_module, "zip_file", recording)
+    client, _ = _rect_client()
+    data = _encode(_picture(16, 16))
+    response = client.post("/batch-remove-background", files=_files(("a.png", data), ("b.png", data)))
+    assert response.status_code == 200 and built["on_loop"] is False
+    spool, nbytes = built["result"]
+    assert isinstance(spool, tempfile.SpooledTemporaryFile) and spool.closed  # sent from it, then closed
+    assert int(response.headers["content-length"]) == nbytes == len(response.content)
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert archive.namelist() == ["a.png", "b.png", "errors.json"]
 
 
 def test_inference_runs_off_the_event_loop():
@@ -335,7 +526,7 @@ def test_inference_runs_off_the_event_loop():
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:  # allowed by default
             files = {"file": ("a.png", data, "image/png")}
             started = time.perf_counter()
             slow = [asyncio.create_task(client.post("/remove-background", files=files)) for _ in range(2)]
@@ -422,6 +613,18 @@ def test_batch_too_many_files_400():
     assert predictor.calls == 0
     ok = client.post("/batch-remove-background", files=_files(("0.png", data), ("1.png", data)))
     assert ok.status_code == 200 and ok.headers["x-files-done"] == "2"
+
+
+def test_batch_over_capacity_is_413_even_when_idle():
+    client, predictor = _rect_client(workers=1, max_queue=1)  # 2 images admitted at once
+    data = _encode(_picture(16, 16))
+    response = client.post("/batch-remove-background", files=_files(*[(f"{i}.png", data) for i in range(3)]))
+    body = _assert_error(response, 413, "at most 2")
+    assert body["detail"] == {"files": 3, "capacity": 2}
+    assert predictor.calls == 0
+    ok = client.post("/batch-remove-background", files=_files(("0.png", data), ("1.png", data)))
+    assert ok.status_code == 200 and ok.headers["x-files-done"] == "2"
+    assert client.get("/model-info").json()["limits"]["max_batch"] == 2
 
 
 def test_batch_timeout_504():
@@ -524,7 +727,10 @@ def test_path_endpoint_replaces_an_output_atomically(storage):
         ("in/photo.png", "out.jpg", ("png",)),
         ("in", "x.png", ("not a file",)),
         ("in/photo.png", "in", ("png",)),
-        ("in/photo.png", "in/photo.png/x.png", ("a parent of the output is a file",)),
+        ("in/photo.png", "in/photo.png/x.png", ("outputImagePath", "a parent of the path is a file")),
+        ("in/photo.png/x.png", "x.png", ("sourceImagePath", "a parent of the path is a file")),
+        ("in/photo.png", "in/./", ("png",)),
+        ("./", "x.png", ("names no file",)),
         ("in/photo.png\x00.txt", "x.png", ("invalid",)),
     ],
 )
@@ -542,36 +748,120 @@ def test_path_endpoint_refuses_unsafe_paths(storage, source, output, words):
     assert not (root.parent / "evil.png").exists()
 
 
-def test_path_endpoint_refuses_symlinks_out_of_the_root(storage):
+def test_path_endpoint_refuses_symlinks(storage):
+    """No symbolic link is followed or replaced under the root, whether it leads out or not."""
     root, outside = storage
     (root / "link-dir").symlink_to(outside, target_is_directory=True)
     (root / "link-file.png").symlink_to(outside / "secret.png")
     (root / "dangling.png").symlink_to(outside / "created.png")
     (root / "in" / "inside-link.png").symlink_to(root / "in" / "photo.png")
+    (root / "loop.png").symlink_to(root / "loop.png")
     before = _snapshot(root, outside)
     client = _path_client(root)
     for source, output in [
         ("link-dir/secret.png", "x.png"),  # a folder link out
         ("link-file.png", "x.png"),  # a file link out
+        ("in/inside-link.png", "x.png"),  # a link that stays inside
+        ("loop.png", "x.png"),
         ("in/photo.png", "link-dir/evil.png"),  # writing through a folder link out
         ("in/photo.png", "link-file.png"),  # replacing a link to a file outside
         ("in/photo.png", "dangling.png"),  # a dangling link would create a file outside
         ("in/photo.png", "link-dir/new/deeper.png"),
+        ("in/photo.png", "loop.png"),
     ]:
         response = client.post("/remove-background/path", json={"sourceImagePath": source, "outputImagePath": output})
-        _assert_error(response, 400, "outside the storage root")
-    (root / "loop.png").symlink_to(root / "loop.png")
-    for source, output in [("loop.png", "x.png"), ("in/photo.png", "loop.png")]:
-        response = client.post("/remove-background/path", json={"sourceImagePath": source, "outputImagePath": output})
-        body = _assert_error(response, 400, "cannot resolve")
+        body = _assert_error(response, 400, "symbolic link")
         assert str(root) not in body["error"]  # no server paths in messages
-    assert _snapshot(root, outside) == {**before, str(root / "loop.png"): b""}
+    assert _snapshot(root, outside) == before
     assert sorted(p.name for p in outside.iterdir()) == ["secret.png"]
-    # A link that stays inside the root is fine.
-    ok = client.post(
-        "/remove-background/path", json={"sourceImagePath": "in/inside-link.png", "outputImagePath": "ok.png"}
-    )
-    assert ok.status_code == 200 and (root / "ok.png").is_file()
+
+
+class GatedRemover:
+    """Holds its first call until ``release`` is set, keeping the only worker busy meanwhile."""
+
+    def __init__(self) -> None:
+        self.inner = BackgroundRemover(RectPredictor())
+        self.busy = threading.Event()
+        self.release = threading.Event()
+
+    def remove(self, image, options=None):
+        if not self.busy.is_set():
+            self.busy.set()
+            self.release.wait(10)
+        return self.inner.remove(image, options)
+
+
+@pytest.mark.parametrize("side", ["source", "output"])
+def test_path_endpoint_symlink_swapped_in_while_queued_cannot_escape(storage, side):
+    """The check-then-use race: the request is accepted and queued, then a symbolic link out of the
+    root replaces the source (read side) or the output's folder (write side) before a worker runs it."""
+    root, outside = storage
+    (root / "out").mkdir()
+    remover = GatedRemover()
+    app = create_app(remover, ServeSettings(warmup=False, workers=1, storage_root=root, allowed_hosts=HOSTS))
+    pool = app.state.service.pool
+
+    def swap() -> None:
+        if side == "source":
+            (root / "in" / "photo.png").unlink()
+            (root / "in" / "photo.png").symlink_to(outside / "secret.png")
+        else:
+            (root / "out").rename(root / "out-old")
+            (root / "out").symlink_to(outside, target_is_directory=True)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            files = {"file": ("a.png", _encode(_picture(8, 8)), "image/png")}
+            blocker = asyncio.create_task(client.post("/remove-background", files=files))
+            while not remover.busy.is_set():
+                await asyncio.sleep(0.01)
+            body = {"sourceImagePath": "in/photo.png", "outputImagePath": "out/cut.png"}
+            queued = asyncio.create_task(client.post("/remove-background/path", json=body))
+            while pool._work_queue.qsize() < 1:  # accepted, checked as far as the loop checks, waiting
+                await asyncio.sleep(0.01)
+            swap()
+            remover.release.set()
+            return await blocker, await queued
+
+    blocked, response = asyncio.run(scenario())
+    assert blocked.status_code == 200
+    _assert_error(response, 400, "symbolic link")
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.png"]  # nothing written outside
+    assert not list(root.rglob("cut.png"))
+
+
+def test_path_endpoint_holds_the_output_folder_it_checked(storage):
+    """Renaming the output's folder while the model runs moves the result with it: the write goes to
+    the folder that was checked (by descriptor), never to whatever has its name by then."""
+    root, outside = storage
+    (root / "out").mkdir()
+
+    class Swapping:
+        def remove(self, image, options=None):
+            (root / "out").rename(root / "out-old")
+            (root / "out").symlink_to(outside, target_is_directory=True)
+            return BackgroundRemover(RectPredictor()).remove(image, options)
+
+    body = {"sourceImagePath": "in/photo.png", "outputImagePath": "out/new/cut.png"}
+    response = _path_client(root, Swapping()).post("/remove-background/path", json=body)
+    assert response.status_code == 200, response.text
+    assert Image.open(root / "out-old" / "new" / "cut.png").size == (40, 30)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.png"]
+
+
+def test_path_endpoint_long_name_is_400(storage):
+    root, _ = storage
+    client = _path_client(root)
+    for source, output, field in [
+        ("in/photo.png", "a" * 300 + ".png", "outputImagePath"),
+        ("in/photo.png", "out/" + "é" * 130 + ".png", "outputImagePath"),  # 264 bytes in UTF-8
+        ("b" * 300 + ".png", "x.png", "sourceImagePath"),
+    ]:
+        response = client.post("/remove-background/path", json={"sourceImagePath": source, "outputImagePath": output})
+        body = _assert_error(response, 400, field, "longer than 255 bytes")
+        assert body["detail"]["max"] == 255
+    assert sorted(p.name for p in root.iterdir()) == ["in"]
 
 
 def test_path_endpoint_errors(storage):
@@ -619,6 +909,62 @@ def test_settings_are_checked():
         ServeSettings(workers=0)
     with pytest.raises(ValueError, match="max_queue"):
         ServeSettings(max_queue=-1)
+    for name in ("max_matting_pixels", "max_output_mb"):
+        with pytest.raises(ValueError, match=name):
+            ServeSettings(**{name: 0})
+    for hosts, words in [(["example.com:8000"], "without a port"), (["a*.example.com"], "'*.example.com'")]:
+        with pytest.raises(ValueError, match=words):
+            ServeSettings(allowed_hosts=hosts)
+    with pytest.raises(ValueError, match="a list"):
+        ServeSettings(allowed_hosts="example.com")
+    with pytest.raises(ValueError, match="empty"):
+        ServeSettings(allowed_hosts=[])
+    assert ServeSettings(allowed_hosts=["Example.COM", "::1", "[0:0::1]", "*.lan"]).allowed_hosts == [
+        "example.com",
+        "[::1]",
+        "*.lan",
+    ]
+
+
+def test_host_header_must_be_allowed(remover):
+    """Against DNS rebinding: by default only the loopback names are answered; others get 400."""
+    strict = TestClient(create_app(remover, ServeSettings(warmup=False)))
+    for host, status in [
+        ("localhost", 200),
+        ("LocalHost:8000", 200),
+        ("127.0.0.1:8000", 200),
+        ("[::1]:8000", 200),
+        ("evil.example", 400),
+        ("localhost.evil.example", 400),
+        ("0.0.0.0:8000", 400),
+        ("testserver", 400),
+    ]:
+        assert strict.get("/health", headers={"host": host}).status_code == status, host
+    refused = strict.post("/remove-background", headers={"host": "evil.example"}, files={"file": ("a.png", b"x")})
+    assert refused.status_code == 400 and refused.text == "Invalid host header"
+    wider = TestClient(create_app(remover, ServeSettings(warmup=False, allowed_hosts=["api.example.com", "*.lan"])))
+    for host, status in [("api.example.com", 200), ("box.lan:8000", 200), ("localhost", 400), ("evil.example", 400)]:
+        assert wider.get("/health", headers={"host": host}).status_code == status, host
+    anyone = TestClient(create_app(remover, ServeSettings(warmup=False, allowed_hosts=["*"])))
+    assert anyone.get("/health", headers={"host": "evil.example"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("bind", "expected"),
+    [
+        ("127.0.0.1", ["127.0.0.1", "localhost", "[::1]"]),
+        ("localhost", ["localhost", "127.0.0.1", "[::1]"]),
+        ("::1", ["[::1]", "localhost", "127.0.0.1"]),
+        ("127.0.0.2", ["127.0.0.2", "localhost", "127.0.0.1", "[::1]"]),
+        ("0.0.0.0", ["localhost", "127.0.0.1", "[::1]"]),  # 0.0.0.0 itself is no name to answer
+        ("::", ["localhost", "127.0.0.1", "[::1]"]),
+        ("192.168.1.5", ["192.168.1.5"]),
+        ("fe80::1", ["[fe80::1]"]),
+        ("Box.LAN", ["box.lan"]),
+    ],
+)
+def test_default_allowed_hosts(bind, expected):
+    assert default_allowed_hosts(bind) == expected
 
 
 # -- u2net serve -------------------------------------------------------------------------------
@@ -631,9 +977,10 @@ def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, checkpoint, 
 
     def fake_run(app, host, port, log_level):
         seen.update(app=app, host=host, port=port)
-        with TestClient(app) as client:  # lifespan: warm-up, then serve
+        with TestClient(app, base_url=f"http://localhost:{port}") as client:  # lifespan: warm-up, then serve
             seen["health"] = client.get("/health").json()
             seen["info"] = client.get("/model-info").json()
+            seen["rebound"] = client.get("/health", headers={"host": "evil.example"}).status_code
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.setdefault("torch_threads", n))
@@ -648,6 +995,19 @@ def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, checkpoint, 
     assert Path(settings.storage_root) == tmp_path and settings.cors_origins == ["*"]
     assert seen["health"]["status"] == "ok" and seen["info"]["name"] == "u2netp"
     assert seen["torch_threads"] == max(1, (os.cpu_count() or 1) // 3)  # cores shared by the 3 workers
+    assert settings.allowed_hosts == ["127.0.0.1", "localhost", "[::1]"] and seen["rebound"] == 400  # strict
+    default = ServeSettings()
+    assert (settings.max_matting_pixels, settings.max_output_mb) == (default.max_matting_pixels, default.max_output_mb)
+
+    status = main(
+        ["serve", "--model", str(checkpoint), "--device", "cpu", "--host", "0.0.0.0", "--port", "8123"]
+        + ["--allowed-hosts", "api.example.com, 10.0.0.5", "--allowed-hosts", "*.lan"]
+        + ["--max-matting-pixels", "90000", "--max-output-mb", "8"]
+    )
+    assert status == 0
+    settings = seen["app"].state.settings
+    assert settings.allowed_hosts == ["localhost", "127.0.0.1", "[::1]", "api.example.com", "10.0.0.5", "*.lan"]
+    assert (settings.max_matting_pixels, settings.max_output_mb) == (90_000, 8)
 
 
 def test_serve_command_usage_errors(tmp_path, capsys):
@@ -657,6 +1017,8 @@ def test_serve_command_usage_errors(tmp_path, capsys):
     assert "model file not found" in capsys.readouterr().err
     assert main(["serve", "--model", str(tmp_path), "--storage-root", str(tmp_path / "nope")]) == 2
     assert "storage root" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path / "missing.pt"), "--allowed-hosts", "example.com:80"]) == 2
+    assert "without a port" in capsys.readouterr().err
 
 
 def test_pool_threads_are_bounded(remover):
@@ -669,7 +1031,7 @@ def test_pool_threads_are_bounded(remover):
             seen.add(threading.current_thread().name)
             return remover.remove(image, options)
 
-    app = create_app(Recording(), ServeSettings(workers=2, warmup=False))
+    app = create_app(Recording(), ServeSettings(workers=2, warmup=False, allowed_hosts=HOSTS))
     client = TestClient(app)
     pictures = [_picture(32 + 4 * i, 24 + 2 * i, seed=i) for i in range(6)]
     results: dict[int, httpx.Response] = {}

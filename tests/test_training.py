@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,16 +14,15 @@ import pytest
 import torch
 
 import u2net
-from u2net.data import SaliencyDataModule
-from u2net.engine import NonFiniteLossError, Trainer, TrainerConfig, build_scheduler
-from u2net.engine.schedulers import LRFactor
+from u2net.data import DatasetCheckError, SaliencyDataModule
+from u2net.engine import LRSchedule, NonFiniteLossError, Trainer, TrainerConfig
 from u2net.engine.utils import autocast_context, pick_device, resolve_precision
 from u2net.losses import DeepSupervisionLoss
 
 from .conftest import REPO
 
 CHECKPOINT_KEYS = {"model", "model_name", "model_args", "config", "step", "epoch", "metrics", "optimizer"}
-CHECKPOINT_KEYS |= {"scheduler", "scaler", "rng", "preprocessing"}
+CHECKPOINT_KEYS |= {"scaler", "rng", "preprocessing"}
 
 
 def _data(root, **overrides) -> SaliencyDataModule:
@@ -34,15 +34,17 @@ def _data(root, **overrides) -> SaliencyDataModule:
     return SaliencyDataModule(train=source("DUTS-TR"), val=source("DUTS-TE"), **kwargs)
 
 
-def _trainer(root, out_dir, max_steps, loss_fn=None, precision="fp32", schedule="cosine", lr=1e-3, **cfg) -> Trainer:
+def _trainer(
+    root, out_dir, max_steps, loss_fn=None, precision="fp32", schedule="cosine", lr=1e-3, weight_decay=0.0, **cfg
+) -> Trainer:
     torch.manual_seed(0)
     model = u2net.create_model("u2netp")
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = build_scheduler(optimizer, max_steps, schedule, warmup_steps=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     config = TrainerConfig(
         out_dir=str(out_dir), max_steps=max_steps, progress=False, device="cpu", precision=precision, seed=3, **cfg
     )
-    return Trainer(model, loss_fn or DeepSupervisionLoss(), optimizer, scheduler, _data(root), config, {"note": "t"})
+    schedule = LRSchedule(schedule, warmup_steps=2)
+    return Trainer(model, loss_fn or DeepSupervisionLoss(), optimizer, schedule, _data(root), config, {"note": "t"})
 
 
 def _stop_at(trainer: Trainer, step: int) -> None:
@@ -98,16 +100,23 @@ def test_resume_is_bit_exact(tiny_synthetic, tmp_path, schedule: str) -> None:
     assert straight.metrics == resumed.metrics
 
 
-def test_resume_takes_this_runs_learning_rate(tiny_synthetic, tmp_path) -> None:
+def test_resume_takes_this_runs_optimizer_settings(tiny_synthetic, tmp_path) -> None:
     _trainer(tiny_synthetic, tmp_path, max_steps=2, val_every=0, validate_at_start=False).fit()
     last = str(tmp_path / "checkpoints" / "last.pt")
-    # e.g. after a NaN: resume with a lower optim.lr; the schedule (2 warm-up steps, cosine) applies to it
-    resumed = _trainer(tiny_synthetic, tmp_path, max_steps=4, val_every=0, validate_at_start=False, lr=1e-4)
+    # e.g. after a NaN: resume with a lower optim.lr (and now a weight decay); the schedule (2 warm-up
+    # steps, cosine over 4) applies to the new rate, and the Adam moments are the checkpoint's.
+    resumed = _trainer(
+        tiny_synthetic, tmp_path, max_steps=4, val_every=0, validate_at_start=False, lr=1e-4, weight_decay=0.05
+    )
     resumed.restore(last)
-    assert resumed.scheduler.base_lrs == [1e-4]
-    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * LRFactor("cosine", 4, 2)(2))
+    group = resumed.optimizer.param_groups[0]
+    assert group["weight_decay"] == 0.05 and group["lr"] == 1e-4
+    assert resumed.optimizer.state_dict()["state"]  # the moments came back
     resumed.fit(ckpt_path=last)
-    assert resumed.step == 4 and resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    cosine_at_3 = LRSchedule("cosine", warmup_steps=2).factor(3, 4)  # the rate of the last step taken
+    group = resumed.optimizer.param_groups[0]  # load_state_dict made new group dicts
+    assert resumed.step == 4 and group["lr"] == pytest.approx(1e-4 * cosine_at_3)
+    assert group["weight_decay"] == 0.05
 
 
 def test_a_new_run_does_not_overwrite_earlier_checkpoints(tiny_synthetic, tmp_path) -> None:
@@ -149,6 +158,60 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_synthetic, tmp_pat
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 
+def test_a_crash_before_the_update_saves_last_pt_first(tiny_synthetic, tmp_path) -> None:
+    # e.g. a disk error in the middle of the run: the steps since the last validation are kept
+    trainer = _trainer(tiny_synthetic, tmp_path, max_steps=10, val_every=4)
+    base = trainer.loss_fn
+
+    def failing(outputs, target):
+        if trainer.step == 6:  # during step 7, before its update; the last validation saved step 4
+            raise OSError("disk went away")
+        return base(outputs, target)
+
+    trainer.loss_fn = failing
+    with pytest.raises(OSError, match="disk went away"):
+        trainer.fit()
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == 6
+    for key, value in trainer.module.state_dict().items():
+        assert torch.equal(last["model"][key], value), key
+
+
+def _deleting_at(trainer: Trainer, step: int, files: list) -> None:
+    """Make ``files`` disappear during step ``step`` (after its batch was read)."""
+    base = trainer.loss_fn
+
+    def deleting(outputs, target):
+        if trainer.step == step - 1:
+            for path in files:
+                path.unlink(missing_ok=True)
+        return base(outputs, target)
+
+    trainer.loss_fn = deleting
+
+
+def test_a_file_gone_mid_run_is_skipped_with_a_warning(tiny_synthetic, tmp_path, capfd) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_synthetic, root)
+    trainer = _trainer(root, tmp_path / "run", max_steps=8, val_every=0, validate_at_start=False)
+    gone = sorted((root / "DUTS-TR" / "DUTS-TR-Image").iterdir())[0]
+    _deleting_at(trainer, 1, [gone])
+    trainer.fit()
+    assert trainer.step == 8  # 8 steps of 4 from 24 pairs: every pair is drawn, the gone one skipped
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: skipped")]
+    assert len(warnings) == 1 and str(gone) in warnings[0]
+
+
+def test_too_many_files_gone_stop_with_a_clear_error_and_last_pt(tiny_synthetic, tmp_path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_synthetic, root)
+    trainer = _trainer(root, tmp_path / "run", max_steps=8, val_every=0, validate_at_start=False)
+    _deleting_at(trainer, 2, list((root / "DUTS-TR" / "DUTS-TR-Mask").iterdir()))
+    with pytest.raises(DatasetCheckError, match="training pairs became unreadable during training"):
+        trainer.fit()
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+
+
 def test_stop_request_saves_and_returns(tiny_synthetic, tmp_path) -> None:
     trainer = _trainer(tiny_synthetic, tmp_path, max_steps=50, val_every=0)
     _stop_at(trainer, 3)
@@ -171,14 +234,17 @@ def test_precision_and_schedules() -> None:
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("auto", cpu) in ("fp32", "bf16")
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         autocast_context(cpu, "fp16")
-    warm = LRFactor("cosine", total_steps=110, warmup_steps=10, min_ratio=0.1)
-    assert warm(0) == 0.0 and warm(5) == 0.5 and warm(10) == 1.0
-    assert warm(60) == pytest.approx(0.55) and warm(110) == pytest.approx(0.1)
-    poly = LRFactor("poly", total_steps=100, power=1.0)
-    assert poly(50) == pytest.approx(0.5)
-    assert LRFactor("constant", total_steps=10)(7) == 1.0
+    warm = LRSchedule("cosine", warmup_steps=10, min_ratio=0.1)
+    assert warm.factor(0, 110) == 0.0 and warm.factor(5, 110) == 0.5 and warm.factor(10, 110) == 1.0
+    assert warm.factor(60, 110) == pytest.approx(0.55) and warm.factor(110, 110) == pytest.approx(0.1)
+    # A time budget half spent at step 20 of 110: the decay follows the time, further along than the steps.
+    assert warm.factor(20, 110, time_fraction=0.5) == pytest.approx(0.55)
+    assert warm.factor(60, 110, time_fraction=0.1) == pytest.approx(0.55)
+    poly = LRSchedule("poly", power=1.0)
+    assert poly.factor(50, 100) == pytest.approx(0.5) and poly.factor(10, 100, time_fraction=1.5) == 0.0
+    assert LRSchedule("constant").factor(7, 10, time_fraction=0.9) == 1.0
     with pytest.raises(ValueError, match="unknown schedule"):
-        LRFactor("step")
+        LRSchedule("step")
 
 
 def _train_cli(tmp_path, *overrides: str) -> list[str]:

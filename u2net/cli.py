@@ -37,6 +37,29 @@ class Command:
 
 
 # -- u2net remove ------------------------------------------------------------------------------
+def _shown(text: object) -> str:
+    """``text`` safe to print on one line: control and other non-printable characters (newlines, ESC,
+    bidi overrides) as ``\\n``, ``\\x1b``, ``\\u202e``; bytes of a non-UTF-8 file name as ``\\xff``. A
+    file name can then neither start a line of its own (a fake "failed:") nor drive the terminal."""
+    out = []
+    for ch in str(text):
+        if "\udc80" <= ch <= "\udcff":  # a byte that was not UTF-8, as os.fsdecode keeps it
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def _say(line: str, stream=None) -> None:
+    """Print ``line``; what the stream's encoding cannot hold is written as backslash escapes, so a
+    strict ASCII or Latin-1 stdout never raises."""
+    stream = stream or sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    print(line.encode(encoding, "backslashreplace").decode(encoding, "replace"), file=stream)
+
+
 def _color(text: str) -> tuple[int, ...]:
     from .inference.remover import parse_color
 
@@ -186,15 +209,17 @@ def _run_remove(args: argparse.Namespace) -> int:
     from .inference.remover import RemovalOptions, plan_outputs, remove_batch
 
     if not Path(args.input).exists():
-        raise UsageError(f"{args.input}: no such file or folder")
+        raise UsageError(f"{_shown(args.input)}: no such file or folder")
     background = None
     if args.bg_image is not None:
         if not args.bg_image.is_file():
-            raise UsageError(f"{args.bg_image}: background image not found")
+            raise UsageError(f"{_shown(args.bg_image)}: background image not found")
         try:  # decoded once, here: a bad file is one usage error, not a failure of every image
             background = read_image(args.bg_image)
         except Exception as exc:
-            raise UsageError(f"{args.bg_image}: cannot read the background image: {_one_line(exc)}") from None
+            raise UsageError(
+                f"{_shown(args.bg_image)}: cannot read the background image: {_shown(_one_line(exc))}"
+            ) from None
     if args.alpha_matting:
         try:
             import pymatting  # noqa: F401
@@ -219,12 +244,14 @@ def _run_remove(args: argparse.Namespace) -> int:
         )
         plan_outputs(args.input, args.output)  # bad input/output combinations fail before the model loads
     except (ValueError, FileNotFoundError) as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(_shown(exc)) from None
     remover = _load_remover(args)
     report = remove_batch(remover, args.input, args.output, options, overwrite=args.overwrite, progress=not args.quiet)
-    print(report.summary())
+    _say(report.summary())
+    for path, reason in report.left_out:
+        _say(f"  skipped: {_shown(path)}: {_shown(reason)}")
     for path, reason in report.failures:
-        print(f"  failed: {path}: {reason}")
+        _say(f"  failed: {_shown(path)}: {_shown(reason)}")
     return 1 if report.failed else 0
 
 
@@ -252,6 +279,10 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _host_names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     server = parser.add_argument_group("server")
@@ -277,10 +308,32 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument(
         "--max-pixels", type=_positive_int, default=40_000_000, metavar="N", help="width x height per image (40e6)"
     )
+    server.add_argument(
+        "--max-matting-pixels",
+        type=_positive_int,
+        metavar="N",
+        help="width x height per image with alpha_matting, 413 beyond (default: ServeSettings.max_matting_pixels)",
+    )
+    server.add_argument(
+        "--max-output-mb",
+        type=_positive_float,
+        metavar="MB",
+        help="largest PNG produced per image, 413 beyond (default: ServeSettings.max_output_mb)",
+    )
     server.add_argument("--max-batch", type=_positive_int, default=10, metavar="N", help="files per batch (10)")
     server.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S", help="per request, s (60)")
     server.add_argument(
         "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from it (repeat)"
+    )
+    server.add_argument(
+        "--allowed-hosts",
+        type=_host_names,
+        action="extend",
+        default=[],
+        metavar="HOST[,HOST...]",
+        help="Host headers to answer besides the bound host (and the loopback names when bound to loopback); "
+        "others get 400, against DNS rebinding. Name every host or address clients use with --host 0.0.0.0; "
+        "'*' for any (repeat)",
     )
     server.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
@@ -289,24 +342,30 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .serve import ServeSettings, create_app
+        from .serve import ServeSettings, create_app, default_allowed_hosts
     except ImportError as exc:
         raise UsageError(
             f"serving needs FastAPI and uvicorn: pip install -e '.[serve]' in the repository ({exc})"
         ) from None
     if args.storage_root is not None and not args.storage_root.expanduser().is_dir():
         raise UsageError(f"{args.storage_root}: storage root is not a folder")
-    settings = ServeSettings(
-        storage_root=args.storage_root,
-        max_upload_mb=args.max_upload_mb,
-        max_pixels=args.max_pixels,
-        max_batch=args.max_batch,
-        workers=args.workers,
-        max_queue=args.max_queue,
-        request_timeout_s=args.timeout,
-        cors_origins=args.cors_origin,
-        device=args.device,
-    )
+    given = {"max_matting_pixels": args.max_matting_pixels, "max_output_mb": args.max_output_mb}
+    try:
+        settings = ServeSettings(
+            storage_root=args.storage_root,
+            max_upload_mb=args.max_upload_mb,
+            max_pixels=args.max_pixels,
+            max_batch=args.max_batch,
+            workers=args.workers,
+            max_queue=args.max_queue,
+            request_timeout_s=args.timeout,
+            cors_origins=args.cors_origin,
+            allowed_hosts=default_allowed_hosts(args.host) + args.allowed_hosts,
+            device=args.device,
+            **{name: value for name, value in given.items() if value is not None},  # else the settings' defaults
+        )
+    except ValueError as exc:  # an --allowed-hosts entry that is no host name
+        raise UsageError(str(exc)) from None
     remover = _load_remover(args)
     if getattr(remover.predictor.info, "backend", None) == "pytorch":
         import torch

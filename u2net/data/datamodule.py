@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..models.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from .folder import (
     DatasetCheckError,
     SaliencyDataset,
@@ -22,7 +21,7 @@ from .folder import (
     split_pairs,
     workers_default,
 )
-from .transforms import eval_transform, train_transform
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 
 class ResumableBatchSampler(Sampler):
@@ -207,7 +206,7 @@ class SaliencyDataModule:
             for source, weight, size in zip(self.train_sources, self.source_weights, train_sizes):
                 if weight > 0 and size == 0:
                     raise DatasetCheckError(f"dataset {source.name} has weight {weight} but no training pairs left")
-        self.train_set = SaliencyDataset(list(train_pairs), self.train_transform)
+        self.train_set = SaliencyDataset(list(train_pairs), self.train_transform, skip_unreadable=True)
         self.train_sizes = list(train_sizes) if train_sizes is not None else []
         self.val_set = SaliencyDataset(list(val_pairs), self.val_transform) if val_pairs else None
         self._val_loader = None

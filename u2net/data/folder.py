@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .io import list_images, oriented_size, read_image, read_mask
+from .io import ImageReadError, list_images, oriented_size, read_image, read_mask
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ def _check_pair(pair: tuple[Path, Path], decode: bool) -> list[Problem]:
                 sizes.append((array.shape[1], array.shape[0]))
             else:
                 sizes.append(oriented_size(path))
+        except ImageReadError as exc:  # refused by our own rules: not an allowed format, too large, NaN
+            problems.append(Problem(str(path), exc.reason))
         except Exception as exc:  # PIL raises many types for corrupt files
             problems.append(Problem(str(path), f"unreadable or corrupt ({type(exc).__name__}: {exc})"))
     if not problems and sizes[0] != sizes[1]:
@@ -127,8 +131,9 @@ def _check_pair(pair: tuple[Path, Path], decode: bool) -> list[Problem]:
 def check_pairs(
     pairs: Sequence[tuple[Path, Path]], mode: str = "full", workers: int = 4, progress: bool = True, desc: str = ""
 ) -> list[Problem]:
-    """Open every pair: ``mode="full"`` decodes both files (finds truncated/corrupt data),
-    ``"header"`` reads only headers (sizes and formats), ``"none"`` skips the check."""
+    """Open every pair: ``mode="full"`` decodes both files (finds truncated/corrupt data and NaN or
+    infinite values in float TIFFs), ``"header"`` reads only headers (sizes and formats), ``"none"``
+    skips the check."""
     if mode == "none":
         return []
     if mode not in ("full", "header"):
@@ -194,6 +199,8 @@ def collect_pairs(
 
 
 SampleKey = int | tuple[int, int]
+# More unreadable training pairs than this (and more than 3) stop the run: the data has a problem.
+MAX_UNREADABLE_FRACTION = 0.05
 
 
 class SaliencyDataset(Dataset):
@@ -203,30 +210,67 @@ class SaliencyDataset(Dataset):
     3×h×w float tensor and the mask as 1×h×w. Indexing with ``(index, seed)`` gives that sample's
     augmentation a seed of its own, so a sample looks the same whichever worker loads it and a
     resumed run sees exactly the augmentations of an uninterrupted one.
+
+    With ``skip_unreadable`` (training), a pair that cannot be read any more (deleted, unmounted,
+    damaged after the data check) is replaced by the next readable one, with a one-line warning that
+    names the file; when more than :data:`MAX_UNREADABLE_FRACTION` of the pairs (at least 3) have
+    failed in one process, it raises :class:`DatasetCheckError` instead. Without it, the first
+    unreadable pair raises.
     """
 
-    def __init__(self, pairs: Sequence[tuple[Path, Path]], transform: Callable) -> None:
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], transform: Callable, skip_unreadable: bool = False) -> None:
         self.pairs = list(pairs)
         self.transform = transform
+        self.skip_unreadable = skip_unreadable
+        self.unreadable: dict[int, str] = {}  # index -> why, in this process (each loader worker has its own)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, key: SampleKey) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
+        for offset in range(len(self.pairs)):
+            candidate = (index + offset) % len(self.pairs)
+            if candidate in self.unreadable:
+                continue
+            try:
+                image, mask = self._read(candidate)
+            except RuntimeError as exc:
+                if not self.skip_unreadable:
+                    raise
+                self._skip(candidate, str(exc))
+                continue
+            image_t, mask_t = self.transform(image, mask, seed)
+            return {"image": image_t, "mask": mask_t, "index": candidate}
+        raise DatasetCheckError(f"none of the {len(self.pairs)} training pairs can be read any more")
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.pairs[index]
         try:
             image = read_image(image_path)
         except Exception as exc:
-            raise RuntimeError(f"{image_path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+            raise RuntimeError(f"{image_path}: cannot read image ({_why(exc)})") from exc
         try:
             mask = read_mask(mask_path)
         except Exception as exc:
-            raise RuntimeError(f"{mask_path}: cannot read mask ({type(exc).__name__}: {exc})") from exc
+            raise RuntimeError(f"{mask_path}: cannot read mask ({_why(exc)})") from exc
         if image.shape[:2] != mask.shape:
             raise RuntimeError(f"{mask_path}: mask size {mask.shape[::-1]} differs from image {image.shape[1::-1]}")
-        image_t, mask_t = self.transform(image, mask, seed)
-        return {"image": image_t, "mask": mask_t, "index": index}
+        return image, mask
+
+    def _skip(self, index: int, problem: str) -> None:
+        self.unreadable[index] = problem
+        limit = max(3, math.ceil(MAX_UNREADABLE_FRACTION * len(self.pairs)))
+        if len(self.unreadable) > limit:
+            raise DatasetCheckError(
+                f"{len(self.unreadable)} of {len(self.pairs)} training pairs became unreadable during training "
+                f"(more than {limit}), e.g. {next(iter(self.unreadable.values()))}; check the data and resume"
+            )
+        print(f"warning: skipped {' '.join(problem.split())}; training on the next pair instead", file=sys.stderr)
+
+
+def _why(exc: Exception) -> str:
+    return exc.reason if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
 
 
 T = TypeVar("T")

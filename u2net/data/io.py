@@ -1,27 +1,106 @@
-"""Reading images and masks in any common mode, with EXIF orientation applied."""
+"""Reading images and masks in any common mode, with EXIF orientation applied.
+
+Every file is opened by :func:`open_image`: only the decoders of :data:`IMAGE_FORMATS` (those of
+:data:`IMAGE_EXTENSIONS`) ever see its bytes, whatever its name, and its pixel count is checked
+against a per-call limit from the header, before anything is decoded. Pillow's own, process-wide
+``Image.MAX_IMAGE_PIXELS`` is left as the application has it.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # what the service accepts
 
-# Decompression-bomb protection stays on, but allows large photos (~180 MP).
-Image.MAX_IMAGE_PIXELS = 180_000_000
+
+def _formats_of(extensions: tuple[str, ...]) -> tuple[str, ...]:
+    # Pillow's format names, in order; an extension this Pillow lacks is left out (WebP needs libwebp).
+    registered = Image.registered_extensions()
+    return tuple(dict.fromkeys(registered[ext] for ext in extensions if ext in registered))
+
+
+IMAGE_FORMATS = _formats_of(IMAGE_EXTENSIONS)  # the only decoders any file reaches: JPEG, PNG, BMP, WEBP, TIFF, GIF
+
+# Large photos (~180 MP) are fine; beyond that a file is refused from its header. Pillow's own check still
+# applies on top: it refuses above 2 × Image.MAX_IMAGE_PIXELS (~179 MP by default) and warns above it.
+MAX_PIXELS = 180_000_000
+
+# In palette masks (VOC-style label maps) this index marks the unlabelled border: read as background.
+VOID_INDEX = 255
 
 _EXIF_ORIENTATION = 0x0112
 
 
+class ImageReadError(ValueError):
+    """A file refused before or while decoding. ``str()`` is one line naming the file; ``reason`` is
+    the same without the name."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
+
+    def __reduce__(self):  # picklable (DataLoader workers send errors to the main process)
+        return type(self), (self.name, self.reason)
+
+
+class UnsupportedImageError(ImageReadError):
+    """Not one of :data:`IMAGE_FORMATS` (by content, not by name), or a header too damaged to tell."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """More pixels than the limit, found from the header."""
+
+
+def _source_name(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) and name else "image data"
+
+
+def open_image(source: str | os.PathLike | IO[bytes], max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Open an image lazily (header only), by content, as one of :data:`IMAGE_FORMATS`.
+
+    Raises :class:`UnsupportedImageError` for any other format (an EPS named ``photo.png`` never
+    reaches the EPS decoder) and :class:`ImageTooLargeError` beyond ``max_pixels`` (``None``: no limit
+    of ours) or Pillow's own limit. Use it as a context manager, like ``Image.open``.
+    """
+    name = _source_name(source)
+    try:
+        img = Image.open(source, formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise UnsupportedImageError(
+            name, f"not a {', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]} image (another format, or damaged)"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(name, f"too many pixels ({exc})") from None
+    width, height = img.size
+    if max_pixels is not None and width * height > max_pixels:
+        img.close()
+        raise ImageTooLargeError(
+            name, f"too many pixels: {width}×{height} = {width * height:,}; the limit is {max_pixels:,}"
+        )
+    return img
+
+
 def oriented_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) after EXIF orientation, reading the header only."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         width, height = img.size
         orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _finite(array: np.ndarray, name: str) -> np.ndarray:
+    # A NaN would reach the loss as NaN and look like a learning-rate problem; uint8 conversion hides it.
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ImageReadError(name, "holds NaN or infinite values")
+    return array
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -39,11 +118,12 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 def to_rgb(img: Image.Image, exif: bool = True) -> np.ndarray:
     """A PIL image in any mode as H×W×3 uint8 RGB: L, LA, P, RGB(A), CMYK, 16-bit and float modes;
     with ``exif``, its EXIF orientation applied first. Transparency is dropped (the colour channels
-    are kept as stored)."""
+    are kept as stored). Float data with NaN or infinities raises :class:`ImageReadError`."""
+    name = getattr(img, "filename", "") or "image"
     if exif:
         img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        gray = _to_uint8(np.asarray(img))
+        gray = _to_uint8(_finite(np.asarray(img), name))
         return np.repeat(gray[..., None], 3, axis=2)
     if img.mode == "P":
         img = img.convert("RGBA")
@@ -52,9 +132,34 @@ def to_rgb(img: Image.Image, exif: bool = True) -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as H×W×3 uint8 RGB. Handles L, LA, P, RGB(A), CMYK, 16-bit and EXIF rotation;
-    transparency is dropped (the colour channels are kept as stored)."""
-    with Image.open(path) as img:
+    transparency is dropped (the colour channels are kept as stored). See :func:`open_image` for the
+    formats and size accepted."""
+    with open_image(path) as img:
         return to_rgb(img)
+
+
+def _unit_from_8bit(array: np.ndarray) -> np.ndarray:
+    # 0/1-coded masks (max value 1) are scaled up; 0/255 and soft masks are kept as they are.
+    scale = 1.0 if array.max(initial=0) <= 1 else 255.0
+    return array.astype(np.float32) / scale
+
+
+def _palette_mask(img: Image.Image) -> np.ndarray:
+    """A P (or PA) mask: by its alpha where that is not all opaque (a matte); by gray value where every
+    palette entry used is gray (a grayscale mask stored with a palette, as PNG optimisers write them);
+    else by index (a label map, e.g. VOC: index > 0 is the object, :data:`VOID_INDEX` background)."""
+    if img.mode == "PA" or "transparency" in img.info:
+        alpha = np.asarray(img.convert("RGBA").getchannel("A"))
+        if alpha.min() < 255:
+            return alpha.astype(np.float32) / 255.0
+    index = np.asarray(img.getchannel(0) if img.mode == "PA" else img)
+    palette = np.zeros((256, 3), np.uint8)
+    entries = np.asarray(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
+    palette[: len(entries)] = entries
+    used = palette[np.unique(index)]
+    if (used == used[:, :1]).all():
+        return _unit_from_8bit(palette[index, 0])
+    return ((index > 0) & (index != VOID_INDEX)).astype(np.float32)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -62,13 +167,15 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
     Grayscale or RGB (the brightest channel counts, so coloured masks work), 0/255 or 0/1 coding,
     8- or 16-bit; soft values are kept. For masks with a non-trivial alpha channel (mattes saved as
-    RGBA), the alpha is the mask.
+    RGBA), the alpha is the mask. Palette masks are read by index unless their palette is gray (see
+    :func:`_palette_mask`). Float masks with NaN or infinities raise :class:`ImageReadError`.
     """
-    with Image.open(path) as img:
+    with open_image(path) as img:
+        name = _source_name(path)
         img = ImageOps.exif_transpose(img)
-        if img.mode == "P":
-            img = img.convert("RGBA")
-        if img.mode in ("RGBA", "LA", "PA"):
+        if img.mode in ("P", "PA"):
+            return _palette_mask(img)
+        if img.mode in ("RGBA", "LA"):
             alpha = np.asarray(img.getchannel("A"))
             if alpha.min() < 255:
                 return alpha.astype(np.float32) / 255.0
@@ -81,18 +188,58 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
             scale = 1.0 if peak <= 1 else (255.0 if peak <= 255 else 65535.0)
             return (array / scale).clip(0, 1).astype(np.float32)
         if img.mode == "F":
-            array = np.asarray(img, dtype=np.float32)
+            array = _finite(np.asarray(img, dtype=np.float32), name)
             return (array / 255.0 if array.max(initial=0) > 1 else array).clip(0, 1)
         array = np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB"))
     if array.ndim == 3:
         array = array.max(axis=2)
-    # 0/1-coded masks (max value 1) are scaled up; 0/255 and soft masks are kept as they are.
-    scale = 1.0 if array.max(initial=0) <= 1 else 255.0
-    return array.astype(np.float32) / scale
+    return _unit_from_8bit(array)
 
 
-def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (by extension, case-insensitive), sorted."""
-    folder = Path(folder)
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def list_images(
+    folder: str | os.PathLike, recursive: bool = False, skipped: list[tuple[Path, str]] | None = None
+) -> list[Path]:
+    """Image files in ``folder`` (by extension, case-insensitive), sorted.
+
+    Symbolic links to files are followed; links to folders are not (no loops, nothing outside the
+    tree), and neither are broken links. With a ``skipped`` list, what was left out that way is
+    appended to it as (path, reason): broken links with an image extension, links to folders and
+    sub-folders that cannot be listed (when ``recursive``).
+    """
+    found: list[Path] = []
+    left_out: list[tuple[Path, str]] = []
+    top = Path(folder)
+    pending = [top]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as scan:
+                entries = list(scan)
+        except (FileNotFoundError, NotADirectoryError):
+            if current != top:  # gone while we were listing; a missing top folder simply holds no images
+                left_out.append((current, "disappeared while listing"))
+            continue
+        except OSError as exc:
+            left_out.append((current, f"cannot list this folder ({type(exc).__name__})"))
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir, is_file, is_link = entry.is_dir(), entry.is_file(), entry.is_symlink()
+            except OSError:  # e.g. a link loop: nothing to follow
+                is_dir, is_file, is_link = False, False, True
+            if is_dir:
+                if not recursive:
+                    continue
+                if is_link:
+                    left_out.append((path, "symbolic link to a folder (not followed)"))
+                else:
+                    pending.append(path)
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                if is_file:
+                    found.append(path)
+                elif is_link:
+                    left_out.append((path, "broken symbolic link"))
+    if skipped is not None:
+        skipped.extend(sorted(left_out))
+    return sorted(found)

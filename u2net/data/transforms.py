@@ -20,7 +20,9 @@ import cv2
 import numpy as np
 import torch
 
-from ..models.pretrained import IMAGENET_MEAN, IMAGENET_STD
+# ImageNet statistics: what the official weights (and every U²-Net we know of) were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC}
 

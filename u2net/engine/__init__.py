@@ -3,18 +3,17 @@
 from .checkpoint import save_checkpoint
 from .ema import WeightEMA
 from .params import param_groups
-from .schedulers import LRFactor, build_scheduler
+from .schedulers import LRSchedule
 from .trainer import NonFiniteLossError, Trainer, TrainerConfig
 from .utils import autocast_context, pick_device, seed_everything
 
 __all__ = [
-    "LRFactor",
+    "LRSchedule",
     "NonFiniteLossError",
     "Trainer",
     "TrainerConfig",
     "WeightEMA",
     "autocast_context",
-    "build_scheduler",
     "param_groups",
     "pick_device",
     "save_checkpoint",

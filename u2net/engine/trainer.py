@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 
 from ..data import DatasetCheckError
 from ..data.datamodule import SaliencyDataModule
@@ -26,6 +25,7 @@ from ..models.batchnorm import folded_batchnorms, restore_batchnorm
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .distributed import any_rank, barrier, broadcast_object, broadcast_tensors, gather_objects, setup_distributed
 from .ema import WeightEMA
+from .schedulers import LRSchedule
 from .utils import autocast_context, pick_device, resolve_precision, seed_everything
 
 
@@ -99,9 +99,9 @@ class TrainerConfig:
 class Trainer:
     """Trains ``model`` with deep supervision on the batches of ``data``.
 
-    ``loss_fn(outputs, target) -> (total, per_output)``; ``optimizer`` and ``scheduler`` are
-    ready-built (the scheduler is stepped once per optimizer step). ``run_config`` is the resolved
-    configuration, stored in every checkpoint so it describes itself.
+    ``loss_fn(outputs, target) -> (total, per_output)``; ``optimizer`` is ready-built, its groups'
+    rates the base rates that ``schedule`` scales before every step (``None``: constant).
+    ``run_config`` is the resolved configuration, stored in every checkpoint so it describes itself.
     """
 
     def __init__(
@@ -109,7 +109,7 @@ class Trainer:
         model: nn.Module,
         loss_fn: Callable,
         optimizer: Optimizer,
-        scheduler: LRScheduler | None,
+        schedule: LRSchedule | None,
         data: SaliencyDataModule,
         config: TrainerConfig,
         run_config: Mapping | None = None,
@@ -138,7 +138,10 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids)
         if config.compile:
             self.model = torch.compile(self.model)
-        self.loss_fn, self.optimizer, self.scheduler, self.data = loss_fn, optimizer, scheduler, data
+        self.loss_fn, self.optimizer, self.schedule, self.data = loss_fn, optimizer, schedule, data
+        # This run's optimizer settings per group (rates before the schedule, weight decay, betas, ...):
+        # they win over a resumed checkpoint's, so that resuming with other settings takes effect.
+        self.group_settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         self.run_config = dict(run_config or {})
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.out_dir = Path(config.out_dir)
@@ -155,6 +158,7 @@ class Trainer:
         self.train_seconds = 0.0  # time spent in training steps (and waiting for their data), resumed too
         self.history: list[dict[str, float]] = []  # one row per validation: step, minutes, metrics (ema_*)
         self.stop_requested = False
+        self._updating = False
         self.writer = None
 
     # ------------------------------------------------------------------ the loop
@@ -234,6 +238,9 @@ class Trainer:
                 path = self.save("last.pt")
                 if ctx.is_main:
                     progress.write(f"Interrupted: saved {path} at step {self.step}. Resume with ckpt_path={path}")
+        except Exception as exc:
+            self._save_after_crash(exc, progress)
+            raise
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -292,6 +299,7 @@ class Trainer:
             for module in self.module.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+        self._apply_schedule()
         self.optimizer.zero_grad(set_to_none=True)
         totals = None
         for i, batch in enumerate(batch_group):
@@ -318,12 +326,12 @@ class Trainer:
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self._updating = True  # from here until the EMA is updated, the weights are half-changed
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.scheduler is not None:
-            self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.module)
+        self._updating = False
         return losses
 
     @torch.no_grad()
@@ -390,7 +398,6 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "history": [dict(row) for row in self.history],
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
         }
@@ -416,9 +423,6 @@ class Trainer:
                 f"beside it, or fine-tune from these with model.weights={path}"
             )
         load_state_dict(self.module, state["model"], source=str(path))
-        # This run's learning rates (its optim.lr) win over the checkpoint's, so that resuming with
-        # another rate (after a NaN, say) takes effect; with the same config nothing changes.
-        configured = [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as exc:  # another grouping of the parameters (params.encoder_lr_scale 0 vs not)
@@ -426,14 +430,8 @@ class Trainer:
                 f"{path}: its optimizer state does not fit this run's parameter groups ({exc}); resume with the "
                 "params.encoder_lr_scale the run was started with (0 freezes the encoder: another grouping)"
             ) from None
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            # LambdaLR.load_state_dict also overwrites the schedule's own settings (total steps,
-            # warm-up); keep this run's, so that resuming with a larger max_steps stretches the schedule.
-            factors = [dict(getattr(f, "__dict__", {})) for f in getattr(self.scheduler, "lr_lambdas", [])]
-            self.scheduler.load_state_dict(state["scheduler"])
-            for f, saved in zip(getattr(self.scheduler, "lr_lambdas", []), factors):
-                f.__dict__.update(saved)
-        self._set_base_lrs(configured)
+        for group, settings in zip(self.optimizer.param_groups, self.group_settings):
+            group.update(settings)  # this run's rates, weight decay, betas; the moments stay the checkpoint's
         if state.get("scaler"):  # empty when the checkpoint was not trained in fp16
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.metrics, self.best = state["step"], state.get("metrics", {}), state.get("best")
@@ -446,20 +444,15 @@ class Trainer:
             self.ema = WeightEMA(self.module, self.cfg.ema_decay)
         set_rng_state(state["rng"])
 
-    def _set_base_lrs(self, base_lrs: list[float]) -> None:
-        for group, base in zip(self.optimizer.param_groups, base_lrs):
-            if "initial_lr" in group:
-                group["initial_lr"] = base
-        if self.scheduler is None:
-            for group, base in zip(self.optimizer.param_groups, base_lrs):
-                group["lr"] = base
+    def _apply_schedule(self) -> None:
+        """Set every group's rate for the coming step: its base rate times the schedule's factor."""
+        if self.schedule is None:
             return
-        self.scheduler.base_lrs = list(base_lrs)
-        factors = getattr(self.scheduler, "lr_lambdas", None)
-        if factors is not None:  # LambdaLR (all of ours): the rate this step, as LambdaLR computes it
-            for group, base, factor in zip(self.optimizer.param_groups, base_lrs, factors):
-                group["lr"] = base * factor(self.scheduler.last_epoch)
-            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        budget = self.cfg.max_minutes * 60
+        time_fraction = self.train_seconds / budget if budget > 0 else 0.0
+        factor = self.schedule.factor(self.step, self.cfg.max_steps, time_fraction)
+        for group, settings in zip(self.optimizer.param_groups, self.group_settings):
+            group["lr"] = settings["lr"] * factor
 
     def _next_minute_mark(self) -> float | None:
         every = self.cfg.val_every_minutes
@@ -549,6 +542,20 @@ class Trainer:
             print(f"restored {count} folded BatchNorm layers from {sum(len(b) for b in images)} training images")
 
     # ------------------------------------------------------------------ helpers
+    def _save_after_crash(self, exc: Exception, progress) -> None:
+        """Save last.pt when a step failed before it changed the weights (a data error, say), so that
+        the steps since the last validation are not lost; a crash inside the update, or a non-finite
+        loss (the last checkpoint is the good one), saves nothing."""
+        if self._updating or isinstance(exc, NonFiniteLossError) or self.step == 0:
+            return
+        try:
+            path = self.save("last.pt")
+        except Exception as save_error:  # the disk may be what failed: keep the original error
+            warnings.warn(f"could not save last.pt after the error: {save_error}", stacklevel=2)
+            return
+        if self.dist.is_main:
+            progress.write(f"training failed at step {self.step + 1}: saved {path} (step {self.step}) first")
+
     def _request_stop(self, signum, frame) -> None:  # noqa: ARG002
         # Finish the current step so the saved state is consistent; a second Ctrl-C aborts at once.
         self.stop_requested = True

@@ -1,8 +1,10 @@
 """Inference: mask prediction with the validation preprocessing, on PyTorch or ONNX Runtime, and
-background removal (cut-outs, crops, new backgrounds, batches)."""
+background removal (cut-outs, crops, new backgrounds, batches); the ONNX Runtime session factory and
+latency timer that export uses too."""
 
 from .predictor import ModelInfo, OnnxBackend, Predictor, TorchBackend, resize_probability
 from .remover import BackgroundRemover, BatchReport, RemovalOptions, mask_bbox, parse_color, remove_batch
+from .runtime import median_seconds, onnx_session
 
 __all__ = [
     "BackgroundRemover",
@@ -13,6 +15,8 @@ __all__ = [
     "RemovalOptions",
     "TorchBackend",
     "mask_bbox",
+    "median_seconds",
+    "onnx_session",
     "parse_color",
     "remove_batch",
     "resize_probability",

@@ -8,7 +8,6 @@ the image's own size.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +15,10 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.transforms import eval_transform
-from ..models.pretrained import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from ..models import load_model, read_checkpoint
+from ..models.onnx_format import decode_metadata
+from .runtime import median_seconds, onnx_session, pick_providers
 
 DEFAULT_PREPROCESSING = {
     "image_size": 320,
@@ -70,21 +71,15 @@ class OnnxBackend:
     """
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
-        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        wanted = [p for p in providers or ["CUDAExecutionProvider", "CPUExecutionProvider"] if p in available]
+        wanted = pick_providers(providers)
         model_bytes = Path(path).read_bytes()
-        options = ort.SessionOptions()
         batch_name = symbolic_batch_dim(model_bytes)
         on_cpu = wanted[:1] == ["CPUExecutionProvider"]
-        if batch_name and on_cpu:
-            # On the CPU a batch runs no faster than its images one after another, and a symbolic batch
-            # dimension keeps ONNX Runtime from folding the graph's shape arithmetic and from running the
-            # up-sampling in its blocked (NCHWc) layout: with it fixed to 1, U²-Net runs 6–10 % faster.
-            options.add_free_dimension_override_by_name(batch_name, 1)
-        self.session = ort.InferenceSession(model_bytes, options, providers=wanted)
+        # On the CPU a batch runs no faster than its images one after another, and a symbolic batch
+        # dimension keeps ONNX Runtime from folding the graph's shape arithmetic and from running the
+        # up-sampling in its blocked (NCHWc) layout: with it fixed to 1, U²-Net runs 6–10 % faster.
+        fixed = {batch_name: 1} if batch_name and on_cpu else None
+        self.session = onnx_session(model_bytes, wanted, fixed_dims=fixed)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         batch_dim, _, height, width = model_input.shape
@@ -143,12 +138,11 @@ class Predictor:
                 raise FileNotFoundError(f"{source}: ONNX file not found")
             backend = OnnxBackend(source)
             meta = backend.metadata
-            preprocessing = {k: _parse_meta(meta[k]) for k in DEFAULT_PREPROCESSING if k in meta}
+            decoded = decode_metadata(meta)
+            preprocessing = {k: decoded[k] for k in DEFAULT_PREPROCESSING if k in decoded}
             info = ModelInfo(meta.get("model_name", Path(source).stem), source, "onnxruntime", size_mb=_file_mb(source))
             info.extra["providers"] = backend.providers
             return cls(backend, {**preprocessing, **overrides}, info)
-
-        from ..models.weights import load_model, read_checkpoint
 
         checkpoint = read_checkpoint(source)
         model = load_model(source)
@@ -184,16 +178,12 @@ class Predictor:
         self, runs: int = 10, warmup: int = 2, batch_size: int = 1, size: int | None = None
     ) -> dict[str, float]:
         """Milliseconds per image of the forward pass at ``size``² (default: the input size) in
-        batches of ``batch_size``, images per second, and the size used (a fixed-size model's own)."""
+        batches of ``batch_size`` (median of ``runs``), images per second, and the size used (a fixed-size
+        model's own)."""
         size = self.backend.fixed_size or size or self.input_size
         x = np.random.default_rng(0).standard_normal((batch_size, 3, size, size))
         x = x.astype(np.float32)
-        for _ in range(warmup):
-            self.backend(x)
-        started = time.perf_counter()
-        for _ in range(runs):
-            self.backend(x)
-        seconds = (time.perf_counter() - started) / runs
+        seconds = median_seconds(lambda: self.backend(x), runs, warmup)
         return {"latency_ms": 1000 * seconds / batch_size, "images_per_s": batch_size / seconds, "size": size}
 
 
@@ -206,12 +196,3 @@ def resize_probability(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _file_mb(path: str) -> float:
     return Path(path).stat().st_size / 2**20
-
-
-def _parse_meta(value: str):
-    import json
-
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value

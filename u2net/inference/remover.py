@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
-from ..data.io import _to_uint8, list_images, read_image, to_rgb
+from ..data.io import ImageReadError, _to_uint8, list_images, open_image, read_image, to_rgb
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..fileio import atomic_write
-from ..models.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 Box = tuple[int, int, int, int]
@@ -111,7 +111,7 @@ class RemovalOptions:
 def load_rgb_alpha(image: ImageInput) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`load_rgb`, plus the input's own alpha channel (H×W uint8) where it has a non-opaque one."""
     if isinstance(image, (str, os.PathLike, bytes)):
-        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
+        with open_image(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
             return load_rgb_alpha(img)
     alpha = None
     if isinstance(image, Image.Image):
@@ -140,7 +140,7 @@ def load_rgb(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
     if isinstance(image, bytes):
-        with Image.open(io.BytesIO(image)) as img:
+        with open_image(io.BytesIO(image)) as img:
             return to_rgb(img)
     if isinstance(image, Image.Image):
         return to_rgb(image)
@@ -404,11 +404,14 @@ def _check_color(color, text=None) -> tuple[int, ...]:
 # -- batches -----------------------------------------------------------------------------------
 @dataclass
 class BatchReport:
-    """What :func:`remove_batch` did: outputs written, skipped (already there), and failures."""
+    """What :func:`remove_batch` did: outputs written, skipped (already there), failures, and inputs
+    left out of the folder listing (``left_out``: broken links, links to folders; see
+    :func:`~u2net.data.io.list_images`), each with its reason."""
 
     done: int = 0
     skipped: int = 0
     failures: list[tuple[Path, str]] = field(default_factory=list)
+    left_out: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -420,17 +423,21 @@ class BatchReport:
 
     def summary(self) -> str:
         skipped = f"{self.skipped} skipped (output exists; --overwrite to replace)" if self.skipped else "0 skipped"
-        return f"{self.total} image(s): {self.done} written, {skipped}, {self.failed} failed"
+        left_out = f"; {len(self.left_out)} link(s)/folder(s) skipped" if self.left_out else ""
+        return f"{self.total} image(s): {self.done} written, {skipped}, {self.failed} failed{left_out}"
 
 
-def plan_outputs(src: str | os.PathLike, dst: str | os.PathLike) -> list[tuple[Path, Path]]:
+def plan_outputs(
+    src: str | os.PathLike, dst: str | os.PathLike, skipped: list[tuple[Path, str]] | None = None
+) -> list[tuple[Path, Path]]:
     """(input, output) pairs for a file or a folder.
 
     A folder is searched recursively for images (by extension, see ``IMAGE_EXTENSIONS``) and the
     output tree mirrors it: ``src/a/b.jpg`` -> ``dst/a/b.png``. Outputs are always PNG (they may carry
     alpha); two inputs of one folder with the same stem (``b.jpg``, ``b.png``) keep their full names
     (``b.jpg.png``, ``b.png.png``). A ``dst`` inside ``src`` is not searched. For a file, ``dst`` is
-    the output file if it ends in ``.png``, else a folder that gets ``<stem>.png``.
+    the output file if it ends in ``.png``, else a folder that gets ``<stem>.png``. Links to folders
+    and broken links are not followed; with a ``skipped`` list they are appended to it with the reason.
     """
     src, dst = Path(src), Path(dst)
     if not src.exists():
@@ -448,7 +455,8 @@ def plan_outputs(src: str | os.PathLike, dst: str | os.PathLike) -> list[tuple[P
     if dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: the output folder must differ from the input folder")
     inside = dst.resolve().is_relative_to(src.resolve())
-    files = [p for p in list_images(src, recursive=True) if not (inside and p.resolve().is_relative_to(dst.resolve()))]
+    listed = list_images(src, recursive=True, skipped=skipped)
+    files = [p for p in listed if not (inside and p.resolve().is_relative_to(dst.resolve()))]
     names = _output_names([path.relative_to(src) for path in files])
     return [(path, dst / name) for path, name in zip(files, names)]
 
@@ -494,7 +502,7 @@ def remove_batch(
 
     options = options or RemovalOptions()
     report = BatchReport()
-    pairs = plan_outputs(src, dst)
+    pairs = plan_outputs(src, dst, report.left_out)
     with tqdm(pairs, unit="img", desc="remove", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
         for path, out in bar:
             if out.exists() and not overwrite:
@@ -515,6 +523,8 @@ def remove_batch(
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ImageReadError):  # its message starts with the file name, which the report has already
+        return " ".join(exc.reason.split())
     message = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 

@@ -1,7 +1,8 @@
-"""U²-Net architectures, the model registry and weight loading."""
+"""U²-Net architectures, the model registry, weight loading and ONNX import."""
 
 from . import factory as _factory  # noqa: F401  (registers the architectures)
-from .factory import create_model
+from .factory import create_model, load_model
+from .onnx_import import onnx_to_state_dict, read_onnx_checkpoint
 from .pretrained import (
     PRETRAINED,
     PretrainedCfg,
@@ -12,7 +13,7 @@ from .pretrained import (
 )
 from .registry import is_model, list_models, register_model
 from .u2net import RSU, U2NET_STAGES, U2NETP_STAGES, StageSpec, U2Net
-from .weights import infer_architecture, load_model, load_state_dict, load_weights, read_checkpoint
+from .weights import infer_architecture, load_state_dict, load_weights, read_checkpoint
 
 __all__ = [
     "PRETRAINED",
@@ -33,6 +34,8 @@ __all__ = [
     "load_model",
     "load_state_dict",
     "load_weights",
+    "onnx_to_state_dict",
     "read_checkpoint",
+    "read_onnx_checkpoint",
     "register_model",
 ]

@@ -1,14 +1,16 @@
-"""Registered U²-Net architectures and ``create_model``."""
+"""Registered U²-Net architectures, ``create_model`` and ``load_model`` (a model rebuilt from a file alone)."""
 
 from __future__ import annotations
 
 import copy
 import os
 
+import torch
 from torch import nn
 
 from .registry import model_factory, register_model
 from .u2net import U2NET_STAGES, U2NETP_STAGES, U2Net
+from .weights import infer_architecture, load_state_dict, load_weights, read_checkpoint
 
 
 def _build(name: str, default_stages: dict, stages: dict | None, in_ch: int, out_ch: int) -> U2Net:
@@ -46,7 +48,16 @@ def create_model(name: str, weights: str | os.PathLike | None = None, **kwargs) 
     """
     model = model_factory(name)(**kwargs)
     if weights is not None:
-        from .weights import load_weights
-
         load_weights(model, weights)
     return model
+
+
+def load_model(path_or_tag: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from a file alone: our checkpoints name their model and arguments; for an
+    official ``.pth`` the architecture is inferred from the weights. Returns the model in eval mode.
+    """
+    checkpoint = read_checkpoint(path_or_tag)
+    name = checkpoint.get("model_name") or infer_architecture(checkpoint["model"])
+    model = create_model(name, **(checkpoint.get("model_args") or {}))
+    load_state_dict(model, checkpoint["model"], source=str(path_or_tag))
+    return model.to(map_location).eval()

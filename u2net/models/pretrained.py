@@ -22,10 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..fileio import atomic_write
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DEFAULT_MODEL = "u2netp.duts"  # what `u2net remove` and `u2net serve` use without --model: bundled, works offline
 BUNDLED_DIR = Path(__file__).with_name("bundled")  # weights shipped as package data
@@ -51,13 +49,15 @@ class PretrainedCfg:
     architecture: str
     file_name: str
     urls: tuple[str, ...]
-    sha256: str | None = None
+    sha256: str | None = None  # pins of the file at ``urls``: each one given is checked after download
+    md5: str | None = None
     input_size: int = 320
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     normalization: str = "max"
     description: str = ""
     onnx_mirror: tuple[str, str] | None = None  # (url, md5) of an ONNX export of the same weights
+    onnx_mirror_sha256: str | None = None  # that export's SHA-256, where known
     bundled: BundledFile | None = None  # shipped with the package: used instead of any download
     extra: dict = field(default_factory=dict)
 
@@ -85,6 +85,8 @@ PRETRAINED: dict[str, PretrainedCfg] = {
         (_gdrive("1rbSTGKAE-MTxBYHd-51l2hMOQPT_7EPy"),),
         description="official U²-Net† (lite) trained on DUTS-TR (4.7 MB; bundled as rembg's ONNX export)",
         onnx_mirror=_rembg_release("u2netp.onnx", "8e83ca70e441ab06c318d82300c84806"),
+        # The mirror's file is the bundled one (same MD5), so its SHA-256 is known too.
+        onnx_mirror_sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
         bundled=BundledFile(
             "u2netp.onnx",
             md5="8e83ca70e441ab06c318d82300c84806",
@@ -227,14 +229,22 @@ def local_weights(tag: str, directory: str | os.PathLike | None = None) -> Path 
         return bundled
     cfg = get_pretrained_cfg(tag)
     dest = _cached_path(cfg, directory)
-    if dest.exists():
+    if dest.exists():  # written only after its download matched every pin; checked again where pins exist
+        _check_cached(dest, tag, "official file", cfg.md5, cfg.sha256)
         return dest
     onnx = dest.with_suffix(".onnx")
     if cfg.onnx_mirror is not None and onnx.exists():  # ours, or rembg's in a shared $U2NET_HOME: checked, kept
-        if file_digest(onnx, "md5") != cfg.onnx_mirror[1]:
-            raise WeightsDownloadError(f"{onnx}: does not match the MD5 of {tag!r}'s ONNX export; move it away")
+        _check_cached(onnx, tag, "ONNX export", cfg.onnx_mirror[1], cfg.onnx_mirror_sha256)
         return onnx
     return None
+
+
+def _check_cached(path: Path, tag: str, what: str, md5: str | None, sha256: str | None) -> None:
+    for algorithm, expected in (("md5", md5), ("sha256", sha256)):
+        if expected is not None and file_digest(path, algorithm) != expected:
+            raise WeightsDownloadError(
+                f"{path}: does not match the {algorithm.upper()} of {tag!r}'s {what}; move it away"
+            )
 
 
 def download_weights(tag: str, directory: str | os.PathLike | None = None, progress: bool = True) -> Path:
@@ -250,13 +260,13 @@ def download_weights(tag: str, directory: str | os.PathLike | None = None, progr
     errors = []
     for url in cfg.urls:
         try:
-            return download_file(url, dest, cfg.sha256, progress=progress)
+            return download_file(url, dest, cfg.sha256, progress=progress, md5=cfg.md5)
         except Exception as exc:  # try the next mirror
             errors.append(f"{url}: {exc}")
     if cfg.onnx_mirror is not None:
         url, md5 = cfg.onnx_mirror
         try:
-            return download_file(url, onnx, progress=progress, md5=md5)
+            return download_file(url, onnx, cfg.onnx_mirror_sha256, progress=progress, md5=md5)
         except Exception as exc:
             errors.append(f"{url}: {exc}")
     raise WeightsDownloadError(

@@ -1,4 +1,7 @@
-"""Reading weights: official ``.pth`` files, our checkpoints, and tags of published weights."""
+"""Reading weights: official ``.pth`` files, our checkpoints, ONNX U²-Nets, and tags of published weights.
+
+Building a model from a file alone (:func:`u2net.models.load_model`) is the factory's: it sits above this module.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .onnx_import import read_onnx_checkpoint
 from .pretrained import PRETRAINED, _looks_like_html, download_weights
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
@@ -29,12 +33,10 @@ def read_checkpoint(path_or_tag: str | os.PathLike) -> dict:
     """Load a weights file into a dict: our checkpoint as saved, an official ``.pth`` as ``{"model": sd}``.
 
     An ``.onnx`` file (ours, or rembg's u2net / u2netp / u2net_human_seg) is read back into a state dict:
-    ``{"model": sd, "model_name": ...}`` (see :func:`u2net.export.read_onnx_checkpoint`).
+    ``{"model": sd, "model_name": ...}`` (see :func:`u2net.models.onnx_import.read_onnx_checkpoint`).
     """
     path = _resolve(path_or_tag)
     if path.suffix.lower() == ".onnx":
-        from ..export.onnx import read_onnx_checkpoint
-
         return read_onnx_checkpoint(path)
     with open(path, "rb") as f:
         head = f.read(512)
@@ -132,16 +134,3 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 def _unknown(mid: int) -> str:
     raise ValueError(f"cannot tell the architecture: stage1 has {mid} middle channels (u2net 32, u2netp 16)")
-
-
-def load_model(path_or_tag: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model from a file alone: our checkpoints name their model and arguments; for an
-    official ``.pth`` the architecture is inferred from the weights. Returns the model in eval mode.
-    """
-    from .factory import create_model
-
-    checkpoint = read_checkpoint(path_or_tag)
-    name = checkpoint.get("model_name") or infer_architecture(checkpoint["model"])
-    model = create_model(name, **(checkpoint.get("model_args") or {}))
-    load_state_dict(model, checkpoint["model"], source=str(path_or_tag))
-    return model.to(map_location).eval()

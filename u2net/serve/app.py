@@ -12,9 +12,12 @@ Endpoints (OpenAPI docs at ``/docs``):
 - ``GET /health``, ``GET /model-info``, and the web page at ``/``.
 
 Inference runs off the event loop in a bounded thread pool (``workers`` threads, at most
-``max_queue`` more requests waiting: beyond that 503). Every error is JSON ``{"error": message,
-"detail": data}`` with its status: 400 bad request or corrupt image, 413 upload too large or too many
-pixels, 415 not an image, 422 invalid parameters, 503 busy, 504 request timeout.
+``max_queue`` more images waiting: beyond that 503, answered before an upload is read); alpha
+matting runs in a child process killed at the request's deadline. Outputs are spooled (memory, then
+a temporary file) and streamed. Every error is JSON ``{"error": message, "detail": data}`` with its
+status: 400 bad request or corrupt image, 413 upload, pixels or output too large, 415 not an image,
+422 invalid parameters, 503 busy, 504 request timeout; except a ``Host`` header that is not allowed
+(DNS rebinding), answered 400 in plain text by Starlette's ``TrustedHostMiddleware``.
 """
 
 from __future__ import annotations
@@ -22,19 +25,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib.util
 import io
-import json
+import ipaddress
 import logging
 import os
 import re
 import threading
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Form, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -43,22 +46,59 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from ..fileio import atomic_write
+from ..data.io import IMAGE_FORMATS
 from ..inference.remover import BackgroundRemover, RemovalOptions
 from ..models.pretrained import DEFAULT_MODEL
+from . import storage
+from .errors import MB, ApiError, mb, one_line, os_reason, reason
+from .matting import Matting, remove_with_matting
+from .outputs import Png, png_file, save_png, stream, zip_file
 
 log = logging.getLogger("u2net.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
-MB = 1 << 20
 FORM_SLACK = 64 * 1024  # multipart boundaries, headers and the small form fields around the files
 SMALL_BODY = 64 * 1024  # JSON requests and anything else
-# Only these decoders ever see an upload (no EPS/PDF/... plugins reachable from the network).
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 # Signatures of the allowed formats: a file starting with one that PIL cannot open is corrupt (400), not foreign (415).
 SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
-PNG_COMPRESS_LEVEL = 3  # zlib level: level 6 (PIL's default) costs ~2× the time for ~5 % smaller files
+# The endpoints that take a pool slot, admitted (or refused 503) before their body is read.
+WORK_PATHS = ("/remove-background", "/batch-remove-background", "/remove-background/path")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+# -- settings ----------------------------------------------------------------------------------
+def host_pattern(host: str) -> str:
+    """``host`` as a ``Host`` header carries it: lower case, an IPv6 address in brackets; also
+    ``*`` (any host) or ``*.example.com``. ValueError for anything else, such as a port."""
+    text = host.strip().lower()
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if ":" in bare:
+        try:
+            return f"[{ipaddress.IPv6Address(bare).compressed}]"
+        except ValueError:
+            raise ValueError(f"allowed host {host!r}: give a host name or an address, without a port") from None
+    wildcard_ok = text == "*" or (text.startswith("*.") and "*" not in text[1:])
+    if not text or ("*" in text and not wildcard_ok) or "/" in text:
+        raise ValueError(f"allowed host {host!r}: a host name, an address, '*' or '*.example.com'")
+    return text
+
+
+def default_allowed_hosts(bind: str) -> list[str]:
+    """The ``Host`` headers to accept when listening on ``bind``: that name or address, plus the
+    loopback names when it is a loopback one. A wildcard (``0.0.0.0``, ``::``) gives the loopback
+    names only: the names remote clients use cannot be known here (list them in ``allowed_hosts``),
+    and ``0.0.0.0`` itself is no name a legitimate client sends."""
+    try:
+        address = ipaddress.ip_address(bind.strip("[]"))
+    except ValueError:
+        address = None
+    if bind.strip() == "" or (address is not None and address.is_unspecified):
+        return list(LOOPBACK_HOSTS)
+    if bind.strip().lower() == "localhost" or (address is not None and address.is_loopback):
+        return list(dict.fromkeys([host_pattern(bind), *LOOPBACK_HOSTS]))
+    return [host_pattern(bind)]
 
 
 @dataclass
@@ -69,10 +109,15 @@ class ServeSettings:
       that endpoint answers 501).
     - ``max_upload_mb``: largest file accepted, per image (413 beyond).
     - ``max_pixels``: largest width × height accepted, checked on the header before decoding (413).
-    - ``max_batch``: most files in one batch request (400 beyond).
-    - ``workers``: inference threads; ``max_queue``: requests allowed to wait for one (503 beyond).
+    - ``max_matting_pixels``: the same with ``alpha_matting``, much lower: matting costs minutes and
+      gigabytes per megapixel (413 beyond; the image is not downscaled).
+    - ``max_output_mb``: largest PNG produced, per image (413 beyond, nothing sent or written).
+    - ``max_batch``: most files in one batch request (400 beyond; 413 beyond ``workers + max_queue``).
+    - ``workers``: inference threads; ``max_queue``: images allowed to wait for one (503 beyond).
     - ``request_timeout_s``: longest a request may wait for and run its inference (504 beyond).
     - ``cors_origins``: origins allowed to call the API from a browser (``["*"]`` for any).
+    - ``allowed_hosts``: ``Host`` headers answered (others: 400), against DNS rebinding; default the
+      loopback names (:func:`default_allowed_hosts` gives those for a bind address); ``["*"]`` for any.
     - ``device``: PyTorch device when :func:`create_app` loads the model from a path.
     - ``warmup``: run one tiny image through the model at start-up (first request not slower).
     """
@@ -80,35 +125,42 @@ class ServeSettings:
     storage_root: str | os.PathLike | None = None
     max_upload_mb: float = 20.0
     max_pixels: int = 40_000_000
+    max_matting_pixels: int = 250_000
+    max_output_mb: float = 64.0
     max_batch: int = 10
     workers: int = 2
     max_queue: int = 64
     request_timeout_s: float = 60.0
     cors_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_HOSTS))
     device: str = "auto"
     warmup: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_mb", "max_pixels", "max_batch", "workers", "request_timeout_s"):
+        positive = ("max_upload_mb", "max_pixels", "max_matting_pixels", "max_output_mb", "max_batch", "workers")
+        for name in (*positive, "request_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
+        if isinstance(self.allowed_hosts, str):
+            raise ValueError("allowed_hosts is a list of host names")
+        self.allowed_hosts = list(dict.fromkeys(host_pattern(host) for host in self.allowed_hosts))
+        if not self.allowed_hosts:
+            raise ValueError("allowed_hosts is empty: no request could be answered")
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MB)
 
+    @property
+    def max_output_bytes(self) -> int:
+        return int(self.max_output_mb * MB)
 
-class ApiError(Exception):
-    """An error answered as JSON ``{"error": message, "detail": detail}`` with ``status``."""
-
-    def __init__(self, status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.detail = detail
-        self.headers = headers
+    @property
+    def capacity(self) -> int:
+        """Images admitted at once: running plus waiting."""
+        return self.workers + self.max_queue
 
 
 class ErrorBody(BaseModel):
@@ -135,8 +187,8 @@ def _error_response(status: int, message: str, detail: Any = None, headers: dict
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
-        400: "bad request: corrupt image, invalid option, unsafe path, too many files",
-        413: "file too large, or too many pixels",
+        400: "bad request: corrupt image, invalid option, unsafe path, too many files, Host not allowed",
+        413: "file too large, too many pixels (lower with alpha_matting), output too large, batch over capacity",
         415: "not an image (or an unsupported format)",
         422: "invalid parameters",
         503: "too many requests waiting",
@@ -151,9 +203,10 @@ def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     if not data:
         raise ApiError(400, f"{name}: the file is empty", {"filename": name})
     try:
-        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        # Only our decoders ever see an upload (no EPS/PDF/... plugins reachable from the network).
+        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ApiError(413, f"{name}: too many pixels ({_one_line(exc)})", {"filename": name}) from None
+        raise ApiError(413, f"{name}: too many pixels ({one_line(exc)})", {"filename": name}) from None
     except UnidentifiedImageError:
         if data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
             raise ApiError(400, f"{name}: corrupt image (unreadable header)", {"filename": name}) from None
@@ -163,7 +216,7 @@ def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
             {"filename": name},
         ) from None
     except Exception as exc:  # a damaged header
-        raise ApiError(400, f"{name}: corrupt image ({_one_line(exc)})", {"filename": name}) from None
+        raise ApiError(400, f"{name}: corrupt image ({one_line(exc)})", {"filename": name}) from None
     width, height = img.size
     if width * height > max_pixels:
         raise ApiError(
@@ -176,20 +229,29 @@ def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     return img
 
 
+def open_upload(data: bytes, name: str, options: RemovalOptions, settings: ServeSettings) -> Image.Image:
+    """:func:`open_image`, with the much lower pixel limit of alpha matting when it is asked for."""
+    img = open_image(data, name, settings.max_pixels)
+    width, height = img.size
+    limit = settings.max_matting_pixels
+    if options.alpha_matting and width * height > limit:
+        raise ApiError(
+            413,
+            f"{name}: too many pixels for alpha_matting: {width}×{height} = {width * height:,}; the limit with "
+            f"alpha_matting is {limit:,} (send a smaller image, or leave alpha_matting off)",
+            {"filename": name, "width": width, "height": height, "max_matting_pixels": limit},
+        )
+    return img
+
+
 def decode_image(img: Image.Image, name: str) -> Image.Image:
     try:
         img.load()
     except Image.DecompressionBombError as exc:
-        raise ApiError(413, f"{name}: too many pixels ({_one_line(exc)})", {"filename": name}) from None
+        raise ApiError(413, f"{name}: too many pixels ({one_line(exc)})", {"filename": name}) from None
     except Exception as exc:  # truncated or damaged data
-        raise ApiError(400, f"{name}: corrupt or truncated image ({_one_line(exc)})", {"filename": name}) from None
+        raise ApiError(400, f"{name}: corrupt or truncated image ({one_line(exc)})", {"filename": name}) from None
     return img
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
 
 
 def safe_stem(filename: str | None, fallback: str = "image") -> str:
@@ -199,36 +261,29 @@ def safe_stem(filename: str | None, fallback: str = "image") -> str:
     return stem[:100] or fallback
 
 
-# -- paths -------------------------------------------------------------------------------------
-def resolve_in_root(root: Path, relative: str, what: str, must_exist: bool) -> Path:
-    """``relative`` resolved under ``root`` (already resolved), symlinks followed; 400 for an absolute
-    path, a ``..`` component or anything leading outside the root, 404 for a missing ``must_exist``."""
-    shown = {"field": what, "path": relative}
-    if "\x00" in relative:
-        raise ApiError(400, f"{what}: invalid path", shown)
-    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or relative.startswith("\\"):
-        raise ApiError(400, f"{what}: absolute paths are not allowed; give a path relative to the storage root", shown)
-    if PureWindowsPath(relative).drive:
-        raise ApiError(400, f"{what}: drive paths are not allowed; give a path relative to the storage root", shown)
-    parts = PurePosixPath(relative.replace("\\", "/")).parts
-    if ".." in parts:
-        raise ApiError(400, f"{what}: '..' is not allowed in paths", shown)
-    try:
-        resolved = root.joinpath(*parts).resolve(strict=must_exist)
-    except FileNotFoundError:
-        raise ApiError(404, f"{what}: no such file under the storage root", shown) from None
-    except RuntimeError:  # Python < 3.13: a symlink loop
-        raise ApiError(400, f"{what}: cannot resolve the path (symlink loop)", shown) from None
-    except OSError as exc:  # loops (3.13+), permissions; the message names no server path
-        raise ApiError(400, f"{what}: cannot resolve the path ({exc.strerror or type(exc).__name__})", shown) from None
-    if not resolved.is_relative_to(root):
-        raise ApiError(400, f"{what}: the path leads outside the storage root", shown)
-    return resolved
-
-
 # -- the service -------------------------------------------------------------------------------
+class Admission:
+    """The pool slots one request holds: one from its admission, before its body is read, more
+    once a batch's size is known; each passes to an inference job when it is queued (freed when the
+    job ends, even after a timeout), and what is left is freed when the request ends."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.held = 0
+
+    def need(self, count: int) -> None:
+        """Hold at least ``count`` slots (503 if the pool has too few free)."""
+        if count > self.held:
+            self.service.reserve(count - self.held)
+            self.held = count
+
+    def close(self) -> None:
+        self.service.release(self.held)
+        self.held = 0
+
+
 class Service:
-    """The shared model, its thread pool and what the endpoints report."""
+    """The shared model, its thread pool, the matting processes and what the endpoints report."""
 
     def __init__(self, remover: BackgroundRemover, settings: ServeSettings, model_file: Path | None) -> None:
         self.remover = remover
@@ -236,21 +291,30 @@ class Service:
         self.root = Path(settings.storage_root).expanduser().resolve() if settings.storage_root is not None else None
         if self.root is not None and not self.root.is_dir():
             raise ValueError(f"storage root {settings.storage_root}: not a folder")
+        if self.root is not None and not storage.supported():
+            raise ValueError("a storage root needs a platform that opens files without following links (POSIX)")
         self.model_file = model_file
         self.sha256 = _sha256(model_file) if model_file is not None else None
         self.started = time.monotonic()
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="u2net-serve")
+        self.matting = Matting()
         self._pending = 0
         self._lock = threading.Lock()
 
     # -- pool --------------------------------------------------------------------------------
     @property
     def pending(self) -> int:
+        """Pool slots taken: admitted requests and their images, waiting or running."""
         return self._pending
 
-    def _submit(self, count: int, fn, args_list) -> list[concurrent.futures.Future]:
+    def admit(self) -> Admission:
+        admission = Admission(self)
+        admission.need(1)
+        return admission
+
+    def reserve(self, count: int) -> None:
         with self._lock:
-            capacity = self.settings.workers + self.settings.max_queue
+            capacity = self.settings.capacity
             if self._pending + count > capacity:
                 raise ApiError(
                     503,
@@ -259,32 +323,37 @@ class Service:
                     headers={"Retry-After": "1"},
                 )
             self._pending += count
-        futures = []
+
+    def release(self, count: int) -> None:
+        with self._lock:
+            self._pending -= count
+
+    def _submit(self, fn, args_list, admission: Admission) -> list[concurrent.futures.Future]:
+        admission.need(len(args_list))
+        futures: list[concurrent.futures.Future] = []
         try:
             for args in args_list:
                 future = self.pool.submit(fn, *args)
+                admission.held -= 1  # the job's now: freed when it is done
                 future.add_done_callback(self._finished)
                 futures.append(future)
-        except RuntimeError:  # the pool is shut down: the server is stopping
-            with self._lock:
-                self._pending -= count - len(futures)
+        except RuntimeError:  # the pool is shut down
             for future in futures:
                 future.cancel()
             raise ApiError(503, "the server is shutting down", headers={"Retry-After": "1"}) from None
         return futures
 
     def _finished(self, _future) -> None:
-        with self._lock:
-            self._pending -= 1
+        self.release(1)
 
-    async def run(self, fn, *args):
-        """``fn(*args)`` in the pool, within the request timeout (504 beyond)."""
-        (future,) = self._submit(1, fn, [args])
+    async def run(self, admission: Admission, fn, *args):
+        """``fn(*args)`` in the pool on a slot of ``admission``, within the request timeout (504 beyond)."""
+        (future,) = self._submit(fn, [args], admission)
         return await self._wait([future], single=True)
 
-    async def run_many(self, fn, args_list) -> list:
+    async def run_many(self, admission: Admission, fn, args_list) -> list:
         """``fn(*args)`` for each, in the pool, all within one request timeout; exceptions returned."""
-        futures = self._submit(len(args_list), fn, args_list)
+        futures = self._submit(fn, args_list, admission)
         return await self._wait(futures, single=False)
 
     async def _wait(self, futures, single: bool):
@@ -296,7 +365,8 @@ class Service:
                 asyncio.gather(*wrapped, return_exceptions=True), self.settings.request_timeout_s
             )
         except asyncio.TimeoutError:
-            for future in futures:  # queued work is dropped; running work finishes and is discarded
+            # Queued work is dropped; running work ends at its deadline (matting) or finishes, discarded.
+            for future in futures:
                 future.cancel()
             raise ApiError(
                 504,
@@ -304,31 +374,42 @@ class Service:
                 {"timeout_s": self.settings.request_timeout_s},
             ) from None
 
-    # -- work (in the pool) ------------------------------------------------------------------
-    def cutout(self, img: Image.Image, name: str, options: RemovalOptions) -> tuple[bytes, tuple[int, int]]:
-        result = self.remover.remove(decode_image(img, name), options)
-        return png_bytes(result), result.size
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.matting.close()
 
-    def cutout_file(self, source: Path, output: Path, name: str, options: RemovalOptions, deadline: float) -> dict:
-        """Read ``source``, write the cut-out to ``output`` atomically; nothing is written once the
-        request has timed out (``deadline``, monotonic), since its client was told 504."""
-        size = source.stat().st_size
-        if size > self.settings.max_upload_bytes:
-            raise ApiError(413, f"{name}: the file is too large: {_mb(size)}; the limit is {_mb_limit(self)}")
-        try:
-            data = source.read_bytes()
-        except OSError as exc:
-            raise ApiError(400, f"{name}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
-        result = self.remover.remove(decode_image(open_image(data, name, self.settings.max_pixels), name), options)
-        if time.monotonic() > deadline:
-            raise ApiError(504, f"the request timed out after {self.settings.request_timeout_s:g} s")
-        try:
-            with atomic_write(output) as f:  # a temporary file beside the output, renamed over it
-                result.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        except OSError as exc:
-            reason = exc.strerror or (str(exc.args[0]) if exc.args else type(exc).__name__)
-            raise ApiError(500, f"outputImagePath: cannot write the output ({reason})") from None
-        return {"width": result.size[0], "height": result.size[1], "bytes": output.stat().st_size}
+    # -- work (in the pool) ------------------------------------------------------------------
+    def deadline(self) -> float:
+        """When a request starting now times out (``time.monotonic``)."""
+        return time.monotonic() + self.settings.request_timeout_s
+
+    def remove(self, image: Image.Image, options: RemovalOptions, deadline: float) -> Image.Image:
+        if options.alpha_matting:
+            matte = lambda rgb, alpha: self.matting.matte(rgb, alpha, options, deadline)  # noqa: E731
+            return remove_with_matting(self.remover, image, options, matte)
+        return self.remover.remove(image, options)
+
+    def cutout(self, img: Image.Image, name: str, options: RemovalOptions, deadline: float) -> Png:
+        result = self.remove(decode_image(img, name), options, deadline)
+        return png_file(result, self.settings.max_output_bytes, name)
+
+    def cutout_file(
+        self, source: tuple[str, ...], output: tuple[str, ...], name: str, options: RemovalOptions, deadline: float
+    ) -> dict:
+        """Read ``source``, write the cut-out to ``output`` atomically, both under the root and opened
+        here, with no link followed; nothing is written once the request has timed out (``deadline``),
+        since its client was told 504."""
+        data, source_id = storage.read_file(self.root, source, "sourceImagePath", self.settings.max_upload_bytes)
+        img = open_image(data, name, self.settings.max_pixels)
+        with storage.OutputFile(self.root, output, "outputImagePath", source_id) as out:  # checked, held
+            result = self.remove(decode_image(img, name), options, deadline)
+            if time.monotonic() > deadline:
+                raise ApiError(504, f"the request timed out after {self.settings.request_timeout_s:g} s")
+            try:
+                nbytes = out.write(lambda f: save_png(result, f, self.settings.max_output_bytes, name))
+            except OSError as exc:
+                raise ApiError(500, f"outputImagePath: cannot write the output ({os_reason(exc)})") from None
+        return {"width": result.size[0], "height": result.size[1], "bytes": nbytes}
 
     def warm_up(self) -> None:
         started = time.perf_counter()
@@ -397,11 +478,8 @@ def form_options(
         bool, Form(description="min-max normalise the model's map first, as the original U2-Net and rembg do")
     ] = True,
 ) -> RemovalOptions:
-    if alpha_matting:
-        try:
-            import pymatting  # noqa: F401
-        except ImportError:
-            raise ApiError(400, "alpha matting is not available on this server (pymatting not installed)") from None
+    if alpha_matting and importlib.util.find_spec("pymatting") is None:  # found, not imported: that takes a second
+        raise ApiError(400, "alpha matting is not available on this server (pymatting not installed)")
     try:
         return RemovalOptions(
             mask_only=mask_only,
@@ -426,9 +504,9 @@ def create_app(
     remover_or_model_path: BackgroundRemover | str | os.PathLike = DEFAULT_MODEL, settings: ServeSettings | None = None
 ) -> FastAPI:
     """The FastAPI app serving one model: a :class:`BackgroundRemover` (or anything with its
-    ``remove``), or a checkpoint / ``.pth`` / ``.onnx`` path or pretrained tag, loaded here once
-    (default: :data:`~u2net.models.pretrained.DEFAULT_MODEL`, shipped with the package). The model
-    file's SHA-256 is computed here too."""
+    ``remove`` and ``mask``), or a checkpoint / ``.pth`` / ``.onnx`` path or pretrained tag, loaded
+    here once (default: :data:`~u2net.models.pretrained.DEFAULT_MODEL`, shipped with the package). The
+    model file's SHA-256 is computed here too."""
     settings = settings or ServeSettings()
     if isinstance(remover_or_model_path, (str, os.PathLike)):
         remover = BackgroundRemover.from_path(remover_or_model_path, device=settings.device)
@@ -444,7 +522,7 @@ def create_app(
         if settings.warmup:
             await asyncio.get_running_loop().run_in_executor(service.pool, service.warm_up)
         yield
-        service.pool.shutdown(wait=False, cancel_futures=True)
+        service.close()
 
     app = FastAPI(
         title="U²-Net background removal",
@@ -455,8 +533,17 @@ def create_app(
     )
     app.state.service = service
     app.state.settings = settings
+    _add_error_handlers(app)
+    _add_upload_route(app, service)
+    _add_batch_route(app, service)
+    _add_path_route(app, service)
+    _add_info_routes(app, service)
+    _add_middleware(app, service)
+    log.info("answering requests for the hosts %s", ", ".join(settings.allowed_hosts))
+    return app
 
-    # -- errors ------------------------------------------------------------------------------
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
         return _error_response(exc.status, exc.message, exc.detail, exc.headers)
@@ -476,17 +563,26 @@ def create_app(
         log.exception("unhandled error on %s", request.url.path)
         return _error_response(500, "internal server error", {"type": type(exc).__name__})
 
-    async def read_upload(upload: UploadFile) -> bytes:
-        name = upload.filename or "upload"
-        limit = settings.max_upload_bytes
-        if upload.size is not None and upload.size > limit:
-            raise _too_large(name, upload.size, service)
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
-            raise _too_large(name, len(data), service)
-        return data
 
-    # -- endpoints ---------------------------------------------------------------------------
+async def read_upload(upload: UploadFile, settings: ServeSettings) -> bytes:
+    name = upload.filename or "upload"
+    limit = settings.max_upload_bytes
+    if upload.size is not None and upload.size > limit:
+        raise _too_large(name, upload.size, settings)
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise _too_large(name, len(data), settings)
+    return data
+
+
+def _admission(request: Request) -> Admission:
+    """The slot :class:`AdmissionMiddleware` took for this request."""
+    return request.state.admission
+
+
+def _add_upload_route(app: FastAPI, service: Service) -> None:
+    settings = service.settings
+
     @app.post(
         "/remove-background",
         summary="Remove the background of one image",
@@ -494,24 +590,24 @@ def create_app(
         responses={200: {"content": {"image/png": {}}, "description": "the PNG cut-out (or mask)"}, **ERROR_RESPONSES},
     )
     async def remove_background(
+        request: Request,
         file: Annotated[UploadFile, File(description="the image (PNG, JPEG, WebP, BMP, TIFF, GIF)")],
         options: Options,
     ) -> Response:
         started = time.perf_counter()
         name = file.filename or "upload"
-        data = await read_upload(file)
-        img = open_image(data, name, settings.max_pixels)  # header only: cheap, before queueing
-        png, (width, height) = await service.run(service.cutout, img, name, options)
-        stem = safe_stem(name)
-        return Response(
-            png,
-            media_type="image/png",
-            headers={
-                "Content-Disposition": f'inline; filename="{stem}.png"',
-                "X-Image-Size": f"{width}x{height}",
-                "X-Processing-Ms": f"{1000 * (time.perf_counter() - started):.1f}",
-            },
-        )
+        img = open_upload(await read_upload(file, settings), name, options, settings)  # header only: cheap
+        png = await service.run(_admission(request), service.cutout, img, name, options, service.deadline())
+        headers = {
+            "Content-Disposition": f'inline; filename="{safe_stem(name)}.png"',
+            "X-Image-Size": f"{png.size[0]}x{png.size[1]}",
+            "X-Processing-Ms": f"{1000 * (time.perf_counter() - started):.1f}",
+        }
+        return stream(png.file, png.nbytes, "image/png", headers)
+
+
+def _add_batch_route(app: FastAPI, service: Service) -> None:
+    settings = service.settings
 
     @app.post(
         "/batch-remove-background",
@@ -527,88 +623,98 @@ def create_app(
         },
     )
     async def batch_remove_background(
+        request: Request,
         files: Annotated[list[UploadFile], File(description="the images")],
         options: Options,
     ) -> Response:
-        if len(files) > settings.max_batch:
-            raise ApiError(
-                400,
-                f"too many files: {len(files)}; at most {settings.max_batch} per request",
-                {"files": len(files), "max_batch": settings.max_batch},
-            )
+        admission = _admission(request)
+        _check_batch_size(len(files), settings)
+        admission.need(len(files))  # 503 now, before any upload is read into memory
         errors: list[dict] = []
         jobs: list[tuple[int, str, Image.Image]] = []
         for index, upload in enumerate(files):
             name = upload.filename or f"file{index + 1}"
             try:
-                jobs.append((index, name, open_image(await read_upload(upload), name, settings.max_pixels)))
+                jobs.append((index, name, open_upload(await read_upload(upload, settings), name, options, settings)))
             except ApiError as exc:
                 errors.append({"index": index, "filename": name, "status": exc.status, "error": exc.message})
-        results = await service.run_many(service.cutout, [(img, name, options) for _, name, img in jobs])
-        outputs: list[tuple[str, bytes]] = []
-        used: set[str] = set()
-        for (index, name, _), result in zip(jobs, results):
-            if isinstance(result, BaseException):
-                status, message = (
-                    (result.status, result.message) if isinstance(result, ApiError) else (500, _reason(result))
-                )
-                if not isinstance(result, ApiError):
-                    log.error("batch: %s failed: %s", name, message)
-                errors.append({"index": index, "filename": name, "status": status, "error": message})
-                continue
-            outputs.append((_unique(safe_stem(name, f"image{index + 1}"), used), result[0]))
-        errors.sort(key=lambda e: e["index"])
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
-            for arcname, png in outputs:
-                archive.writestr(arcname, png)
-            archive.writestr("errors.json", json.dumps(errors, indent=2, ensure_ascii=False))
-        return Response(
-            buffer.getvalue(),
-            media_type="application/zip",
-            headers={
-                "Content-Disposition": 'attachment; filename="cutouts.zip"',
-                "X-Files-Done": str(len(outputs)),
-                "X-Files-Failed": str(len(errors)),
-            },
+        deadline = service.deadline()
+        args = [(img, name, options, deadline) for _, name, img in jobs]
+        members = _batch_members(jobs, await service.run_many(admission, service.cutout, args), errors)
+        archive, nbytes = await asyncio.to_thread(zip_file, members, errors)  # off the event loop
+        headers = {
+            "Content-Disposition": 'attachment; filename="cutouts.zip"',
+            "X-Files-Done": str(len(members)),
+            "X-Files-Failed": str(len(errors)),
+        }
+        return stream(archive, nbytes, "application/zip", headers)
+
+
+def _check_batch_size(count: int, settings: ServeSettings) -> None:
+    if count > settings.max_batch:
+        raise ApiError(
+            400,
+            f"too many files: {count}; at most {settings.max_batch} per request",
+            {"files": count, "max_batch": settings.max_batch},
+        )
+    if count > settings.capacity:  # would wait for slots that never exist: 503 forever
+        raise ApiError(
+            413,
+            f"too many files: {count}; this server admits at most {settings.capacity} images at once "
+            f"(workers + max_queue), so send at most {settings.capacity} per request",
+            {"files": count, "capacity": settings.capacity},
         )
 
+
+def _batch_members(
+    jobs: list[tuple[int, str, Image.Image]], results: list, errors: list[dict]
+) -> list[tuple[str, Png]]:
+    """The zip's ``(name, png)`` for the jobs that worked; the failures are added to ``errors``
+    (sorted by file index)."""
+    members: list[tuple[str, Png]] = []
+    used: set[str] = set()
+    for (index, name, _), result in zip(jobs, results):
+        if isinstance(result, BaseException):
+            status, message = (result.status, result.message) if isinstance(result, ApiError) else (500, reason(result))
+            if not isinstance(result, ApiError):
+                log.error("batch: %s failed: %s", name, message)
+            errors.append({"index": index, "filename": name, "status": status, "error": message})
+            continue
+        members.append((_unique(safe_stem(name, f"image{index + 1}"), used), result))
+    errors.sort(key=lambda e: e["index"])
+    return members
+
+
+def _add_path_route(app: FastAPI, service: Service) -> None:
     @app.post(
         "/remove-background/path",
         summary="Remove the background of an image on the shared storage volume",
         responses={**ERROR_RESPONSES, 404: {"model": ErrorBody}, 501: {"model": ErrorBody}},
     )
-    async def remove_background_path(body: PathRequest) -> dict:
+    async def remove_background_path(request: Request, body: PathRequest) -> dict:
         if service.root is None:
             raise ApiError(501, "the path endpoint is disabled: start the server with a storage root (--storage-root)")
-        root = service.root
-        source = resolve_in_root(root, body.source_image_path, "sourceImagePath", must_exist=True)
-        output = resolve_in_root(root, body.output_image_path, "outputImagePath", must_exist=False)
-        if not source.is_file():
-            raise ApiError(400, "sourceImagePath: not a file", {"path": body.source_image_path})
-        if output.suffix.lower() != ".png":
+        # Checked here as text only: the files are opened in the worker, relative to the root's descriptor.
+        source = storage.split_path(body.source_image_path, "sourceImagePath")
+        output = storage.split_path(body.output_image_path, "outputImagePath")
+        if PurePosixPath(output[-1]).suffix.lower() != ".png":
             raise ApiError(
                 400, "outputImagePath: the output is a PNG file; name it '.png'", {"path": body.output_image_path}
             )
-        if output == source:
-            raise ApiError(400, "outputImagePath: the output would overwrite the source image")
-        if output.is_dir():
-            raise ApiError(400, "outputImagePath: is a folder", {"path": body.output_image_path})
-        existing = output.parent
-        while not existing.exists():  # missing folders are created, under the root
-            existing = existing.parent
-        if not existing.is_dir():
-            raise ApiError(400, "outputImagePath: a parent of the output is a file", {"path": body.output_image_path})
         started = time.perf_counter()
         options = RemovalOptions(threshold=body.threshold)
-        deadline = time.monotonic() + settings.request_timeout_s
-        written = await service.run(service.cutout_file, source, output, body.source_image_path, options, deadline)
+        args = (source, output, body.source_image_path, options, service.deadline())
+        written = await service.run(_admission(request), service.cutout_file, *args)
         return {
             "sourceImagePath": body.source_image_path,
-            "outputImagePath": output.relative_to(root).as_posix(),
+            "outputImagePath": "/".join(output),
             **written,
             "elapsed_ms": round(1000 * (time.perf_counter() - started), 1),
         }
+
+
+def _add_info_routes(app: FastAPI, service: Service) -> None:
+    settings = service.settings
 
     @app.get("/health", summary="Liveness and readiness")
     async def health() -> dict:
@@ -627,7 +733,9 @@ def create_app(
             "limits": {
                 "max_upload_mb": settings.max_upload_mb,
                 "max_pixels": settings.max_pixels,
-                "max_batch": settings.max_batch,
+                "max_matting_pixels": settings.max_matting_pixels,
+                "max_output_mb": settings.max_output_mb,
+                "max_batch": min(settings.max_batch, settings.capacity),
                 "request_timeout_s": settings.request_timeout_s,
             },
         }
@@ -638,8 +746,14 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+
+def _add_middleware(app: FastAPI, service: Service) -> None:
+    """From the inside out (each ``add_middleware`` wraps the ones before): the pool admission, the
+    body limit, CORS (so that even a 413 or 503 carries its headers), then the Host check outermost."""
+    settings = service.settings
+    app.add_middleware(AdmissionMiddleware, service=service)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
-    if settings.cors_origins:  # outermost, so that even a 413 from the body limit carries the headers
+    if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
@@ -647,7 +761,32 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["Content-Disposition", "X-Image-Size", "X-Processing-Ms", "X-Files-Done", "X-Files-Failed"],
         )
-    return app
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, www_redirect=False)
+
+
+class AdmissionMiddleware:
+    """503 for a work request while every pool slot is taken, before its body is read (an upload
+    is not even received); an admitted request holds one slot (``request.state.admission``) until
+    its jobs take it over or it ends."""
+
+    def __init__(self, app, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(WORK_PATHS):
+            await self.app(scope, receive, send)
+            return
+        try:
+            admission = self.service.admit()
+        except ApiError as exc:
+            await _error_response(exc.status, exc.message, exc.detail, exc.headers)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["admission"] = admission
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            admission.close()
 
 
 class BodyLimitMiddleware:
@@ -669,7 +808,7 @@ class BodyLimitMiddleware:
     def reject(self, limit: int) -> JSONResponse:
         return _error_response(
             413,
-            f"the request is too large: at most {_mb(limit)} for this endpoint "
+            f"the request is too large: at most {mb(limit)} for this endpoint "
             f"({self.settings.max_upload_mb:g} MB per image)",
             {"limit_bytes": limit, "max_upload_mb": self.settings.max_upload_mb},
         )
@@ -717,21 +856,12 @@ class BodyLimitMiddleware:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _too_large(name: str, size: int, service: Service) -> ApiError:
-    limit = service.settings.max_upload_bytes
+def _too_large(name: str, size: int, settings: ServeSettings) -> ApiError:
     return ApiError(
         413,
-        f"{name}: the file is too large: {_mb(size)}; the limit is {_mb_limit(service)}",
-        {"filename": name, "size_bytes": size, "limit_bytes": limit},
+        f"{name}: the file is too large: {mb(size)}; the limit is {settings.max_upload_mb:g} MB",
+        {"filename": name, "size_bytes": size, "limit_bytes": settings.max_upload_bytes},
     )
-
-
-def _mb(size: int) -> str:
-    return f"{size / MB:.2f} MB" if size < 10 * MB else f"{size / MB:.0f} MB"
-
-
-def _mb_limit(service: Service) -> str:
-    return f"{service.settings.max_upload_mb:g} MB"
 
 
 def _unique(stem: str, used: set[str]) -> str:
@@ -743,19 +873,18 @@ def _unique(stem: str, used: set[str]) -> str:
     return name
 
 
-def _reason(exc: BaseException) -> str:
-    message = _one_line(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def _version() -> str:
     from .. import __version__
 
     return __version__
 
 
-__all__ = ["ApiError", "BodyLimitMiddleware", "ServeSettings", "create_app", "open_image", "resolve_in_root"]
+__all__ = [
+    "AdmissionMiddleware",
+    "ApiError",
+    "BodyLimitMiddleware",
+    "ServeSettings",
+    "create_app",
+    "default_allowed_hosts",
+    "open_image",
+]
