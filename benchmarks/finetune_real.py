@@ -9,7 +9,8 @@ validate at fixed minute marks (``trainer.val_every_minutes``):
   vertical flips, fp32, BatchNorm in train mode and no restoration of the folded BatchNorm
   (``experiment=paper_u2netp model.weights=u2netp.duts trainer.restore_bn=false``).
 
-On two tasks: ``ecssd`` (``ecssd_dev``: a fixed 600 / 200 split by seed) and ``duts`` (``duts_tr2k`` →
+On two tasks: ``ecssd`` (``ecssd_dev``: a fixed 600 / 200 split by seed, with ``--replay`` 20 % of the
+draws from duts_tr2k against forgetting, as docs/finetuning.md advises) and ``duts`` (``duts_tr2k`` →
 ``duts_te_dev``; validation during training on its first 200 images). At the end each arm's best.pt and the
 start are scored by the evaluation code (``evaluate.py``'s: predictions at the images' own size) on the
 task's validation set and on the other task's (forgetting). Prints Markdown tables and writes
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -41,11 +43,35 @@ ARMS = {
 }
 
 
-def task_overrides(real: Path) -> dict[str, list[str]]:
-    """The data overrides of each task (``data=folder``)."""
-    ecssd, tr, te = real / "ecssd_dev", real / "duts_tr2k", real / "duts_te_dev"
+def ecssd_split(real: Path, seed: int, out: Path) -> Path:
+    """ecssd_dev's fixed 600 / 200 split (the held-out fraction 0.25 of ``seed``, as training would draw it)
+    as folders of links in ``out``: with a replayed source the validation set must be given apart."""
+    from u2net.data import SourceSpec, collect_pairs, split_pairs
+
+    pairs = collect_pairs([SourceSpec("ecssd_dev", str(real / "ecssd_dev"))], check="none", progress=False)
+    root = out / "ecssd_split"
+    for part, part_pairs in zip(("train", "val"), split_pairs(pairs, 0.25, seed)):
+        for kind, index in (("images", 0), ("masks", 1)):
+            folder = root / part / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            for pair in part_pairs:
+                link = folder / pair[index].name
+                if not link.is_symlink():
+                    link.symlink_to(pair[index].resolve())
+    return root
+
+
+def task_overrides(real: Path, split: Path, replay: float) -> dict[str, list[str]]:
+    """The data overrides of each task (``data=folder``); ``replay``: the share of duts_tr2k draws in ecssd's."""
+    tr, te = real / "duts_tr2k", real / "duts_te_dev"
+    ecssd = [f"data.{key}={split / part / kind}" for key, part, kind in (
+        ("images", "train", "images"), ("masks", "train", "masks"),
+        ("val_images", "val", "images"), ("val_masks", "val", "masks"),
+    )]  # fmt: skip
+    if replay > 0:
+        ecssd += [f"data.weight={1 - replay:g}", f"data.train=[{{name: duts_tr2k, root: '{tr}', weight: {replay:g}}}]"]
     return {
-        "ecssd": [f"data.images={ecssd / 'images'}", f"data.masks={ecssd / 'masks'}", "data.val_fraction=0.25"],
+        "ecssd": ecssd,
         "duts": [
             f"data.images={tr / 'images'}",
             f"data.masks={tr / 'masks'}",
@@ -74,7 +100,7 @@ def train(arm: str, task: str, minutes: float, args: argparse.Namespace, real: P
         str(REPO / "train.py"),
         *ARMS[arm],
         "data=folder",
-        *task_overrides(real)[task],
+        *task_overrides(real, ecssd_split(real, args.seed, args.out), args.replay)[task],
         f"seed={args.seed}",
         f"trainer.max_minutes={minutes}",
         f"trainer.val_every_minutes={args.marks}",
@@ -87,7 +113,8 @@ def train(arm: str, task: str, minutes: float, args: argparse.Namespace, real: P
     ]
     print(f"\n== {task} / {arm}: {minutes:g} training minutes -> {run_dir}", flush=True)
     started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO)
+    # Unbuffered, so that each validation line shows as it happens even when the output goes to a file.
+    subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     print(f"   ({(time.perf_counter() - started) / 60:.1f} wall minutes with validation)", flush=True)
     return run_dir
 
@@ -162,6 +189,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duts-minutes", type=float, default=None, help="cap on the duts task (default --minutes)")
     parser.add_argument("--marks", type=float, default=5.0, help="validate every this many training minutes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--replay", type=float, default=0.2, help="share of duts_tr2k draws in the ecssd task (0: ecssd alone)"
+    )
     parser.add_argument("--no-scores", action="store_true", help="skip the full-resolution scoring at the end")
     parser.add_argument("--report-only", action="store_true", help="report on the runs already in --out")
     default_out = REPO / "runs" / "benchmarks" / time.strftime("finetune_%Y%m%d-%H%M%S")

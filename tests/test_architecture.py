@@ -15,6 +15,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 
 # Layer of each top-level module or subpackage of u2net: a module imports only from layers <= its own.
 LAYERS = {
+    "errors": 0,  # one-line error messages; imports nothing of ours
     "fileio": 0,  # atomic file writes; imports nothing of ours
     "data": 0,
     "metrics": 0,  # scoring; imports nothing of ours
@@ -22,6 +23,7 @@ LAYERS = {
     "losses": 1,
     "engine": 2,  # training
     "inference": 2,  # prediction, background removal, ONNX Runtime sessions, timing
+    "tasks": 2,  # the entry scripts' shared error handling (task_wrapper); reads engine's and models' errors
     "evaluation": 3,
     "export": 3,
     "serve": 4,

@@ -96,12 +96,13 @@ def test_only_u2netp_duts_is_bundled() -> None:
 
 # -- resolution without the network ------------------------------------------------------------
 def test_tag_resolves_to_the_bundled_file_offline(offline, fresh_checks) -> None:
-    from u2net.models.weights import _resolve, read_checkpoint
+    from u2net.models.checkpoint import resolve_weights
+    from u2net.models.weights import read_checkpoint
 
     bundled = pretrained.BUNDLED_DIR / "u2netp.onnx"
     assert download_weights("u2netp.duts") == bundled
     assert download_weights("u2netp.duts", directory=offline / "elsewhere") == bundled  # nothing to download
-    assert _resolve("u2netp.duts") == bundled
+    assert resolve_weights("u2netp.duts") == bundled
     checkpoint = read_checkpoint("u2netp.duts")
     assert checkpoint["model_name"] == "u2netp"
     assert not offline.exists()  # nothing written to the cache
@@ -183,6 +184,39 @@ def test_remove_and_serve_default_to_the_bundled_tag() -> None:
         assert f"default: {DEFAULT_MODEL}, shipped with the package" in " ".join(
             sub.choices[name].format_help().split()
         )
+
+
+def test_backend_onnxruntime_runs_the_bundled_tag_and_refuses_what_is_not_onnx(tmp_path, offline, capsys) -> None:
+    from u2net.cli import main
+    from u2net.inference import Predictor
+
+    assert Predictor.from_path(DEFAULT_MODEL, "cpu", backend="onnxruntime").info.backend == "onnxruntime"
+    assert Predictor.from_path(DEFAULT_MODEL, "cpu").info.backend == "pytorch"  # the tag's weights, imported
+    bundled = str(bundled_weights_path(DEFAULT_MODEL))
+    assert Predictor.from_path(bundled, "cpu").info.backend == "onnxruntime"
+    assert Predictor.from_path(bundled, "cpu", backend="pytorch").info.backend == "pytorch"  # the file, imported
+    photo = _photo(tmp_path / "photo.png")
+    assert main(["remove", str(photo), str(tmp_path / "out.png"), "-q", "--backend", "onnxruntime"]) == 0
+    other = str(tmp_path / "x.png")
+    assert main(["remove", str(photo), other, "--model", "u2net.duts", "--backend", "onnxruntime"]) == 2
+    assert "ONNX Runtime needs an .onnx file and its weights are not" in capsys.readouterr().err
+    assert not offline.exists()
+    assert main(["remove", str(photo), other, "-q", "--model", bundled, "--backend", "pytorch"]) == 0
+
+
+def test_option_defaults_are_the_dataclasses_defaults() -> None:
+    from u2net.cli import build_parser
+    from u2net.inference.remover import RemovalOptions
+    from u2net.serve.settings import ServeSettings
+
+    parser = build_parser()
+    remove, serve = parser.parse_args(["remove", "in.png", "out.png"]), parser.parse_args(["serve"])
+    options, settings = RemovalOptions(), ServeSettings()
+    for name in ("padding", "crop_threshold", "threshold", "fg_threshold", "bg_threshold", "erode_size", "stretch"):
+        assert getattr(remove, name) == getattr(options, name), name
+    for name in ("workers", "max_queue", "max_upload_mb", "max_pixels", "max_matting_pixels", "max_batch"):
+        assert getattr(serve, name) == getattr(settings, name), name
+    assert serve.request_timeout_s == settings.request_timeout_s and serve.max_output_mb == settings.max_output_mb
 
 
 def test_serve_without_model_serves_the_bundled_file_offline(offline, monkeypatch) -> None:

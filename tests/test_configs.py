@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -10,7 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from u2net.data import SaliencyDataModule
-from u2net.engine import TrainerConfig
+from u2net.engine import LRSchedule, TrainerConfig
+from u2net.engine.logger import LoggerConfig
 from u2net.losses import DeepSupervisionLoss
 
 from .conftest import REPO
@@ -82,3 +85,42 @@ def test_overrides_from_the_issue_compose() -> None:
     assert finetune.model.weights == "u2net.human_seg" and finetune.data.train[0].name == "human-seg"
     custom = instantiate(_compose("model=u2net_custom").model, _convert_="all")
     assert custom.stage1.rebnconv1.conv_s1.out_channels == 32
+
+
+def test_trainer_config_defaults_are_the_dataclass_defaults() -> None:
+    # configs/trainer/default.yaml lists every field (so that each can be overridden) with TrainerConfig's
+    # defaults; the interpolations are the run's folder and seed. TensorBoard settings come from logger=.
+    cfg = _compose()
+    built = asdict(instantiate(cfg.trainer))
+    interpolated = {"out_dir": "/tmp/u2net-config-test", "seed": cfg.seed}
+    assert built == {**asdict(TrainerConfig()), **interpolated}
+    assert set(cfg.trainer) - {"_target_"} == set(asdict(TrainerConfig())) - {"tensorboard", "image_log_count"}
+
+
+@pytest.mark.parametrize("logger,tensorboard,images", [("tensorboard", True, 4), ("none", False, 0)])
+def test_logger_configs_build_what_the_trainer_takes(logger: str, tensorboard: bool, images: int) -> None:
+    cfg = _compose(f"logger={logger}")
+    built = instantiate(cfg.logger)
+    assert built == LoggerConfig(tensorboard, images)
+    config = instantiate(cfg.trainer, **built.trainer_options())  # as train.py builds it
+    assert (config.tensorboard, config.image_log_count) == (tensorboard, images)
+
+
+def test_paper_u2netp_is_paper_u2net_with_the_lite_model() -> None:
+    lite, full = _compose("experiment=paper_u2netp"), _compose("experiment=paper_u2net", "model=u2netp")
+    del lite.hydra, full.hydra  # Hydra's record of the command lines, which differ
+    assert OmegaConf.to_container(lite) == OmegaConf.to_container(full)
+
+
+@pytest.mark.parametrize("name,warmup", [("constant", 0), ("cosine", 20), ("poly", 0)])
+def test_schedules_share_their_defaults(name: str, warmup: int) -> None:
+    schedule = instantiate(_compose(f"sched={name}").sched)
+    assert isinstance(schedule, LRSchedule) and (schedule.name, schedule.warmup_steps) == (name, warmup)
+
+
+def test_entry_configs_share_the_hydra_block() -> None:
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        runs = {name: compose(name, return_hydra_config=True).hydra for name in ("train", "evaluate", "export")}
+    assert all(not h.job.chdir for h in runs.values())
+    assert runs["train"].run.dir.startswith("runs/") and runs["evaluate"].run.dir.startswith("runs/eval/")
+    assert runs["export"].run.dir == "." and runs["export"].output_subdir is None

@@ -21,7 +21,7 @@ from u2net.data import (
     train_transform,
 )
 from u2net.data.io import to_rgb
-from u2net.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
+from u2net.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _image(path, size=(40, 30), mode="RGB", value=None) -> None:

@@ -16,7 +16,7 @@ from PIL import Image
 
 import u2net
 from evaluate import dataset_pairs
-from u2net.evaluation import RESULT_KEYS, pair_predictions, score_folders, score_model
+from u2net.evaluation import REPORT_KEYS, pair_predictions, score_folders, score_model
 from u2net.export import ExportWrapper
 from u2net.inference import Predictor, TorchBackend
 from u2net.metrics import SaliencyMetrics
@@ -111,7 +111,7 @@ def test_folder_mode_cli_writes_every_report(tmp_path) -> None:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     assert list(results) == ["pred_dir"]
-    assert list(results["pred_dir"]) == list(RESULT_KEYS)
+    assert list(results["pred_dir"]) == list(REPORT_KEYS)
     assert results["pred_dir"]["n_images"] == 4
     assert all(isinstance(v, float) for k, v in results["pred_dir"].items() if k != "n_images")
     assert "pred_dir: 4 image(s) scored" in done.stdout and "maxFβ" in done.stdout
@@ -142,7 +142,7 @@ def test_model_mode_on_synthetic_with_saved_predictions(tmp_path) -> None:
     out = tmp_path / "eval"
     results = json.loads((out / "results.json").read_text())
     assert list(results) == ["synthetic"] and results["synthetic"]["n_images"] == 6
-    assert list(results["synthetic"]) == list(RESULT_KEYS)
+    assert list(results["synthetic"]) == list(REPORT_KEYS)
     for name in (*REPORT_FILES, "gallery.png"):
         assert (out / name).is_file(), name
     saved = sorted((out / "predictions" / "synthetic").glob("*.png"))

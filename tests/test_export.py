@@ -17,6 +17,7 @@ import torch
 
 import u2net
 from u2net.data import eval_transform, normalize_image, read_image, read_mask
+from u2net.data.transforms import Preprocessing
 from u2net.export import (
     FP16_ATOL,
     ExportWrapper,
@@ -138,7 +139,8 @@ def test_layout_metadata_and_predictor(model, folded) -> None:
     # the Predictor reads the preprocessing from the metadata and matches PyTorch with that preprocessing
     predictor = Predictor.from_path(folded)
     assert predictor.info.name == "u2netp" and predictor.input_size == SIZE
-    assert {k: predictor.preprocessing[k] for k in PREPROCESSING} == PREPROCESSING
+    assert predictor.preprocessing == Preprocessing.from_dict({**PREPROCESSING, "image_size": SIZE})
+    assert {k: predictor.preprocessing.to_dict()[k] for k in PREPROCESSING} == PREPROCESSING
     reference = Predictor(TorchBackend(model, "cpu"), {**PREPROCESSING, "image_size": SIZE})
     image = synthetic_image((50, 70), seed=3)
     np.testing.assert_allclose(predictor.predict(image), reference.predict(image), atol=1e-5)
@@ -359,7 +361,7 @@ def test_cli_exports_int8_with_report_and_refuses_to_overwrite(model, tmp_path) 
 
 
 def test_export_notes_a_size_other_than_the_validation_size() -> None:
-    from export_onnx import input_size_note
+    from u2net.export import input_size_note
 
     assert input_size_note("best.pt", 320, 320) is None
     note = input_size_note("best.pt", 128, 320)

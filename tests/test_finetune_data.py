@@ -82,11 +82,11 @@ def test_folder_with_validation_folders_holds_nothing_out(tmp_path) -> None:
 
 def test_folder_needs_its_folders(tmp_path) -> None:
     from evaluate import dataset_pairs
-    from train import _user_error
+    from u2net.tasks import user_error
 
     with pytest.raises(MissingMandatoryValue) as info:
         instantiate(_compose("data=folder").data, _convert_="all")
-    assert str(_user_error(info.value)) == "data.images is required: add data.images=... to the command line"
+    assert str(user_error(info.value)) == "data.images is required: add data.images=... to the command line"
     data = _folder_data(str(tmp_path / "nowhere"), str(tmp_path / "masks"))
     with pytest.raises(DatasetCheckError) as missing:
         data.setup()

@@ -419,7 +419,7 @@ def test_cli_usage_errors(tmp_path, checkpoint, capsys, monkeypatch) -> None:
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "cannot load the model" in err and len(err.strip().splitlines()) == 1
     assert main(["remove", photo, out, "--model", str(checkpoint), "--backend", "onnxruntime"]) == 2
-    assert "needs an .onnx model" in capsys.readouterr().err
+    assert "ONNX Runtime needs an .onnx file" in capsys.readouterr().err
     (tmp_path / "bg.jpg").write_text("not a jpeg")
     assert main(["remove", photo, out, "--model", str(checkpoint), "--bg-image", str(tmp_path / "bg.jpg")]) == 2
     err = capsys.readouterr().err

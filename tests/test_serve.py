@@ -493,7 +493,7 @@ def test_output_size_limit_413(storage):
 def test_batch_zip_is_built_off_the_event_loop_and_streamed(monkeypatch):
     import tempfile
 
-    import u2net.serve.app as app_module
+    import u2net.serve.routes as app_module
 
     built = {}
     zip_file = app_module.zip_file

@@ -22,7 +22,7 @@ from u2net.losses import DeepSupervisionLoss
 from .conftest import REPO
 
 CHECKPOINT_KEYS = {"model", "model_name", "model_args", "config", "step", "epoch", "metrics", "optimizer"}
-CHECKPOINT_KEYS |= {"scaler", "rng", "preprocessing"}
+CHECKPOINT_KEYS |= {"scaler", "rng", "preprocessing", "format_version"}
 
 
 def _data(root, **overrides) -> SaliencyDataModule:
@@ -247,6 +247,18 @@ def test_precision_and_schedules() -> None:
         LRSchedule("step")
 
 
+def test_the_schedule_decays_over_the_time_budget(tiny_synthetic, tmp_path) -> None:
+    # trainer.max_minutes=1 with 30 s spent at step 3 of 1000: the cosine is half-way by time, not at 0.3 %
+    trainer = _trainer(tiny_synthetic, tmp_path, max_steps=1000, lr=1e-3, max_minutes=1.0)
+    trainer.schedule = LRSchedule("cosine")
+    trainer.step, trainer.train_seconds = 3, 30.0
+    trainer._apply_schedule()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5)
+    trainer.cfg.max_minutes = 0  # no budget: by steps
+    trainer._apply_schedule()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * LRSchedule("cosine").factor(3, 1000))
+
+
 def _train_cli(tmp_path, *overrides: str) -> list[str]:
     return [
         sys.executable,
@@ -302,8 +314,8 @@ def test_train_script_ctrl_c_then_resume(tmp_path) -> None:
 def test_offline_weights_and_missing_cuda_are_user_errors(tmp_path, monkeypatch) -> None:
     from hydra.errors import InstantiationException
 
-    from train import _user_error
     from u2net.models import WeightsDownloadError, create_model
+    from u2net.tasks import user_error
 
     monkeypatch.setenv("U2NET_HOME", str(tmp_path))  # an empty cache
     monkeypatch.setattr("u2net.models.pretrained.download_file", lambda url, *a, **k: _raise(OSError("no network")))
@@ -311,7 +323,7 @@ def test_offline_weights_and_missing_cuda_are_user_errors(tmp_path, monkeypatch)
         create_model("u2net", weights="u2net.duts")  # not bundled (u2netp.duts is)
     wrapped = InstantiationException("Error in call to target 'u2net.models.factory.create_model'")
     wrapped.__cause__ = info.value  # how Hydra hands it to train.py
-    assert _user_error(wrapped) is info.value  # train.py prints it as one line
+    assert user_error(wrapped) is info.value  # train.py prints it as one line
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available; use the CPU .*trainer.device=cpu"):
             pick_device("cuda")

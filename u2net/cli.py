@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import one_line
+from .inference.predictor import BACKENDS
 from .models.pretrained import DEFAULT_MODEL
 
 
@@ -111,9 +113,11 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--backend",
-        choices=("auto", "pytorch", "onnxruntime"),
+        choices=BACKENDS,
         default="auto",
-        help="auto: ONNX Runtime for .onnx files (CUDA provider when available), PyTorch otherwise",
+        help="auto: ONNX Runtime for .onnx files (CUDA provider when available), PyTorch otherwise; onnxruntime: "
+        "also for a tag whose weights here are ONNX (the bundled u2netp.duts); pytorch: always PyTorch (an .onnx "
+        "file is imported)",
     )
     model.add_argument("--device", default="auto", help="PyTorch device: auto (CUDA, MPS, CPU), cpu, cuda, cuda:1 ...")
 
@@ -124,18 +128,31 @@ def _add_remove_arguments(parser: argparse.ArgumentParser) -> None:
         "output", help="the output .png (or a folder) for an image; a folder mirroring the input tree for a folder"
     )
     _add_model_arguments(parser)
+    _add_output_arguments(parser)
+    _add_mask_arguments(parser)
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    from .inference.remover import RemovalOptions
+
+    defaults = RemovalOptions()  # the library's defaults, not copies of them
     output = parser.add_argument_group("output")
     output.add_argument("--mask-only", action="store_true", help="write the alpha mask (grayscale) only")
     output.add_argument("--crop", action="store_true", help="crop to the subject's bounding box")
     output.add_argument(
-        "--padding", type=_non_negative, default=10, metavar="N", help="padding around the crop, px (default 10)"
+        "--padding",
+        type=_non_negative,
+        default=defaults.padding,
+        metavar="N",
+        help=f"padding around the crop, px (default {defaults.padding})",
     )
     output.add_argument(
         "--crop-threshold",
         type=_int_in(1, 255),
-        default=32,
+        default=defaults.crop_threshold,
         metavar="A",
-        help="pixels with alpha >= A count as the subject when cropping (default 32)",
+        help=f"pixels with alpha >= A count as the subject when cropping (default {defaults.crop_threshold})",
     )
     background = output.add_mutually_exclusive_group()
     background.add_argument(
@@ -148,20 +165,44 @@ def _add_remove_arguments(parser: argparse.ArgumentParser) -> None:
         "--bg-image", type=Path, metavar="PATH", help="put an image behind the subject (scaled to cover)"
     )
     output.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+
+
+def _add_mask_arguments(parser: argparse.ArgumentParser) -> None:
+    from .inference.remover import RemovalOptions
+
+    defaults = RemovalOptions()
     mask = parser.add_argument_group("mask")
-    mask.add_argument("--threshold", type=_probability, metavar="T", help="binarise the mask at this probability (0-1)")
+    mask.add_argument(
+        "--threshold",
+        type=_probability,
+        default=defaults.threshold,
+        metavar="T",
+        help="binarise the mask at this probability (0-1)",
+    )
     mask.add_argument(
         "--post-process", action="store_true", help="morphological clean-up: opening/closing, drop small islands"
     )
     mask.add_argument("--alpha-matting", action="store_true", help="refine edges with alpha matting (pymatting)")
     mask.add_argument(
-        "--fg-threshold", type=_byte, default=240, metavar="N", help="alpha matting: sure foreground above (240)"
+        "--fg-threshold",
+        type=_byte,
+        default=defaults.fg_threshold,
+        metavar="N",
+        help=f"alpha matting: sure foreground above ({defaults.fg_threshold})",
     )
     mask.add_argument(
-        "--bg-threshold", type=_byte, default=15, metavar="N", help="alpha matting: sure background below (15)"
+        "--bg-threshold",
+        type=_byte,
+        default=defaults.bg_threshold,
+        metavar="N",
+        help=f"alpha matting: sure background below ({defaults.bg_threshold})",
     )
     mask.add_argument(
-        "--erode-size", type=_non_negative, default=15, metavar="N", help="alpha matting: trimap erosion, px (15)"
+        "--erode-size",
+        type=_non_negative,
+        default=defaults.erode_size,
+        metavar="N",
+        help=f"alpha matting: trimap erosion, px ({defaults.erode_size})",
     )
     mask.add_argument(
         "--no-stretch",
@@ -172,36 +213,29 @@ def _add_remove_arguments(parser: argparse.ArgumentParser) -> None:
     mask.add_argument(
         "--rembg-compatible", action="store_true", help="compute the mask exactly as rembg's u2net_custom session"
     )
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def _load_remover(args: argparse.Namespace):
     from .inference import BackgroundRemover, Predictor
-
-    model = str(args.model)
-    is_onnx = model.lower().endswith(".onnx")
-    if args.backend == "onnxruntime" and not is_onnx:
-        raise UsageError(f"--backend onnxruntime needs an .onnx model, got {model}")
-    if args.backend == "pytorch" and is_onnx:
-        raise UsageError(f"--backend pytorch needs a PyTorch checkpoint, .pth or tag, got {model}")
     from .models.pretrained import PRETRAINED, WeightsDownloadError
 
+    model = str(args.model)
     if model not in PRETRAINED and not Path(model).expanduser().exists():
         raise UsageError(f"{model}: model file not found (give --model a checkpoint, .pth, .onnx or pretrained tag)")
     source = model if model in PRETRAINED else Path(model).expanduser()
     try:
-        return BackgroundRemover(Predictor.from_path(source, args.device))
+        return BackgroundRemover(Predictor.from_path(source, args.device, backend=args.backend))
     except RuntimeError as exc:
         if isinstance(exc, WeightsDownloadError):
             raise UsageError(
                 f"could not download the model {model!r} (offline?); pass --model PATH to a local "
-                f"checkpoint, .pth or .onnx file. ({_one_line(exc)})"
+                f"checkpoint, .pth or .onnx file. ({one_line(exc)})"
             ) from None
-        raise UsageError(f"{model}: cannot load the model: {_one_line(exc)}") from None
+        raise UsageError(f"{model}: cannot load the model: {one_line(exc)}") from None
     except (ValueError, FileNotFoundError, OSError) as exc:
-        raise UsageError(f"{model}: cannot load the model: {_one_line(exc)}") from None
+        raise UsageError(f"{model}: cannot load the model: {one_line(exc)}") from None
     except Exception as exc:  # e.g. onnxruntime's own errors for a damaged .onnx file
-        raise UsageError(f"{model}: cannot load the model: {type(exc).__name__}: {_one_line(exc)}") from None
+        raise UsageError(f"{model}: cannot load the model: {type(exc).__name__}: {one_line(exc)}") from None
 
 
 def _run_remove(args: argparse.Namespace) -> int:
@@ -218,7 +252,7 @@ def _run_remove(args: argparse.Namespace) -> int:
             background = read_image(args.bg_image)
         except Exception as exc:
             raise UsageError(
-                f"{_shown(args.bg_image)}: cannot read the background image: {_shown(_one_line(exc))}"
+                f"{_shown(args.bg_image)}: cannot read the background image: {_shown(one_line(exc))}"
             ) from None
     if args.alpha_matting:
         try:
@@ -294,34 +328,13 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder that POST /remove-background/path reads and writes under (default: endpoint disabled)",
     )
-    server.add_argument("--workers", type=_positive_int, default=2, help="inference threads (default 2)")
     server.add_argument(
         "--torch-threads",
         type=_positive_int,
         metavar="N",
         help="PyTorch intra-op threads, shared by the workers (default: CPU cores / workers, at least 1)",
     )
-    server.add_argument(
-        "--max-queue", type=_non_negative, default=64, metavar="N", help="requests waiting beyond that: 503 (64)"
-    )
-    server.add_argument("--max-upload-mb", type=_positive_float, default=20.0, metavar="MB", help="per image (20)")
-    server.add_argument(
-        "--max-pixels", type=_positive_int, default=40_000_000, metavar="N", help="width x height per image (40e6)"
-    )
-    server.add_argument(
-        "--max-matting-pixels",
-        type=_positive_int,
-        metavar="N",
-        help="width x height per image with alpha_matting, 413 beyond (default: ServeSettings.max_matting_pixels)",
-    )
-    server.add_argument(
-        "--max-output-mb",
-        type=_positive_float,
-        metavar="MB",
-        help="largest PNG produced per image, 413 beyond (default: ServeSettings.max_output_mb)",
-    )
-    server.add_argument("--max-batch", type=_positive_int, default=10, metavar="N", help="files per batch (10)")
-    server.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S", help="per request, s (60)")
+    _add_limit_arguments(server)
     server.add_argument(
         "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from it (repeat)"
     )
@@ -338,6 +351,29 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
+# --option: (ServeSettings field, type, metavar, help); the default is the field's.
+_LIMITS = {
+    "--workers": ("workers", _positive_int, "N", "inference threads"),
+    "--max-queue": ("max_queue", _non_negative, "N", "images waiting beyond the workers; more: 503"),
+    "--max-upload-mb": ("max_upload_mb", _positive_float, "MB", "largest upload per image"),
+    "--max-pixels": ("max_pixels", _positive_int, "N", "width x height per image"),
+    "--max-matting-pixels": ("max_matting_pixels", _positive_int, "N", "width x height per image with alpha_matting"),
+    "--max-output-mb": ("max_output_mb", _positive_float, "MB", "largest PNG produced per image"),
+    "--max-batch": ("max_batch", _positive_int, "N", "files per batch request"),
+    "--timeout": ("request_timeout_s", _positive_float, "S", "per request, seconds"),
+}
+
+
+def _add_limit_arguments(group: argparse._ArgumentGroup) -> None:
+    """The limits of :class:`~u2net.serve.ServeSettings`, with its defaults (413, 503 or 504 beyond)."""
+    from .serve.settings import ServeSettings  # no FastAPI needed for the defaults
+
+    defaults = ServeSettings()
+    for option, (name, kind, metavar, text) in _LIMITS.items():
+        default = getattr(defaults, name)
+        group.add_argument(option, dest=name, type=kind, default=default, metavar=metavar, help=f"{text} (%(default)s)")
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -349,20 +385,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         ) from None
     if args.storage_root is not None and not args.storage_root.expanduser().is_dir():
         raise UsageError(f"{args.storage_root}: storage root is not a folder")
-    given = {"max_matting_pixels": args.max_matting_pixels, "max_output_mb": args.max_output_mb}
     try:
         settings = ServeSettings(
             storage_root=args.storage_root,
-            max_upload_mb=args.max_upload_mb,
-            max_pixels=args.max_pixels,
-            max_batch=args.max_batch,
-            workers=args.workers,
-            max_queue=args.max_queue,
-            request_timeout_s=args.timeout,
             cors_origins=args.cors_origin,
             allowed_hosts=default_allowed_hosts(args.host) + args.allowed_hosts,
             device=args.device,
-            **{name: value for name, value in given.items() if value is not None},  # else the settings' defaults
+            **{name: getattr(args, name) for name, *_ in _LIMITS.values()},
         )
     except ValueError as exc:  # an --allowed-hosts entry that is no host name
         raise UsageError(str(exc)) from None
@@ -415,10 +444,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

@@ -13,11 +13,19 @@ from .folder import (
     split_pairs,
 )
 from .io import IMAGE_EXTENSIONS, list_images, read_image, read_mask
-from .transforms import SaliencyTransform, appearance_steps, eval_transform, normalize_image, train_transform
+from .transforms import (
+    Preprocessing,
+    SaliencyTransform,
+    appearance_steps,
+    eval_transform,
+    normalize_image,
+    train_transform,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DatasetCheckError",
+    "Preprocessing",
     "Problem",
     "ResumableBatchSampler",
     "SaliencyDataModule",

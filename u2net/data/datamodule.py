@@ -21,7 +21,7 @@ from .folder import (
     split_pairs,
     workers_default,
 )
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, train_transform
 
 
 class ResumableBatchSampler(Sampler):
@@ -169,11 +169,12 @@ class SaliencyDataModule:
         self.synthetic = dict(synthetic) if synthetic else None
         self.pin_memory = pin_memory
         self.progress = progress
-        common = {"mean": mean, "std": std, "normalization": normalization, "interpolation": interpolation}
-        self.preprocessing = {"image_size": val_image_size or image_size, **common}
+        # What validation feeds the model: stored in checkpoints, so inference and export feed the same.
+        self.preprocessing = Preprocessing(val_image_size or image_size, mean, std, normalization, interpolation)
+        common = {k: v for k, v in self.preprocessing.items() if k != "image_size"}
         appearance = {"color_jitter": color_jitter, "blur": blur, "noise": noise}
         self.train_transform = train_transform(image_size, crop_size, hflip, vflip, **appearance, **common)
-        self.val_transform = eval_transform(val_image_size or image_size, **common)
+        self.val_transform = self.preprocessing.transform()
         self.train_set: SaliencyDataset | None = None
         self.train_sizes: list[int] = []  # training pairs per training source, in order
         self.val_set: SaliencyDataset | None = None

@@ -103,7 +103,8 @@ def _finite(array: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Pixel values as uint8: 16-bit integers divided by 257, floats in [0, 1] times 255, the rest clipped."""
     if array.dtype == np.uint8:
         return array
     sixteen_bit = array.dtype.kind == "u" and array.dtype.itemsize == 2  # either byte order (I;16, I;16B)
@@ -123,7 +124,7 @@ def to_rgb(img: Image.Image, exif: bool = True) -> np.ndarray:
     if exif:
         img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        gray = _to_uint8(_finite(np.asarray(img), name))
+        gray = to_uint8(_finite(np.asarray(img), name))
         return np.repeat(gray[..., None], 3, axis=2)
     if img.mode == "P":
         img = img.convert("RGBA")

@@ -1,23 +1,23 @@
-"""Self-describing checkpoints, written atomically."""
+"""Writing checkpoints (the format is :class:`u2net.models.Checkpoint`'s) and the RNG states they carry."""
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..fileio import atomic_write
+from ..models.checkpoint import Checkpoint
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write ``state`` with ``torch.save`` to a temporary file beside ``path``, then rename it over
-    ``path``: a crash or Ctrl-C mid-write never leaves a truncated checkpoint."""
-    with atomic_write(path) as f:
-        torch.save(state, f)
-    return Path(path)
+def save_checkpoint(state: Checkpoint | Mapping, path: str | os.PathLike) -> Path:
+    """Write a :class:`~u2net.models.Checkpoint` (or its stored dict) to ``path`` atomically: see
+    :meth:`Checkpoint.save <u2net.models.Checkpoint.save>`."""
+    checkpoint = state if isinstance(state, Checkpoint) else Checkpoint.from_dict(state, source=str(path))
+    return checkpoint.save(path)
 
 
 def rng_state() -> dict:

@@ -19,9 +19,11 @@ from torch.optim import Optimizer
 
 from ..data import DatasetCheckError
 from ..data.datamodule import SaliencyDataModule
+from ..data.transforms import Preprocessing
 from ..metrics import SaliencyMetrics, evaluate_batch
 from ..metrics.saliency import PER_IMAGE_KEYS
 from ..models.batchnorm import folded_batchnorms, restore_batchnorm
+from ..models.checkpoint import Checkpoint, load_checkpoint
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .distributed import any_rank, barrier, broadcast_object, broadcast_tensors, gather_objects, setup_distributed
 from .ema import WeightEMA
@@ -38,15 +40,15 @@ class TrainerConfig:
     """How to train: length, precision, validation and logging cadence, where to write."""
 
     out_dir: str = "runs/default"
-    max_steps: int = 1000
-    val_every: int = 500
+    max_steps: int = 400  # the quick start: `python train.py` on the synthetic set, ~5 min on a CPU
+    val_every: int = 80  # validate (and save) every this many steps; 0 = only at the end
     log_every: int = 10
     checkpoint_every: int = 0  # extra last.pt saves between validations; 0 = only at validation
     grad_accum: int = 1
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA only, with gradient scaling)
     device: str = "auto"  # auto = cuda, then mps, then cpu
-    channels_last: bool = False
+    channels_last: bool = True  # faster convolutions on CPU and on tensor-core GPUs
     seed: int = 42
     monitor: str = "mae"  # validation metric that picks best.pt
     monitor_mode: str = "auto"  # min | max | auto (min for MAE, max for the scores)
@@ -166,18 +168,7 @@ class Trainer:
         """Train up to ``max_steps`` optimizer steps (resuming from ``ckpt_path`` if given) and
         return the last validation metrics. Ctrl-C saves ``last.pt`` and returns early."""
         cfg, ctx = self.cfg, self.dist
-        # Decided by rank 0 (the only writer) and raised on every rank, so that none is left waiting.
-        refusal = None
-        if ctx.is_main and not ckpt_path and not cfg.overwrite:
-            earlier = sorted(p.name for p in self.ckpt_dir.glob("*.pt"))
-            if earlier:
-                refusal = (
-                    f"{self.ckpt_dir} holds checkpoints of an earlier run ({', '.join(earlier)}): resume with "
-                    f"ckpt_path={self.ckpt_dir / 'last.pt'}, pick another run folder, or set trainer.overwrite=true"
-                )
-        refusal = broadcast_object(ctx, refusal)
-        if refusal is not None:
-            raise FileExistsError(refusal)
+        self._refuse_overwriting(ckpt_path)
         seed_everything(cfg.seed + ctx.rank)  # per-rank seeds; DDP broadcasts rank 0's initial weights
         self._setup_data()
         if ckpt_path:
@@ -251,6 +242,21 @@ class Trainer:
                 self.writer.close()
         barrier(ctx)
         return self.metrics
+
+    def _refuse_overwriting(self, ckpt_path: str | None) -> None:
+        """A new run (not a resume) never overwrites the checkpoints of an earlier one in its folder."""
+        # Decided by rank 0 (the only writer) and raised on every rank, so that none is left waiting.
+        refusal = None
+        if self.dist.is_main and not ckpt_path and not self.cfg.overwrite:
+            earlier = sorted(p.name for p in self.ckpt_dir.glob("*.pt"))
+            if earlier:
+                refusal = (
+                    f"{self.ckpt_dir} holds checkpoints of an earlier run ({', '.join(earlier)}): resume with "
+                    f"ckpt_path={self.ckpt_dir / 'last.pt'}, pick another run folder, or set trainer.overwrite=true"
+                )
+        refusal = broadcast_object(self.dist, refusal)
+        if refusal is not None:
+            raise FileExistsError(refusal)
 
     def _setup_data(self) -> None:
         # Rank 0 makes the synthetic set (if configured), scans and checks every file, and hands its
@@ -374,33 +380,34 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, weights: Mapping[str, torch.Tensor] | None = None, metrics: Mapping | None = None) -> dict:
-        """Everything needed to resume, plus what evaluate/export need to rebuild the model.
+        """Everything needed to resume, plus what evaluate/export need to rebuild the model: a
+        :class:`~u2net.models.Checkpoint`'s stored dict.
 
         ``weights`` and ``metrics`` replace the trained model's state dict and scores (best.pt holding
         the EMA's or the start's weights); the training state stays this run's."""
         model = self.module
-        return {
-            "model": dict(weights) if weights is not None else model.state_dict(),
-            "weights_source": "model" if weights is None else self.best_source,  # what "model" holds
-            "model_name": getattr(model, "model_name", None),
-            "model_args": getattr(model, "model_args", {}),
-            "preprocessing": dict(self.data.preprocessing),
-            "config": self.run_config,
-            "trainer": asdict(self.cfg),
-            "step": self.step,
-            "epoch": self.step * self.cfg.grad_accum // max(1, self.data.steps_per_epoch(self.dist.world_size)),
-            "metrics": dict(self.metrics if metrics is None else metrics),
-            "best": self.best,
-            "best_metrics": dict(self.best_metrics),
-            "best_source": self.best_source,
-            "initial_metrics": dict(self.initial_metrics),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "train_seconds": self.train_seconds,
-            "history": [dict(row) for row in self.history],
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
-        }
+        return Checkpoint(
+            model=dict(weights) if weights is not None else model.state_dict(),
+            weights_source="model" if weights is None else self.best_source,  # what "model" holds
+            model_name=getattr(model, "model_name", None),
+            model_args=getattr(model, "model_args", {}),
+            preprocessing=Preprocessing.from_dict(self.data.preprocessing),
+            config=self.run_config,
+            trainer=asdict(self.cfg),
+            step=self.step,
+            epoch=self.step * self.cfg.grad_accum // max(1, self.data.steps_per_epoch(self.dist.world_size)),
+            metrics=dict(self.metrics if metrics is None else metrics),
+            best=self.best,
+            best_metrics=dict(self.best_metrics),
+            best_source=self.best_source,
+            initial_metrics=dict(self.initial_metrics),
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            train_seconds=self.train_seconds,
+            history=[dict(row) for row in self.history],
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(),
+            rng=rng_state(),
+        ).to_dict()
 
     def save(self, name: str, weights: Mapping | None = None, metrics: Mapping | None = None) -> Path:
         """Write the current state (with ``weights`` and their ``metrics``, see :meth:`state_dict`) to
@@ -412,19 +419,19 @@ class Trainer:
 
     def restore(self, path: str | Path) -> None:
         """Resume from a checkpoint written by :meth:`save`."""
-        from ..models.weights import load_state_dict
+        from ..models.state_dict import load_state_dict
 
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if "optimizer" not in state:
+        state = load_checkpoint(path)
+        if not state.has_training_state:
             raise ValueError(f"{path}: holds no training state; to fine-tune from weights use model.weights={path}")
-        if state.get("weights_source", "model") != "model":  # best.pt holding the EMA's or the start's weights
+        if state.weights_source != "model":  # best.pt holding the EMA's or the start's weights
             raise ValueError(
-                f"{path}: holds the {state['weights_source']} weights, not the run's own; resume from last.pt "
+                f"{path}: holds the {state.weights_source} weights, not the run's own; resume from last.pt "
                 f"beside it, or fine-tune from these with model.weights={path}"
             )
-        load_state_dict(self.module, state["model"], source=str(path))
+        load_state_dict(self.module, state.model, source=str(path))
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(state.optimizer)
         except ValueError as exc:  # another grouping of the parameters (params.encoder_lr_scale 0 vs not)
             raise ValueError(
                 f"{path}: its optimizer state does not fit this run's parameter groups ({exc}); resume with the "
@@ -432,17 +439,18 @@ class Trainer:
             ) from None
         for group, settings in zip(self.optimizer.param_groups, self.group_settings):
             group.update(settings)  # this run's rates, weight decay, betas; the moments stay the checkpoint's
-        if state.get("scaler"):  # empty when the checkpoint was not trained in fp16
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.metrics, self.best = state["step"], state.get("metrics", {}), state.get("best")
-        self.best_metrics, self.best_source = state.get("best_metrics", {}), state.get("best_source", "")
-        self.initial_metrics = state.get("initial_metrics", {})
-        self.train_seconds, self.history = state.get("train_seconds", 0.0), list(state.get("history", []))
-        if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
+        if state.scaler:  # empty when the checkpoint was not trained in fp16
+            self.scaler.load_state_dict(state.scaler)
+        self.step, self.metrics, self.best = state.step, state.metrics, state.best
+        self.best_metrics, self.best_source = state.best_metrics, state.best_source
+        self.initial_metrics = state.initial_metrics
+        self.train_seconds, self.history = state.train_seconds, list(state.history)
+        if self.ema is not None and state.ema:
+            self.ema.load_state_dict(state.ema)
         elif self.ema is not None:  # resuming a run that had no EMA: start the average here
             self.ema = WeightEMA(self.module, self.cfg.ema_decay)
-        set_rng_state(state["rng"])
+        if state.rng is not None:
+            set_rng_state(state.rng)
 
     def _apply_schedule(self) -> None:
         """Set every group's rate for the coming step: its base rate times the schedule's factor."""

@@ -13,13 +13,12 @@ import cv2
 import numpy as np
 
 from ..fileio import atomic_write, write_image, write_text
+from ..metrics import RESULT_KEYS
 from .runner import DatasetResult
 
-# The keys of results.json, in the order of the tables.
-RESULT_KEYS = (
-    "n_images", "mae", "max_f", "mean_f", "adp_f", "wfm", "sm", "max_em", "mean_em", "adp_em",
-    "iou", "dice", "max_iou", "max_dice", "relax_bf", "biou",
-)  # fmt: skip
+# The keys of results.json, in the order of the tables: the metrics' scalars less the curve means of IoU and
+# Dice (the per-image means, iou and dice, are the ones the field reports).
+REPORT_KEYS = tuple(key for key in RESULT_KEYS if key not in ("mean_iou", "mean_dice"))
 # Columns of the console table, as in the U²-Net paper's comparison plus the newer measures.
 TABLE_COLUMNS = (
     ("max_f", "maxFβ↑"), ("mae", "MAE↓"), ("wfm", "Fwβ↑"), ("sm", "Sα↑"), ("max_em", "Emξ↑"),
@@ -28,9 +27,9 @@ TABLE_COLUMNS = (
 
 
 def summary_row(result: DatasetResult) -> dict:
-    """The results.json object of one dataset (scalars only, in ``RESULT_KEYS`` order)."""
+    """The results.json object of one dataset (scalars only, in ``REPORT_KEYS`` order)."""
     row = {}
-    for key in RESULT_KEYS:
+    for key in REPORT_KEYS:
         value = result.summary.get(key)
         row[key] = int(value) if key == "n_images" else (None if value is None else float(value))
     return row
@@ -43,9 +42,9 @@ def write_tables(results: Sequence[DatasetResult], out_dir: str | Path, model: d
     write_text(out_dir / "results.json", json.dumps(table, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["dataset", *RESULT_KEYS])
+    writer.writerow(["dataset", *REPORT_KEYS])
     for name, row in table.items():
-        writer.writerow([name, *(_plain(row[k]) for k in RESULT_KEYS)])
+        writer.writerow([name, *(_plain(row[k]) for k in REPORT_KEYS)])
     write_text(out_dir / "results.csv", buffer.getvalue())
     markdown = markdown_table(results)
     if model:

@@ -6,6 +6,7 @@ re-exported here, where they have always been importable from.
 
 from ..models.onnx_format import read_onnx_metadata
 from ..models.onnx_import import onnx_to_state_dict, read_onnx_checkpoint
+from .api import VerificationError, export_model, input_size_note
 from .onnx import INPUT_NAME, ExportWrapper, export_onnx
 from .quantize import compare_accuracy, quantize_dynamic_int8, quantize_static_int8
 from .verify import FP16_ATOL, synthetic_image, verify_onnx
@@ -14,8 +15,11 @@ __all__ = [
     "FP16_ATOL",
     "INPUT_NAME",
     "ExportWrapper",
+    "VerificationError",
     "compare_accuracy",
+    "export_model",
     "export_onnx",
+    "input_size_note",
     "onnx_to_state_dict",
     "quantize_dynamic_int8",
     "quantize_static_int8",

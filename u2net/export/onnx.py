@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..inference.predictor import DEFAULT_PREPROCESSING
+from ..data.transforms import Preprocessing
 from ..models.onnx_format import require_onnx, set_metadata, topological_nodes, write_onnx
 
 __all__ = ["FUSED_ONLY_NAME", "INPUT_NAME", "ExportWrapper", "export_onnx"]
@@ -102,7 +102,7 @@ def _export_proto(
 
 def _default_metadata(model: nn.Module, input_size: int) -> dict:
     meta = {"model_name": getattr(model, "model_name", type(model).__name__).lower()}
-    meta.update({k: list(v) if isinstance(v, tuple) else v for k, v in DEFAULT_PREPROCESSING.items()})
+    meta.update(Preprocessing().to_dict())
     meta["image_size"] = input_size
     if getattr(model, "model_args", None) is not None:
         meta["model_args"] = model.model_args

@@ -8,25 +8,34 @@ the image's own size.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from ..models import load_model, read_checkpoint
+from ..data.transforms import Preprocessing
+from ..models import load_checkpoint
 from ..models.onnx_format import decode_metadata
+from ..models.pretrained import PRETRAINED, local_weights
 from .runtime import median_seconds, onnx_session, pick_providers
 
-DEFAULT_PREPROCESSING = {
-    "image_size": 320,
-    "mean": IMAGENET_MEAN,
-    "std": IMAGENET_STD,
-    "normalization": "max",
-    "interpolation": "linear",
-}
+BACKENDS = ("auto", "pytorch", "onnxruntime")
+
+
+def _onnx_file(path: str | os.PathLike) -> Path:
+    """The ONNX file ``onnxruntime`` runs: ``path`` itself, or the local file of a pretrained tag."""
+    if str(path).lower().endswith(".onnx"):
+        return Path(path)
+    if str(path) not in PRETRAINED:
+        raise ValueError(f"{path}: ONNX Runtime needs an .onnx file; use the PyTorch backend for this one")
+    local = local_weights(str(path))
+    if local is None or local.suffix.lower() != ".onnx":
+        found = f"its weights here are {local.name}" if local is not None else "its weights are not on this machine"
+        raise ValueError(f"{path}: ONNX Runtime needs an .onnx file and {found}; use the PyTorch backend")
+    return local
 
 
 @dataclass
@@ -114,50 +123,68 @@ def symbolic_batch_dim(model_bytes: bytes) -> str | None:
 class Predictor:
     """Preprocess like validation, run a backend, resize the fused probability map back.
 
-    ``preprocessing`` holds ``image_size``, ``mean``, ``std``, ``normalization`` and
-    ``interpolation`` (what training validated with; stored in our checkpoints).
+    ``preprocessing`` is a :class:`~u2net.data.transforms.Preprocessing` (or a dict of some of its fields, the
+    rest default): what training validated with, read from the weights by :meth:`from_path`. A backend with a
+    fixed input size sets ``image_size``.
     """
 
-    def __init__(self, backend, preprocessing: dict | None = None, info: ModelInfo | None = None) -> None:
+    def __init__(
+        self, backend, preprocessing: Preprocessing | Mapping | None = None, info: ModelInfo | None = None
+    ) -> None:
         self.backend = backend
-        self.preprocessing = {**DEFAULT_PREPROCESSING, **(preprocessing or {})}
+        preprocessing = Preprocessing.from_dict(preprocessing)
         if backend.fixed_size is not None:
-            self.preprocessing["image_size"] = backend.fixed_size
-        self.transform = eval_transform(**self.preprocessing)
+            preprocessing = replace(preprocessing, image_size=backend.fixed_size)
+        self.preprocessing = preprocessing
+        self.transform = preprocessing.transform()
         self.info = info or ModelInfo("unknown", "", type(backend).__name__)
 
     @classmethod
     def from_path(
-        cls, path: str | os.PathLike, device: str = "auto", precision: str = "fp32", image_size: int | None = None
+        cls,
+        path: str | os.PathLike,
+        device: str = "auto",
+        precision: str = "fp32",
+        image_size: int | None = None,
+        backend: str = "auto",
     ) -> Predictor:
-        """A predictor for a checkpoint, official ``.pth``, pretrained tag or ``.onnx`` file."""
-        source = str(path)
+        """A predictor for a checkpoint, official ``.pth``, pretrained tag or ``.onnx`` file (read once).
+
+        ``backend``: ``auto`` runs an ``.onnx`` path on ONNX Runtime and anything else on PyTorch (a tag's
+        weights imported, ONNX ones too); ``pytorch`` always PyTorch (an ``.onnx`` file is imported);
+        ``onnxruntime`` always ONNX Runtime (an ``.onnx`` path, or a tag whose file here is ONNX, as the
+        bundled ``u2netp.duts``; never a download, which may bring a ``.pth``). The preprocessing is the
+        weights' own (a tag's catalogue entry, a checkpoint's stored one, an ONNX file's metadata), else the
+        defaults; ``image_size`` overrides its size.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        source = str(_onnx_file(path) if backend == "onnxruntime" else path)
         overrides = {"image_size": image_size} if image_size else {}
-        if source.lower().endswith(".onnx"):
+        if source.lower().endswith(".onnx") and backend != "pytorch":
             if not Path(source).is_file():
                 raise FileNotFoundError(f"{source}: ONNX file not found")
             backend = OnnxBackend(source)
             meta = backend.metadata
-            decoded = decode_metadata(meta)
-            preprocessing = {k: decoded[k] for k in DEFAULT_PREPROCESSING if k in decoded}
+            preprocessing = Preprocessing.from_metadata(decode_metadata(meta)) or Preprocessing()
             info = ModelInfo(meta.get("model_name", Path(source).stem), source, "onnxruntime", size_mb=_file_mb(source))
             info.extra["providers"] = backend.providers
-            return cls(backend, {**preprocessing, **overrides}, info)
+            return cls(backend, replace(preprocessing, **overrides), info)
 
-        checkpoint = read_checkpoint(source)
-        model = load_model(source)
-        preprocessing = dict(checkpoint.get("preprocessing") or {})
+        checkpoint = load_checkpoint(source)
+        model = checkpoint.build_model()
+        preprocessing = checkpoint.preprocessing or Preprocessing()
         parameters = sum(p.numel() for p in model.parameters())
         # The weights themselves (float32 state dict), not the file: checkpoints also hold optimizer state.
         size = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
         info = ModelInfo(getattr(model, "model_name", "u2net"), source, "pytorch", parameters, size)
         backend = TorchBackend(model, device, precision)
         info.extra["device"] = str(backend.device)
-        return cls(backend, {**preprocessing, **overrides}, info)
+        return cls(backend, replace(preprocessing, **overrides), info)
 
     @property
     def input_size(self) -> int:
-        return int(self.preprocessing["image_size"])
+        return self.preprocessing.image_size
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """H×W×3 uint8 -> 3×S×S float32, exactly as in validation."""

@@ -28,8 +28,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
-from ..data.io import ImageReadError, _to_uint8, list_images, open_image, read_image, to_rgb
+from ..data.io import ImageReadError, list_images, open_image, read_image, to_rgb, to_uint8
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import one_line, reason
 from ..fileio import atomic_write
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
@@ -124,7 +125,7 @@ def load_rgb_alpha(image: ImageInput) -> tuple[np.ndarray, np.ndarray | None]:
     else:
         rgb = load_rgb(image)
         if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] in (2, 4):
-            alpha = _to_uint8(image[..., -1])
+            alpha = to_uint8(image[..., -1])
     if alpha is not None and alpha.min() == 255:
         alpha = None
     return rgb, alpha
@@ -147,9 +148,9 @@ def load_rgb(image: ImageInput) -> np.ndarray:
     if isinstance(image, np.ndarray):
         array = image[..., 0] if image.ndim == 3 and image.shape[2] in (1, 2) else image  # gray (+ alpha)
         if array.ndim == 2:
-            return np.repeat(_to_uint8(array)[..., None], 3, axis=2)
+            return np.repeat(to_uint8(array)[..., None], 3, axis=2)
         if array.ndim == 3 and array.shape[2] in (3, 4):
-            return np.ascontiguousarray(_to_uint8(array[..., :3]))
+            return np.ascontiguousarray(to_uint8(array[..., :3]))
         raise ValueError(f"expected an H×W, H×W×1..4 array, got shape {image.shape}")
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
@@ -524,9 +525,8 @@ def remove_batch(
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ImageReadError):  # its message starts with the file name, which the report has already
-        return " ".join(exc.reason.split())
-    message = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        return one_line(exc.reason)
+    return reason(exc)
 
 
 __all__ = [

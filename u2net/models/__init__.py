@@ -1,6 +1,7 @@
-"""U²-Net architectures, the model registry, weight loading and ONNX import."""
+"""U²-Net architectures, the model registry, checkpoints, weight loading and ONNX import."""
 
 from . import factory as _factory  # noqa: F401  (registers the architectures)
+from .checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint
 from .factory import create_model, load_model
 from .onnx_import import onnx_to_state_dict, read_onnx_checkpoint
 from .pretrained import (
@@ -12,14 +13,17 @@ from .pretrained import (
     list_pretrained,
 )
 from .registry import is_model, list_models, register_model
+from .state_dict import infer_architecture, load_state_dict
 from .u2net import RSU, U2NET_STAGES, U2NETP_STAGES, StageSpec, U2Net
-from .weights import infer_architecture, load_state_dict, load_weights, read_checkpoint
+from .weights import load_weights, read_checkpoint
 
 __all__ = [
+    "FORMAT_VERSION",
     "PRETRAINED",
     "RSU",
     "U2NET_STAGES",
     "U2NETP_STAGES",
+    "Checkpoint",
     "PretrainedCfg",
     "StageSpec",
     "U2Net",
@@ -29,6 +33,7 @@ __all__ = [
     "get_pretrained_cfg",
     "infer_architecture",
     "is_model",
+    "load_checkpoint",
     "list_models",
     "list_pretrained",
     "load_model",

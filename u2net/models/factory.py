@@ -8,9 +8,10 @@ import os
 import torch
 from torch import nn
 
+from .checkpoint import load_checkpoint
 from .registry import model_factory, register_model
 from .u2net import U2NET_STAGES, U2NETP_STAGES, U2Net
-from .weights import infer_architecture, load_state_dict, load_weights, read_checkpoint
+from .weights import load_weights
 
 
 def _build(name: str, default_stages: dict, stages: dict | None, in_ch: int, out_ch: int) -> U2Net:
@@ -55,9 +56,7 @@ def create_model(name: str, weights: str | os.PathLike | None = None, **kwargs) 
 def load_model(path_or_tag: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model from a file alone: our checkpoints name their model and arguments; for an
     official ``.pth`` the architecture is inferred from the weights. Returns the model in eval mode.
+
+    ``load_checkpoint(path_or_tag).build_model(map_location)``; see :class:`u2net.models.Checkpoint`.
     """
-    checkpoint = read_checkpoint(path_or_tag)
-    name = checkpoint.get("model_name") or infer_architecture(checkpoint["model"])
-    model = create_model(name, **(checkpoint.get("model_args") or {}))
-    load_state_dict(model, checkpoint["model"], source=str(path_or_tag))
-    return model.to(map_location).eval()
+    return load_checkpoint(path_or_tag).build_model(map_location)

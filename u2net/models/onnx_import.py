@@ -1,6 +1,6 @@
 """Building a PyTorch U²-Net from an ONNX file: ours (any precision), rembg's, or another exporter's.
 
-:func:`read_onnx_checkpoint` (used by :func:`u2net.models.read_checkpoint` for ``.onnx`` paths) works by graph
+:func:`read_onnx_checkpoint` (used by :func:`u2net.models.load_checkpoint` for ``.onnx`` paths) works by graph
 structure, not by names or node order: every convolution gets a signature from its weight shape, stride,
 dilation and group and, recursively, the signatures of the nearest convolutions feeding it (whatever lies in
 between: BatchNorm, ReLU, pooling, resizing, concatenation, casts, quantise/dequantise pairs). The same signatures
@@ -26,12 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.transforms import Preprocessing
 from .onnx_format import proto_metadata, require_onnx, topological_nodes
 from .registry import is_model, list_models, model_factory
 
 __all__ = ["onnx_to_state_dict", "read_onnx_checkpoint"]
-
-_PREPROCESSING_KEYS = ("image_size", "mean", "std", "normalization", "interpolation")
 
 
 def _constant_values(graph) -> dict[str, np.ndarray]:
@@ -346,9 +345,9 @@ def read_onnx_checkpoint(path: str | os.PathLike) -> dict:
         checkpoint = {"model": state, "model_name": name}
         if args:
             checkpoint["model_args"] = args
-        preprocessing = {k: meta[k] for k in _PREPROCESSING_KEYS if k in meta}
-        if preprocessing:
-            checkpoint["preprocessing"] = preprocessing
+        preprocessing = Preprocessing.from_metadata(meta)
+        if preprocessing is not None:
+            checkpoint["preprocessing"] = preprocessing.to_dict()
         return checkpoint
     raise ValueError(f"{source}: does not match any U²-Net architecture ({'; '.join(errors)})")
 

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import Preprocessing
 from ..fileio import atomic_write
 
 DEFAULT_MODEL = "u2netp.duts"  # what `u2net remove` and `u2net serve` use without --model: bundled, works offline
@@ -42,8 +42,8 @@ class BundledFile:
 class PretrainedCfg:
     """Everything needed to use a published checkpoint, apart from the architecture itself.
 
-    ``normalization="max"`` is the original recipe: divide the image by its own maximum, then
-    subtract ``mean`` and divide by ``std`` per channel.
+    ``preprocessing`` is what the weights expect (inference and export read it for the tag); the default is
+    the original recipe: 320², divide the image by its own maximum, then ImageNet mean and std per channel.
     """
 
     architecture: str
@@ -51,15 +51,29 @@ class PretrainedCfg:
     urls: tuple[str, ...]
     sha256: str | None = None  # pins of the file at ``urls``: each one given is checked after download
     md5: str | None = None
-    input_size: int = 320
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    normalization: str = "max"
+    preprocessing: Preprocessing = Preprocessing()
     description: str = ""
     onnx_mirror: tuple[str, str] | None = None  # (url, md5) of an ONNX export of the same weights
     onnx_mirror_sha256: str | None = None  # that export's SHA-256, where known
     bundled: BundledFile | None = None  # shipped with the package: used instead of any download
     extra: dict = field(default_factory=dict)
+
+    # Read-only views of ``preprocessing``, for code written when these were fields of their own.
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.image_size
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocessing.std
+
+    @property
+    def normalization(self) -> str:
+        return self.preprocessing.normalization
 
 
 def _rembg_release(file_name: str, md5: str) -> tuple[str, str]:
@@ -136,8 +150,8 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
-# (path, size, mtime) of bundled files whose MD5 matched: the check costs ~10 ms, but a predictor reads its
-# weights twice and a server or test session loads them many times.
+# (path, size, mtime) of bundled files whose MD5 matched: the check costs ~10 ms, and a server or test session
+# loads them many times.
 _VERIFIED_BUNDLES: set[tuple[str, int, int]] = set()
 
 
@@ -202,12 +216,13 @@ def download_file(
             raise ValueError(f"{url}: checksum mismatch (expected sha256 {sha256}, got {digest.hexdigest()})")
         if md5 is not None and md5_digest.hexdigest() != md5:
             raise ValueError(f"{url}: checksum mismatch (expected md5 {md5}, got {md5_digest.hexdigest()})")
-        if _looks_like_html(head):
+        if looks_like_html(head):
             raise ValueError(f"{url}: the server returned a web page instead of a weights file")
     return dest
 
 
-def _looks_like_html(head: bytes) -> bool:
+def looks_like_html(head: bytes) -> bool:
+    """Whether a file's first bytes are a web page (a failed download saved as weights)."""
     head = head.lstrip().lower()
     return head.startswith(b"<!doctype html") or head.startswith(b"<html")
 

@@ -9,8 +9,31 @@
     app = create_app(settings=ServeSettings(allowed_hosts=["api.example.com"]))  # Host headers answered
 
 Needs the ``serve`` extra: ``pip install -e ".[serve]"`` in the repository.
+
+Modules: ``app`` (:func:`create_app`: the app, its middleware and lifespan), ``routes`` (the endpoints),
+``service`` (the worker pool, admission and remover calls), ``middleware`` (admission and body limits),
+``images`` (uploads: limits, decoding), ``storage`` (the path endpoint's files), ``settings``
+(:class:`ServeSettings`, allowed hosts), ``matting``, ``outputs`` and ``errors``.
 """
 
-from .app import ApiError, ServeSettings, create_app, default_allowed_hosts
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import ApiError
+from .settings import ServeSettings, default_allowed_hosts
+
+if TYPE_CHECKING:
+    from .app import create_app
+
+
+def __getattr__(name: str):
+    # create_app needs FastAPI, imported on first use: the settings (and the CLI's defaults) work without it.
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ApiError", "ServeSettings", "create_app", "default_allowed_hosts"]

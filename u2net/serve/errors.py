@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import one_line, reason
+
 MB = 1 << 20
 
 
@@ -18,16 +20,6 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
-def reason(exc: BaseException) -> str:
-    """``Type: message`` of an exception, on one line."""
-    message = one_line(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
 def os_reason(exc: OSError) -> str:
     """The system's short reason for an ``OSError`` (never the path it names)."""
     return exc.strerror or (str(exc.args[0]) if exc.args else type(exc).__name__)
@@ -35,3 +27,6 @@ def os_reason(exc: OSError) -> str:
 
 def mb(size: int) -> str:
     return f"{size / MB:.2f} MB" if size < 10 * MB else f"{size / MB:.0f} MB"
+
+
+__all__ = ["MB", "ApiError", "mb", "one_line", "os_reason", "reason"]

@@ -1,5 +1,6 @@
 """What the service sends back: PNGs bounded in size, kept in memory only up to a few MB (then in a
-temporary file), zipped for a batch and streamed, so that no answer is ever built whole in memory."""
+temporary file), zipped for a batch and streamed, so that no answer is ever built whole in memory;
+and every error, as JSON ``{"error": message, "detail": data}``."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
+from fastapi.encoders import jsonable_encoder
 from PIL import Image
 from starlette.background import BackgroundTask
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, StreamingResponse
 
 from .errors import MB, ApiError, mb
 
@@ -106,6 +108,12 @@ def stream(file: IO[bytes], nbytes: int, media_type: str, headers: dict[str, str
         headers={**headers, "Content-Length": str(nbytes)},
         background=BackgroundTask(file.close),
     )
+
+
+def error_response(
+    status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message, "detail": jsonable_encoder(detail)}, status_code=status, headers=headers)
 
 
 def _chunks(file: IO[bytes]) -> Iterator[bytes]:

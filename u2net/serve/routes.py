@@ -1,0 +1,335 @@
+"""The endpoints, at module level: each reads the app's :class:`~u2net.serve.service.Service` (``app.state``)
+through a dependency, and :func:`add_routes` registers them on an app with the summaries of its settings."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import time
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..inference.remover import RemovalOptions
+from . import storage
+from .errors import ApiError, reason
+from .images import open_upload, read_upload, safe_stem
+from .outputs import Png, error_response, stream, zip_file
+from .service import Admission, Service
+from .settings import ServeSettings
+
+log = logging.getLogger("u2net.serve")
+
+STATIC_DIR = Path(__file__).parent / "static"
+DEFAULTS = RemovalOptions()  # the form fields' defaults are the library's
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what went wrong, in one sentence")
+    detail: Any = Field(None, description="machine-readable details (limits, sizes, validation errors)")
+
+
+class PathRequest(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    source_image_path: str = Field(
+        alias="sourceImagePath", min_length=1, max_length=4096, description="image to read, relative to the root"
+    )
+    output_image_path: str = Field(
+        alias="outputImagePath", min_length=1, max_length=4096, description="PNG to write, relative to the root"
+    )
+    threshold: float | None = Field(
+        DEFAULTS.threshold, ge=0.0, le=1.0, description="binarise the mask at this probability"
+    )
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "bad request: corrupt image, invalid option, unsafe path, too many files, Host not allowed",
+        413: "file too large, too many pixels (lower with alpha_matting), output too large, batch over capacity",
+        415: "not an image (or an unsupported format)",
+        422: "invalid parameters",
+        503: "too many requests waiting",
+        504: "the request timed out",
+    }.items()
+}
+
+
+# -- dependencies ------------------------------------------------------------------------------
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def get_admission(request: Request) -> Admission:
+    """The slot :class:`~u2net.serve.middleware.AdmissionMiddleware` took for this request."""
+    return request.state.admission
+
+
+def form_options(
+    mask_only: Annotated[bool, Form(description="return the alpha mask (grayscale PNG)")] = DEFAULTS.mask_only,
+    crop: Annotated[bool, Form(description="crop to the subject's bounding box")] = DEFAULTS.crop,
+    padding: Annotated[int, Form(ge=0, le=10_000, description="padding around the crop, px")] = DEFAULTS.padding,
+    crop_threshold: Annotated[
+        int, Form(ge=1, le=255, description="pixels with alpha >= this count as the subject when cropping")
+    ] = DEFAULTS.crop_threshold,
+    threshold: Annotated[
+        float | None, Form(ge=0.0, le=1.0, description="binarise the mask at this probability")
+    ] = DEFAULTS.threshold,
+    bg_color: Annotated[
+        str | None, Form(max_length=64, description="background colour: #RRGGBB, #RRGGBBAA, r,g,b[,a], a name")
+    ] = None,
+    alpha_matting: Annotated[
+        bool, Form(description="refine the edges with alpha matting (slow)")
+    ] = DEFAULTS.alpha_matting,
+    post_process: Annotated[bool, Form(description="morphological clean-up of the mask")] = DEFAULTS.post_process,
+    stretch: Annotated[
+        bool, Form(description="min-max normalise the model's map first, as the original U2-Net and rembg do")
+    ] = DEFAULTS.stretch,
+) -> RemovalOptions:
+    if alpha_matting and importlib.util.find_spec("pymatting") is None:  # found, not imported: that takes a second
+        raise ApiError(400, "alpha matting is not available on this server (pymatting not installed)")
+    try:
+        return RemovalOptions(
+            mask_only=mask_only,
+            crop=crop,
+            padding=padding,
+            crop_threshold=crop_threshold,
+            threshold=threshold,
+            bg_color=bg_color or None,
+            alpha_matting=alpha_matting,
+            post_process=post_process,
+            stretch=stretch,
+        )
+    except ValueError as exc:
+        raise ApiError(400, str(exc), {"bg_color": bg_color}) from None
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
+Options = Annotated[RemovalOptions, Depends(form_options)]
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+async def remove_background(
+    service: ServiceDep,
+    admission: AdmissionDep,
+    file: Annotated[UploadFile, File(description="the image (PNG, JPEG, WebP, BMP, TIFF, GIF)")],
+    options: Options,
+) -> Response:
+    started = time.perf_counter()
+    settings = service.settings
+    name = file.filename or "upload"
+    img = open_upload(await read_upload(file, settings), name, options, settings)  # header only: cheap
+    png = await service.run(admission, service.cutout, img, name, options, service.deadline())
+    headers = {
+        "Content-Disposition": f'inline; filename="{safe_stem(name)}.png"',
+        "X-Image-Size": f"{png.size[0]}x{png.size[1]}",
+        "X-Processing-Ms": f"{1000 * (time.perf_counter() - started):.1f}",
+    }
+    return stream(png.file, png.nbytes, "image/png", headers)
+
+
+async def batch_remove_background(
+    service: ServiceDep,
+    admission: AdmissionDep,
+    files: Annotated[list[UploadFile], File(description="the images")],
+    options: Options,
+) -> Response:
+    settings = service.settings
+    _check_batch_size(len(files), settings)
+    admission.need(len(files))  # 503 now, before any upload is read into memory
+    errors: list[dict] = []
+    jobs: list[tuple[int, str, Image.Image]] = []
+    for index, upload in enumerate(files):
+        name = upload.filename or f"file{index + 1}"
+        try:
+            jobs.append((index, name, open_upload(await read_upload(upload, settings), name, options, settings)))
+        except ApiError as exc:
+            errors.append({"index": index, "filename": name, "status": exc.status, "error": exc.message})
+    deadline = service.deadline()
+    args = [(img, name, options, deadline) for _, name, img in jobs]
+    members = _batch_members(jobs, await service.run_many(admission, service.cutout, args), errors)
+    archive, nbytes = await asyncio.to_thread(zip_file, members, errors)  # off the event loop
+    headers = {
+        "Content-Disposition": 'attachment; filename="cutouts.zip"',
+        "X-Files-Done": str(len(members)),
+        "X-Files-Failed": str(len(errors)),
+    }
+    return stream(archive, nbytes, "application/zip", headers)
+
+
+def _check_batch_size(count: int, settings: ServeSettings) -> None:
+    if count > settings.max_batch:
+        raise ApiError(
+            400,
+            f"too many files: {count}; at most {settings.max_batch} per request",
+            {"files": count, "max_batch": settings.max_batch},
+        )
+    if count > settings.capacity:  # would wait for slots that never exist: 503 forever
+        raise ApiError(
+            413,
+            f"too many files: {count}; this server admits at most {settings.capacity} images at once "
+            f"(workers + max_queue), so send at most {settings.capacity} per request",
+            {"files": count, "capacity": settings.capacity},
+        )
+
+
+def _batch_members(
+    jobs: list[tuple[int, str, Image.Image]], results: list, errors: list[dict]
+) -> list[tuple[str, Png]]:
+    """The zip's ``(name, png)`` for the jobs that worked; the failures are added to ``errors``
+    (sorted by file index)."""
+    members: list[tuple[str, Png]] = []
+    used: set[str] = set()
+    for (index, name, _), result in zip(jobs, results):
+        if isinstance(result, BaseException):
+            status, message = (result.status, result.message) if isinstance(result, ApiError) else (500, reason(result))
+            if not isinstance(result, ApiError):
+                log.error("batch: %s failed: %s", name, message)
+            errors.append({"index": index, "filename": name, "status": status, "error": message})
+            continue
+        members.append((_unique(safe_stem(name, f"image{index + 1}"), used), result))
+    errors.sort(key=lambda e: e["index"])
+    return members
+
+
+def _unique(stem: str, used: set[str]) -> str:
+    name, n = f"{stem}.png", 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}.png"
+    used.add(name)
+    return name
+
+
+async def remove_background_path(service: ServiceDep, admission: AdmissionDep, body: PathRequest) -> dict:
+    if service.root is None:
+        raise ApiError(501, "the path endpoint is disabled: start the server with a storage root (--storage-root)")
+    # Checked here as text only: the files are opened in the worker, relative to the root's descriptor.
+    source = storage.split_path(body.source_image_path, "sourceImagePath")
+    output = storage.split_path(body.output_image_path, "outputImagePath")
+    if PurePosixPath(output[-1]).suffix.lower() != ".png":
+        raise ApiError(
+            400, "outputImagePath: the output is a PNG file; name it '.png'", {"path": body.output_image_path}
+        )
+    started = time.perf_counter()
+    options = RemovalOptions(threshold=body.threshold)
+    args = (source, output, body.source_image_path, options, service.deadline())
+    written = await service.run(admission, service.cutout_file, *args)
+    return {
+        "sourceImagePath": body.source_image_path,
+        "outputImagePath": "/".join(output),
+        **written,
+        "elapsed_ms": round(1000 * (time.perf_counter() - started), 1),
+    }
+
+
+async def health(service: ServiceDep) -> dict:
+    return {
+        "status": "ok",
+        "model_loaded": service.remover is not None,
+        "uptime_s": round(time.monotonic() - service.started, 3),
+        "workers": service.settings.workers,
+        "pending": service.pending,
+    }
+
+
+async def model_info(service: ServiceDep) -> dict:
+    settings = service.settings
+    return {
+        **service.model_info(),
+        "limits": {
+            "max_upload_mb": settings.max_upload_mb,
+            "max_pixels": settings.max_pixels,
+            "max_matting_pixels": settings.max_matting_pixels,
+            "max_output_mb": settings.max_output_mb,
+            "max_batch": min(settings.max_batch, settings.capacity),
+            "request_timeout_s": settings.request_timeout_s,
+        },
+    }
+
+
+async def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+def add_routes(app: FastAPI, settings: ServeSettings) -> None:
+    """Every endpoint, the web page and its static files; the batch's summary names this app's ``max_batch``."""
+    png = {200: {"content": {"image/png": {}}, "description": "the PNG cut-out (or mask)"}, **ERROR_RESPONSES}
+    zipped = {
+        200: {
+            "content": {"application/zip": {}},
+            "description": "a zip of <stem>.png files and errors.json: [{filename, status, error}] for the "
+            "files that failed",
+        },
+        **ERROR_RESPONSES,
+    }
+    post = {"methods": ["POST"]}
+    app.add_api_route(
+        "/remove-background",
+        remove_background,
+        summary="Remove the background of one image",
+        response_class=Response,
+        responses=png,
+        **post,
+    )
+    app.add_api_route(
+        "/batch-remove-background",
+        batch_remove_background,
+        summary=f"Remove the background of up to {settings.max_batch} images",
+        response_class=Response,
+        responses=zipped,
+        **post,
+    )
+    app.add_api_route(
+        "/remove-background/path",
+        remove_background_path,
+        summary="Remove the background of an image on the shared storage volume",
+        responses={**ERROR_RESPONSES, 404: {"model": ErrorBody}, 501: {"model": ErrorBody}},
+        **post,
+    )
+    app.add_api_route("/health", health, summary="Liveness and readiness", methods=["GET"])
+    app.add_api_route("/model-info", model_info, summary="The model being served", methods=["GET"])
+    app.add_api_route("/", index, include_in_schema=False, methods=["GET"])
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+# -- errors ------------------------------------------------------------------------------------
+async def _api_error(request: Request, exc: ApiError) -> Response:
+    return error_response(exc.status, exc.message, exc.detail, exc.headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    errors = jsonable_encoder(exc.errors(), exclude={"input", "ctx", "url"})
+    where = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors)
+    return error_response(422, f"invalid request: {where}", errors)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    return error_response(exc.status_code, str(exc.detail), None, getattr(exc, "headers", None))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    return error_response(500, "internal server error", {"type": type(exc).__name__})
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON: ours, validation (422), Starlette's (404, 405 ...), anything else (500)."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
+
+
+__all__ = ["ERROR_RESPONSES", "ErrorBody", "PathRequest", "add_error_handlers", "add_routes", "form_options"]

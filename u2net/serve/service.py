@@ -1,0 +1,226 @@
+"""The shared model behind the endpoints: its worker pool, the admission of requests to it (503 when
+full), the deadline of each request (504) and the remover calls that run in the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from ..inference.remover import BackgroundRemover, RemovalOptions
+from ..models.pretrained import PRETRAINED, local_weights, sha256_of
+from . import storage
+from .errors import ApiError, os_reason
+from .images import decode_image, open_image
+from .matting import Matting, remove_with_matting
+from .outputs import Png, png_file, save_png
+from .settings import ServeSettings
+
+log = logging.getLogger("u2net.serve")
+
+
+class Admission:
+    """The pool slots one request holds: one from its admission, before its body is read, more
+    once a batch's size is known; each passes to an inference job when it is queued (freed when the
+    job ends, even after a timeout), and what is left is freed when the request ends."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.held = 0
+
+    def need(self, count: int) -> None:
+        """Hold at least ``count`` slots (503 if the pool has too few free)."""
+        if count > self.held:
+            self.service.reserve(count - self.held)
+            self.held = count
+
+    def close(self) -> None:
+        self.service.release(self.held)
+        self.held = 0
+
+
+class Service:
+    """The shared model, its thread pool, the matting processes and what the endpoints report."""
+
+    def __init__(self, remover: BackgroundRemover, settings: ServeSettings, model_file: Path | None) -> None:
+        self.remover = remover
+        self.settings = settings
+        self.root = Path(settings.storage_root).expanduser().resolve() if settings.storage_root is not None else None
+        if self.root is not None and not self.root.is_dir():
+            raise ValueError(f"storage root {settings.storage_root}: not a folder")
+        if self.root is not None and not storage.supported():
+            raise ValueError("a storage root needs a platform that opens files without following links (POSIX)")
+        self.model_file = model_file
+        self.sha256 = sha256_of(model_file) if model_file is not None else None
+        self.started = time.monotonic()
+        self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="u2net-serve")
+        self.matting = Matting()
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, remover_or_model_path: BackgroundRemover | str | os.PathLike, settings: ServeSettings) -> Service:
+        """The service of a remover, or of a checkpoint / ``.pth`` / ``.onnx`` path or pretrained tag loaded
+        here; the SHA-256 of the model's file (when there is one on disk) is computed here too."""
+        if isinstance(remover_or_model_path, (str, os.PathLike)):
+            remover = BackgroundRemover.from_path(remover_or_model_path, device=settings.device)
+            return cls(remover, settings, _model_file(remover_or_model_path))
+        info = getattr(getattr(remover_or_model_path, "predictor", None), "info", None)
+        return cls(remover_or_model_path, settings, _model_file(getattr(info, "source", None)))
+
+    # -- pool --------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Pool slots taken: admitted requests and their images, waiting or running."""
+        return self._pending
+
+    def admit(self) -> Admission:
+        admission = Admission(self)
+        admission.need(1)
+        return admission
+
+    def reserve(self, count: int) -> None:
+        with self._lock:
+            capacity = self.settings.capacity
+            if self._pending + count > capacity:
+                raise ApiError(
+                    503,
+                    "the server is busy: too many requests waiting; retry shortly",
+                    {"pending": self._pending, "capacity": capacity},
+                    headers={"Retry-After": "1"},
+                )
+            self._pending += count
+
+    def release(self, count: int) -> None:
+        with self._lock:
+            self._pending -= count
+
+    def _submit(self, fn, args_list, admission: Admission) -> list[concurrent.futures.Future]:
+        admission.need(len(args_list))
+        futures: list[concurrent.futures.Future] = []
+        try:
+            for args in args_list:
+                future = self.pool.submit(fn, *args)
+                admission.held -= 1  # the job's now: freed when it is done
+                future.add_done_callback(self._finished)
+                futures.append(future)
+        except RuntimeError:  # the pool is shut down
+            for future in futures:
+                future.cancel()
+            raise ApiError(503, "the server is shutting down", headers={"Retry-After": "1"}) from None
+        return futures
+
+    def _finished(self, _future) -> None:
+        self.release(1)
+
+    async def run(self, admission: Admission, fn, *args):
+        """``fn(*args)`` in the pool on a slot of ``admission``, within the request timeout (504 beyond)."""
+        (future,) = self._submit(fn, [args], admission)
+        return await self._wait([future], single=True)
+
+    async def run_many(self, admission: Admission, fn, args_list) -> list:
+        """``fn(*args)`` for each, in the pool, all within one request timeout; exceptions returned."""
+        futures = self._submit(fn, args_list, admission)
+        return await self._wait(futures, single=False)
+
+    async def _wait(self, futures, single: bool):
+        wrapped = [asyncio.wrap_future(f) for f in futures]
+        try:
+            if single:
+                return await asyncio.wait_for(wrapped[0], self.settings.request_timeout_s)
+            return await asyncio.wait_for(
+                asyncio.gather(*wrapped, return_exceptions=True), self.settings.request_timeout_s
+            )
+        except asyncio.TimeoutError:
+            # Queued work is dropped; running work ends at its deadline (matting) or finishes, discarded.
+            for future in futures:
+                future.cancel()
+            raise ApiError(
+                504,
+                f"the request timed out after {self.settings.request_timeout_s:g} s",
+                {"timeout_s": self.settings.request_timeout_s},
+            ) from None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.matting.close()
+
+    # -- work (in the pool) ------------------------------------------------------------------
+    def deadline(self) -> float:
+        """When a request starting now times out (``time.monotonic``)."""
+        return time.monotonic() + self.settings.request_timeout_s
+
+    def remove(self, image: Image.Image, options: RemovalOptions, deadline: float) -> Image.Image:
+        if options.alpha_matting:
+            matte = lambda rgb, alpha: self.matting.matte(rgb, alpha, options, deadline)  # noqa: E731
+            return remove_with_matting(self.remover, image, options, matte)
+        return self.remover.remove(image, options)
+
+    def cutout(self, img: Image.Image, name: str, options: RemovalOptions, deadline: float) -> Png:
+        result = self.remove(decode_image(img, name), options, deadline)
+        return png_file(result, self.settings.max_output_bytes, name)
+
+    def cutout_file(
+        self, source: tuple[str, ...], output: tuple[str, ...], name: str, options: RemovalOptions, deadline: float
+    ) -> dict:
+        """Read ``source``, write the cut-out to ``output`` atomically, both under the root and opened
+        here, with no link followed; nothing is written once the request has timed out (``deadline``),
+        since its client was told 504."""
+        data, source_id = storage.read_file(self.root, source, "sourceImagePath", self.settings.max_upload_bytes)
+        img = open_image(data, name, self.settings.max_pixels)
+        with storage.OutputFile(self.root, output, "outputImagePath", source_id) as out:  # checked, held
+            result = self.remove(decode_image(img, name), options, deadline)
+            if time.monotonic() > deadline:
+                raise ApiError(504, f"the request timed out after {self.settings.request_timeout_s:g} s")
+            try:
+                nbytes = out.write(lambda f: save_png(result, f, self.settings.max_output_bytes, name))
+            except OSError as exc:
+                raise ApiError(500, f"outputImagePath: cannot write the output ({os_reason(exc)})") from None
+        return {"width": result.size[0], "height": result.size[1], "bytes": nbytes}
+
+    def warm_up(self) -> None:
+        started = time.perf_counter()
+        self.remover.remove(Image.new("RGB", (64, 64), (128, 128, 128)))
+        log.info("model warmed up in %.2f s", time.perf_counter() - started)
+
+    # -- reports -----------------------------------------------------------------------------
+    def model_info(self) -> dict:
+        predictor = getattr(self.remover, "predictor", None)
+        info = getattr(predictor, "info", None)
+        extra = dict(getattr(info, "extra", {}) or {})
+        providers = extra.get("providers")
+        device = extra.get("device")
+        try:
+            input_size = int(predictor.input_size)
+        except (AttributeError, TypeError, ValueError, KeyError):
+            input_size = None
+        return {
+            "name": getattr(info, "name", None) or type(predictor).__name__,
+            "parameters": getattr(info, "parameters", None),
+            "input_size": input_size,
+            "backend": getattr(info, "backend", None),
+            "execution_providers": list(providers) if providers else ([device] if device else []),
+            "device": device,
+            "size_mb": round(info.size_mb, 3) if getattr(info, "size_mb", None) is not None else None,
+            "file": self.model_file.name if self.model_file is not None else None,
+            "sha256": self.sha256,
+        }
+
+
+def _model_file(source: str | os.PathLike | None) -> Path | None:
+    """The weights file behind a path or pretrained tag (for its hash), if there is one on disk."""
+    if source is None or str(source) == "":
+        return None
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    return local_weights(str(source)) if str(source) in PRETRAINED else None  # bundled or cached, never fetched
+
+
+__all__ = ["Admission", "Service"]
