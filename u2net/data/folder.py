@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .io import ImageReadError, list_images, oriented_size, read_image, read_mask
+from ..errors import one_line
+from .io import ImageReadError, list_images, oriented_size, read_image, read_mask, read_problem
 
 
 @dataclass(frozen=True)
@@ -249,11 +250,11 @@ class SaliencyDataset(Dataset):
         try:
             image = read_image(image_path)
         except Exception as exc:
-            raise RuntimeError(f"{image_path}: cannot read image ({_why(exc)})") from exc
+            raise RuntimeError(f"{image_path}: cannot read image ({read_problem(exc)})") from exc
         try:
             mask = read_mask(mask_path)
         except Exception as exc:
-            raise RuntimeError(f"{mask_path}: cannot read mask ({_why(exc)})") from exc
+            raise RuntimeError(f"{mask_path}: cannot read mask ({read_problem(exc)})") from exc
         if image.shape[:2] != mask.shape:
             raise RuntimeError(f"{mask_path}: mask size {mask.shape[::-1]} differs from image {image.shape[1::-1]}")
         return image, mask
@@ -266,11 +267,7 @@ class SaliencyDataset(Dataset):
                 f"{len(self.unreadable)} of {len(self.pairs)} training pairs became unreadable during training "
                 f"(more than {limit}), e.g. {next(iter(self.unreadable.values()))}; check the data and resume"
             )
-        print(f"warning: skipped {' '.join(problem.split())}; training on the next pair instead", file=sys.stderr)
-
-
-def _why(exc: Exception) -> str:
-    return exc.reason if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
+        print(f"warning: skipped {one_line(problem)}; training on the next pair instead", file=sys.stderr)
 
 
 T = TypeVar("T")

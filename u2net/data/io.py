@@ -15,6 +15,8 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import one_line, reason
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # what the service accepts
 
 
@@ -46,6 +48,12 @@ class ImageReadError(ValueError):
 
     def __reduce__(self):  # picklable (DataLoader workers send errors to the main process)
         return type(self), (self.name, self.reason)
+
+
+def read_problem(exc: BaseException) -> str:
+    """Why reading a file failed, on one line, for a report that names the file already: an
+    :class:`ImageReadError`'s reason (its message starts with the name), else ``Type: message``."""
+    return one_line(exc.reason) if isinstance(exc, ImageReadError) else reason(exc)
 
 
 class UnsupportedImageError(ImageReadError):

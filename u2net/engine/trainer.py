@@ -19,7 +19,6 @@ from torch.optim import Optimizer
 
 from ..data import DatasetCheckError
 from ..data.datamodule import SaliencyDataModule
-from ..data.transforms import Preprocessing
 from ..metrics import SaliencyMetrics, evaluate_batch
 from ..metrics.saliency import PER_IMAGE_KEYS
 from ..models.batchnorm import folded_batchnorms, restore_batchnorm
@@ -391,7 +390,7 @@ class Trainer:
             weights_source="model" if weights is None else self.best_source,  # what "model" holds
             model_name=getattr(model, "model_name", None),
             model_args=getattr(model, "model_args", {}),
-            preprocessing=Preprocessing.from_dict(self.data.preprocessing),
+            preprocessing=self.data.preprocessing,
             config=self.run_config,
             trainer=asdict(self.cfg),
             step=self.step,
@@ -611,8 +610,8 @@ class Trainer:
 
     def _log_images(self, images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor) -> None:
         n = images.shape[0]
-        mean = torch.tensor(self.data.preprocessing["mean"], device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.data.preprocessing["std"], device=images.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.data.preprocessing.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.data.preprocessing.std, device=images.device).view(1, 3, 1, 1)
         shown = (images.float() * std + mean).clamp(0, 1)
         # One row each for inputs, ground truth and predictions; one column per image.
         rows = [shown, masks[:n].float().expand(-1, 3, -1, -1), probs[:n].expand(-1, 3, -1, -1)]
@@ -621,7 +620,7 @@ class Trainer:
 
 
 def _warn_on_size_mismatch(model: nn.Module, data: SaliencyDataModule) -> None:
-    expected, size = getattr(model, "weights_input_size", None), data.preprocessing["image_size"]
+    expected, size = getattr(model, "weights_input_size", None), data.preprocessing.image_size
     if expected and expected != size:
         warnings.warn(
             f"the starting weights were made for {expected}×{expected} inputs but this run resizes to {size}×{size} "

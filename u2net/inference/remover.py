@@ -28,9 +28,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
-from ..data.io import ImageReadError, list_images, open_image, read_image, to_rgb, to_uint8
+from ..data.io import list_images, open_image, read_image, read_problem, to_rgb, to_uint8
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ..errors import one_line, reason
 from ..fileio import atomic_write
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
@@ -516,17 +515,11 @@ def remove_batch(
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # a bad file must never stop the batch
-                report.failures.append((path, _reason(exc)))
+                report.failures.append((path, read_problem(exc)))
                 bar.set_postfix(failed=report.failed)
             else:
                 report.done += 1
     return report
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ImageReadError):  # its message starts with the file name, which the report has already
-        return one_line(exc.reason)
-    return reason(exc)
 
 
 __all__ = [
