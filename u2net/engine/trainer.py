@@ -26,6 +26,7 @@ from ..models.checkpoint import Checkpoint, load_checkpoint
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .distributed import any_rank, barrier, broadcast_object, broadcast_tensors, gather_objects, setup_distributed
 from .ema import WeightEMA
+from .precision import MIN_GRADIENT_AGREEMENT, gradient_agreement
 from .schedulers import LRSchedule
 from .utils import autocast_context, pick_device, resolve_precision, seed_everything
 
@@ -45,7 +46,7 @@ class TrainerConfig:
     checkpoint_every: int = 0  # extra last.pt saves between validations; 0 = only at validation
     grad_accum: int = 1
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA only, with gradient scaling)
+    precision: str = "auto"  # auto (bf16 if fast here and its gradients agree with fp32) | fp32 | bf16 | fp16 (CUDA)
     device: str = "auto"  # auto = cuda, then mps, then cpu
     channels_last: bool = True  # faster convolutions on CPU and on tensor-core GPUs
     seed: int = 42
@@ -174,6 +175,8 @@ class Trainer:
             self.restore(ckpt_path)  # every rank reads the same checkpoint
         elif cfg.restore_bn:
             self._restore_folded_batchnorm()
+        if cfg.precision == "auto" and self.precision != "fp32":
+            self._check_low_precision()
         if cfg.tensorboard and ctx.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -299,11 +302,7 @@ class Trainer:
     def train_step(self, batch_group: list[dict]) -> list[float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns [total, fused, side1..]."""
         cfg = self.cfg
-        self.model.train()
-        if cfg.freeze_bn:
-            for module in self.module.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+        self._train_mode()
         self._apply_schedule()
         self.optimizer.zero_grad(set_to_none=True)
         totals = None
@@ -548,7 +547,33 @@ class Trainer:
         if self.dist.is_main and self.cfg.progress:
             print(f"restored {count} folded BatchNorm layers from {sum(len(b) for b in images)} training images")
 
+    def _check_low_precision(self) -> None:
+        """precision=auto: keep bf16 only if one batch's bf16 gradient agrees with the fp32 one (see
+        :mod:`u2net.engine.precision`); the published U²-Net† weights do not, and train in fp32."""
+        loader = self.data.train_loader(self.cfg.seed, 0, rank=0, world_size=1)  # the same batch on every rank
+        images, masks = self._to_device(next(iter(loader)))
+        self._train_mode()
+        agreement = gradient_agreement(self.module, self.loss_fn, images, masks, self.precision)
+        if not any_rank(self.dist, agreement < MIN_GRADIENT_AGREEMENT):
+            return
+        if self.dist.is_main:
+            print(
+                f"precision: {self.precision} gradients disagree with fp32 on the first batch (cosine "
+                f"{agreement:.2f} < {MIN_GRADIENT_AGREEMENT}): training in fp32 "
+                f"(trainer.precision={self.precision} forces {self.precision})"
+            )
+        self.precision = "fp32"
+        if self.cfg.val_precision == "same":
+            self.val_precision = "fp32"
+
     # ------------------------------------------------------------------ helpers
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.cfg.freeze_bn:
+            for module in self.module.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
     def _save_after_crash(self, exc: Exception, progress) -> None:
         """Save last.pt when a step failed before it changed the weights (a data error, say), so that
         the steps since the last validation are not lost; a crash inside the update, or a non-finite
