@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ASSETS = Path(__file__).parent / "assets"
@@ -74,3 +75,18 @@ def tiny_synthetic(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("data") / "synthetic"
     return generate_synthetic_dataset(root, num_train=24, num_val=8, seed=1, min_size=64, max_size=96, progress=False)
+
+
+class FullSizePredictor:
+    """Base of the test doubles for a predictor: a subclass's ``predict(rgb)`` gives the H×W map at the
+    image's own size; the image is its own "preprocessed input", so that the remover's resize of the
+    model's output back to the image's size leaves the map as it is."""
+
+    def preprocess(self, rgb: np.ndarray, resize: str | None = None) -> np.ndarray:  # noqa: ARG002 - full size
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+        return rgb
+
+    def predict_batch(self, batch, sizes=None) -> list[np.ndarray]:
+        probs = [np.asarray(self.predict(rgb), np.float32) for rgb in batch]
+        assert all(prob.shape == rgb.shape[:2] for prob, rgb in zip(probs, batch))
+        return probs

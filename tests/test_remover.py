@@ -17,10 +17,10 @@ from u2net.fileio import write_image
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions, mask_bbox, parse_color, remove_batch
 from u2net.inference.remover import clean_mask, cover, load_rgb, plan_outputs
 
-from .conftest import ASSETS, REPO
+from .conftest import ASSETS, REPO, FullSizePredictor
 
 
-class FakePredictor:
+class FakePredictor(FullSizePredictor):
     """``predict`` gives ``fn(rgb)``: a known mask, checked to be at the image's size."""
 
     def __init__(self, fn) -> None:

@@ -33,6 +33,8 @@ from u2net.inference import BackgroundRemover, RemovalOptions  # noqa: E402
 from u2net.serve import ApiError, ServeSettings, create_app, default_allowed_hosts  # noqa: E402
 from u2net.serve.matting import Matting  # noqa: E402
 
+from .conftest import FullSizePredictor  # noqa: E402
+
 HOSTS = ["testserver"]  # the Host the test client sends
 
 
@@ -42,7 +44,7 @@ def client(remover) -> TestClient:
     return TestClient(create_app(remover, ServeSettings(warmup=False, allowed_hosts=HOSTS)))
 
 
-class RectPredictor:
+class RectPredictor(FullSizePredictor):
     """A known mask: probability 1 in a centred rectangle, 0 elsewhere."""
 
     def __init__(self) -> None:
@@ -57,7 +59,17 @@ class RectPredictor:
         return prob
 
 
-class SlowRemover:
+class RemoveOnly:
+    """Base of the remover doubles that define ``remove`` alone: the service's ``cutout`` (output and
+    mask) takes the mask from the output's alpha channel."""
+
+    def cutout(self, image, options=None) -> tuple[Image.Image, np.ndarray]:
+        result = self.remove(image, options)
+        bands = result.getbands() if isinstance(result, Image.Image) else ()
+        return result, np.asarray(result.getchannel("A")) if "A" in bands else np.zeros((1, 1), np.uint8)
+
+
+class SlowRemover(RemoveOnly):
     """Takes ``delay`` seconds per image."""
 
     def __init__(self, delay: float) -> None:
@@ -229,7 +241,7 @@ def test_remove_background_options():
 
 
 def test_remove_background_stretch_option():
-    class FaintPredictor:  # an unconfident map: 0.2 in the background, 0.6 in a rectangle
+    class FaintPredictor(FullSizePredictor):  # an unconfident map: 0.2 in the background, 0.6 in a rectangle
         def predict(self, rgb: np.ndarray) -> np.ndarray:
             prob = np.full(rgb.shape[:2], 0.2, np.float32)
             prob[10:20, 10:30] = 0.6
@@ -263,7 +275,7 @@ def test_remove_background_alpha_matting_in_a_child_matches_the_remover():
     assert len(calls) == 2 and matting.running == 0
 
 
-class UnsurePredictor:
+class UnsurePredictor(FullSizePredictor):
     """A map sure only in two corners (foreground top left, background bottom right): alpha matting
     has nearly every pixel to solve, which takes seconds."""
 
@@ -697,7 +709,7 @@ def test_path_endpoint_replaces_an_output_atomically(storage):
             f.write(b"\x89PNG half")
             raise OSError("disk full")
 
-    class FailingRemover:
+    class FailingRemover(RemoveOnly):
         def remove(self, image, options=None):
             return FailingImage()
 
@@ -776,7 +788,7 @@ def test_path_endpoint_refuses_symlinks(storage):
     assert sorted(p.name for p in outside.iterdir()) == ["secret.png"]
 
 
-class GatedRemover:
+class GatedRemover(RemoveOnly):
     """Holds its first call until ``release`` is set, keeping the only worker busy meanwhile."""
 
     def __init__(self) -> None:
@@ -837,7 +849,7 @@ def test_path_endpoint_holds_the_output_folder_it_checked(storage):
     root, outside = storage
     (root / "out").mkdir()
 
-    class Swapping:
+    class Swapping(RemoveOnly):
         def remove(self, image, options=None):
             (root / "out").rename(root / "out-old")
             (root / "out").symlink_to(outside, target_is_directory=True)
@@ -1026,7 +1038,7 @@ def test_pool_threads_are_bounded(remover):
     the event loop's, and concurrent requests on the shared model get exactly their own results."""
     seen: set[str] = set()
 
-    class Recording:
+    class Recording(RemoveOnly):
         def remove(self, image, options=None):
             seen.add(threading.current_thread().name)
             return remover.remove(image, options)
@@ -1048,3 +1060,27 @@ def test_pool_threads_are_bounded(remover):
         np.testing.assert_array_equal(np.asarray(_image(results[i])), np.asarray(remover.remove(picture)))
     assert 1 <= len(seen) <= 2 and all(name.startswith("u2net-serve") for name in seen)
     assert app.state.service.pending == 0
+
+
+def test_each_cutout_carries_its_confidence_and_qa_flags() -> None:
+    client, _ = _rect_client()
+    response = _post(client, _encode(_picture(80, 60)))
+    _image(response)
+    # RectPredictor: a centred rectangle with one soft column, so a confident mask with no flag.
+    assert response.headers["X-QA-Flags"] == "ok"
+    assert 0.9 < float(response.headers["X-Confidence"]) < 1.0
+    blank = _client(BackgroundRemover(type("Blank", (FullSizePredictor,), {"predict": _zeros})()))
+    flagged = _post(blank, _encode(_picture(80, 60)), mask_only="true")
+    assert flagged.headers["X-QA-Flags"] == "empty" and float(flagged.headers["X-Confidence"]) == 0.0
+
+
+def _zeros(self, rgb: np.ndarray) -> np.ndarray:
+    return np.zeros(rgb.shape[:2], np.float32)
+
+
+def test_quality_presets_are_form_fields() -> None:
+    client, _ = _rect_client()
+    for quality in ("fast", "balanced", "best"):
+        assert _image(_post(client, _encode(_picture(80, 60)), quality=quality)).size == (80, 60)
+    refused = _post(client, _encode(_picture(80, 60)), quality="ultra")
+    assert refused.status_code == 400 and "quality must be one of" in refused.json()["error"]

@@ -101,6 +101,8 @@ def test_upload_see_result_and_download(server, tmp_path):
             _wait_for_image(page, "original")
             assert page.get_attribute("#download", "aria-disabled") == "false"
             assert "320×240" in page.text_content("#status")
+            badge = page.text_content("#qa-badge")  # the mask's QA: flags or "looks good", and a confidence
+            assert page.is_visible("#qa-badge") and "confidence" in badge and "%" in badge
             ARTIFACTS.mkdir(exist_ok=True)
             shot = tmp_path / "serve_e2e.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -3,6 +3,8 @@
     u2net remove photo.jpg cutout.png                      # RGBA cut-out with the bundled U²-Net† (offline)
     u2net remove photos/ cutouts/ --model best.onnx --crop --bg-color white
     u2net remove photos/ masks/ --mask-only --threshold 0.5 --overwrite
+    u2net remove photos/ cutouts/ --format webp --batch-size 8 --providers CUDA,CPU --model best.onnx
+    cat photo.jpg | u2net remove - - > cutout.png           # stdin to stdout
 
 Exit status: 0 when everything was processed (or skipped), 1 when some file failed, 2 for usage
 errors (bad arguments, missing input or model).
@@ -14,6 +16,8 @@ running it (``args -> exit status``); add a new one to ``COMMANDS``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import io
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -120,25 +124,99 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "file is imported)",
     )
     model.add_argument("--device", default="auto", help="PyTorch device: auto (CUDA, MPS, CPU), cpu, cuda, cuda:1 ...")
+    model.add_argument(
+        "--input-size",
+        type=_int_in(32),
+        metavar="N",
+        help="the model's input side, px (default: the one the weights were validated at, usually 320); an ONNX "
+        "file exported at a fixed size cannot change it",
+    )
+    model.add_argument(
+        "--providers",
+        type=_names,
+        metavar="NAME[,NAME...]",
+        help="ONNX Runtime execution providers in order of preference, e.g. CUDA,OpenVINO,CPU (those not available "
+        "here are passed over); implies --backend onnxruntime with --backend auto",
+    )
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _available_providers(names: list[str]) -> list[str]:
+    """ONNX Runtime's full names for ``names`` (``CUDA`` or ``CUDAExecutionProvider``, any case), keeping
+    those this ONNX Runtime has; a one-line usage error for an unknown name, or when none is available."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    from .inference.runtime import pick_providers
+
+    known = {name.lower(): name for name in onnxruntime.get_all_providers()}
+    full = []
+    for name in names:
+        key = name.lower() if name.lower().endswith("executionprovider") else f"{name.lower()}executionprovider"
+        if key not in known:
+            raise UsageError(f"--providers: unknown ONNX Runtime provider {_shown(name)!r}")
+        full.append(known[key])
+    available = pick_providers(full)
+    if not available:
+        have = ", ".join(onnxruntime.get_available_providers())
+        raise UsageError(f"--providers: none of {', '.join(full)} is available in this ONNX Runtime (it has {have})")
+    return available
 
 
 def _add_remove_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="an image, or a folder searched recursively")
+    from .inference.batch import CPU_BATCH_SIZE, DEFAULT_WORKERS, GPU_BATCH_SIZE
+
+    parser.add_argument("input", help="an image, a folder searched recursively, or - for one image on stdin")
     parser.add_argument(
-        "output", help="the output .png (or a folder) for an image; a folder mirroring the input tree for a folder"
+        "output",
+        help="for an image: the output file (.png, .webp, .jpg) or a folder, or - for stdout; for a folder: a folder "
+        "mirroring the input tree",
     )
     _add_model_arguments(parser)
     _add_output_arguments(parser)
     _add_mask_arguments(parser)
+    speed = parser.add_argument_group("speed")
+    speed.add_argument(
+        "--batch-size",
+        type=_int_in(1),
+        metavar="N",
+        help=f"images per model run (default {GPU_BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} otherwise)",
+    )
+    speed.add_argument(
+        "--workers",
+        type=_non_negative,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help="threads decoding ahead of the model, and as many encoding and writing behind it (default "
+        f"{DEFAULT_WORKERS}; 0: one image after another)",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    from .inference.batch import OUTPUT_FORMATS
     from .inference.remover import RemovalOptions
 
     defaults = RemovalOptions()  # the library's defaults, not copies of them
     output = parser.add_argument_group("output")
     output.add_argument("--mask-only", action="store_true", help="write the alpha mask (grayscale) only")
+    output.add_argument(
+        "--format",
+        choices=tuple(OUTPUT_FORMATS),
+        help="output format (default: a single output file's suffix, else png); webp is lossless unless "
+        "--output-quality; jpeg has no transparency: it needs --bg-color, --bg-image or --mask-only",
+    )
+    output.add_argument("--output-quality", type=_int_in(1, 100), metavar="Q", help="lossy webp or jpeg quality, 1-100")
+    output.add_argument(
+        "--qa-csv",
+        type=Path,
+        metavar="FILE",
+        help="write each output's confidence (0-1) and QA flags (empty, touches_frame, several_components, "
+        "uncertain_band) to this CSV",
+    )
     output.add_argument("--crop", action="store_true", help="crop to the subject's bounding box")
     output.add_argument(
         "--padding",
@@ -168,10 +246,22 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_mask_arguments(parser: argparse.ArgumentParser) -> None:
-    from .inference.remover import RemovalOptions
+    from .inference.remover import DEFAULT_QUALITY, QUALITY_PRESETS, RemovalOptions
 
     defaults = RemovalOptions()
     mask = parser.add_argument_group("mask")
+    mask.add_argument(
+        "--quality",
+        choices=tuple(QUALITY_PRESETS),
+        default=DEFAULT_QUALITY,
+        help=f"how the mask is made (default {DEFAULT_QUALITY}): fast (OpenCV resize), balanced (anti-aliased "
+        "resize), best (also edges snapped to the photo and a second pass on small subjects); docs/quality.md",
+    )
+    mask.add_argument(
+        "--decontaminate",
+        action="store_true",
+        help="take the old background's colour out of semi-transparent edges (pymatting; like rembg -dc)",
+    )
     mask.add_argument(
         "--threshold",
         type=_probability,
@@ -223,8 +313,12 @@ def _load_remover(args: argparse.Namespace):
     if model not in PRETRAINED and not Path(model).expanduser().exists():
         raise UsageError(f"{model}: model file not found (give --model a checkpoint, .pth, .onnx or pretrained tag)")
     source = model if model in PRETRAINED else Path(model).expanduser()
+    providers = _available_providers(args.providers) if args.providers else None
+    backend = "onnxruntime" if providers and args.backend == "auto" else args.backend
     try:
-        return BackgroundRemover(Predictor.from_path(source, args.device, backend=args.backend))
+        predictor = Predictor.from_path(
+            source, args.device, image_size=args.input_size, backend=backend, providers=providers
+        )
     except RuntimeError as exc:
         if isinstance(exc, WeightsDownloadError):
             raise UsageError(
@@ -236,56 +330,166 @@ def _load_remover(args: argparse.Namespace):
         raise UsageError(f"{model}: cannot load the model: {one_line(exc)}") from None
     except Exception as exc:  # e.g. onnxruntime's own errors for a damaged .onnx file
         raise UsageError(f"{model}: cannot load the model: {type(exc).__name__}: {one_line(exc)}") from None
+    fixed = predictor.backend.fixed_size
+    if args.input_size and fixed and fixed != args.input_size:
+        raise UsageError(
+            f"{model}: this ONNX file's input is fixed at {fixed}x{fixed}, so --input-size {args.input_size} cannot "
+            "change it; export the model at that size, or run it with --backend pytorch"
+        )
+    return BackgroundRemover(predictor)
+
+
+def _background_image(args: argparse.Namespace):
+    """The decoded --bg-image (or ``None``): read once, here, so that a bad file is one usage error, not a
+    failure of every image."""
+    from .data.io import read_image
+
+    if args.bg_image is None:
+        return None
+    if not args.bg_image.is_file():
+        raise UsageError(f"{_shown(args.bg_image)}: background image not found")
+    try:
+        return read_image(args.bg_image)
+    except Exception as exc:
+        problem = _shown(one_line(exc))
+        raise UsageError(f"{_shown(args.bg_image)}: cannot read the background image: {problem}") from None
+
+
+def _removal_options(args: argparse.Namespace):
+    from .inference.remover import RemovalOptions
+
+    for flag, wanted in (("--alpha-matting", args.alpha_matting), ("--decontaminate", args.decontaminate)):
+        if wanted and importlib.util.find_spec("pymatting") is None:
+            raise UsageError(f"{flag} needs pymatting: pip install -e '.[matting]' in the repository")
+    return RemovalOptions.preset(
+        args.quality,
+        decontaminate=args.decontaminate,
+        mask_only=args.mask_only,
+        crop=args.crop,
+        padding=args.padding,
+        crop_threshold=args.crop_threshold,
+        threshold=args.threshold,
+        alpha_matting=args.alpha_matting,
+        fg_threshold=args.fg_threshold,
+        bg_threshold=args.bg_threshold,
+        erode_size=args.erode_size,
+        post_process=args.post_process,
+        bg_color=args.bg_color,
+        bg_image=_background_image(args),
+        stretch=args.stretch,
+        rembg_compatible=args.rembg_compatible,
+    )
+
+
+def _output_format(args: argparse.Namespace, options):
+    """The checked output format: --format, else the output file's suffix, else PNG (stdout: PNG)."""
+    from .inference.batch import OutputFormat, format_of_suffix
+    from .inference.remover import needs_alpha, output_format_for
+
+    if args.output == "-":
+        name = args.format or "png"
+    elif args.input == "-":
+        name = args.format or format_of_suffix(Path(args.output).suffix) or "png"
+    else:
+        name = output_format_for(args.input, args.output, args.format)
+    if args.output_quality is not None and name == "png":
+        raise UsageError("--output-quality applies to webp and jpeg outputs (--format); png is always lossless")
+    output_format = OutputFormat(name, args.output_quality)
+    if not output_format.has_alpha and needs_alpha(options):
+        raise UsageError(
+            "JPEG outputs cannot be transparent: add --bg-color (an opaque colour) or --bg-image, or --mask-only; "
+            "or choose --format png or webp"
+        )
+    return output_format
+
+
+def _check_paths(args: argparse.Namespace, output_format) -> None:
+    """Bad input/output combinations fail here, before the model loads."""
+    from .inference.batch import format_of_suffix
+    from .inference.remover import plan_outputs
+
+    if args.output == "-":
+        if Path(args.input).is_dir():
+            raise UsageError(f"{_shown(args.input)}: a folder's outputs cannot go to stdout; give an output folder")
+    elif args.input == "-":
+        if Path(args.output).is_dir() or format_of_suffix(Path(args.output).suffix) != output_format.name:
+            raise UsageError(
+                f"{_shown(args.output)}: reading stdin, the output is one {output_format.name} file: name it "
+                f"'{output_format.suffix}' (or - for stdout)"
+            )
+    else:
+        try:
+            plan_outputs(args.input, args.output, format=output_format.name)
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError(_shown(exc)) from None
 
 
 def _run_remove(args: argparse.Namespace) -> int:
-    from .data.io import read_image
-    from .inference.remover import RemovalOptions, plan_outputs, remove_batch
+    from .inference.remover import remove_batch
 
-    if not Path(args.input).exists():
+    if args.input != "-" and not Path(args.input).exists():
         raise UsageError(f"{_shown(args.input)}: no such file or folder")
-    background = None
-    if args.bg_image is not None:
-        if not args.bg_image.is_file():
-            raise UsageError(f"{_shown(args.bg_image)}: background image not found")
-        try:  # decoded once, here: a bad file is one usage error, not a failure of every image
-            background = read_image(args.bg_image)
-        except Exception as exc:
-            raise UsageError(
-                f"{_shown(args.bg_image)}: cannot read the background image: {_shown(one_line(exc))}"
-            ) from None
-    if args.alpha_matting:
-        try:
-            import pymatting  # noqa: F401
-        except ImportError:
-            raise UsageError("--alpha-matting needs pymatting: pip install -e '.[matting]' in the repository") from None
     try:
-        options = RemovalOptions(
-            mask_only=args.mask_only,
-            crop=args.crop,
-            padding=args.padding,
-            crop_threshold=args.crop_threshold,
-            threshold=args.threshold,
-            alpha_matting=args.alpha_matting,
-            fg_threshold=args.fg_threshold,
-            bg_threshold=args.bg_threshold,
-            erode_size=args.erode_size,
-            post_process=args.post_process,
-            bg_color=args.bg_color,
-            bg_image=background,
-            stretch=args.stretch,
-            rembg_compatible=args.rembg_compatible,
-        )
-        plan_outputs(args.input, args.output)  # bad input/output combinations fail before the model loads
-    except (ValueError, FileNotFoundError) as exc:
+        options = _removal_options(args)
+        output_format = _output_format(args, options)
+    except ValueError as exc:
         raise UsageError(_shown(exc)) from None
+    _check_paths(args, output_format)
     remover = _load_remover(args)
-    report = remove_batch(remover, args.input, args.output, options, overwrite=args.overwrite, progress=not args.quiet)
-    _say(report.summary())
+    if "-" in (args.input, args.output):
+        return _remove_streamed(remover, args, options, output_format)
+    report = remove_batch(
+        remover,
+        args.input,
+        args.output,
+        options,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        format=output_format.name,
+        quality=output_format.quality,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        qa_csv=args.qa_csv,
+    )
+    return _print_report(report)
+
+
+def _remove_streamed(remover, args: argparse.Namespace, options, output_format) -> int:
+    """One image from stdin (``-``) or a file, to stdout (``-``) or a file; the summary goes to stderr when
+    stdout carries the image."""
+    from .data.io import read_problem
+    from .fileio import atomic_write
+    from .inference.remover import BatchReport
+
+    out = None if args.output == "-" else Path(args.output)
+    report = BatchReport()
+    if out is not None and out.exists() and not args.overwrite:
+        report.skipped = 1
+        return _print_report(report)
+    try:
+        source = sys.stdin.buffer.read() if args.input == "-" else Path(args.input)
+        encoded = io.BytesIO()
+        output_format.save(remover.remove(source, options), encoded)
+    except Exception as exc:  # a bad image is a failure, reported like a batch's
+        report.failures.append((Path(args.input), read_problem(exc)))
+        return _print_report(report, sys.stderr if out is None else None)
+    if out is None:
+        sys.stdout.buffer.write(encoded.getvalue())
+        sys.stdout.buffer.flush()
+    else:
+        with atomic_write(out) as f:
+            f.write(encoded.getvalue())
+    report.done = 1
+    return _print_report(report, sys.stderr if out is None else None)
+
+
+def _print_report(report, stream=None) -> int:
+    """Print the summary and the names of what was left out or failed; the exit status."""
+    _say(report.summary(), stream)
     for path, reason in report.left_out:
-        _say(f"  skipped: {_shown(path)}: {_shown(reason)}")
+        _say(f"  skipped: {_shown(path)}: {_shown(reason)}", stream)
     for path, reason in report.failures:
-        _say(f"  failed: {_shown(path)}: {_shown(reason)}")
+        _say(f"  failed: {_shown(path)}: {_shown(reason)}", stream)
     return 1 if report.failed else 0
 
 
@@ -294,8 +498,9 @@ REMOVE = Command(
     "remove the background of an image or of every image in a folder",
     _add_remove_arguments,
     _run_remove,
-    description="Cut out the subject of an image (or of every image under a folder, recursively) and write PNGs: "
-    "RGBA cut-outs, masks, or composites on a new background. Existing outputs are skipped unless --overwrite.",
+    description="Cut out the subject of an image (or of every image under a folder, recursively) and write PNG, "
+    "WebP or JPEG files: RGBA cut-outs, masks, or composites on a new background. Folders run in batches, with "
+    "decoding and encoding in threads around the model. Existing outputs are skipped unless --overwrite.",
 )
 
 

@@ -20,6 +20,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 # ImageNet statistics: what the official weights (and every U²-Net we know of) were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,6 +89,20 @@ def normalize_image(
         _check_normalization(mode)
     array = (array - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+RESIZE_METHODS = (*_INTERPOLATIONS, "lanczos")
+
+
+def resize_image(image: np.ndarray, size: int, method: str = "linear") -> np.ndarray:
+    """An H×W×3 uint8 image resized to ``size``² (inference). ``linear`` / ``area`` / ``cubic``: OpenCV;
+    ``lanczos``: Pillow's Lanczos, which widens its kernel when shrinking (anti-aliased), as rembg
+    resizes."""
+    if method == "lanczos":
+        return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
+    if method not in _INTERPOLATIONS:
+        raise ValueError(f"resize method must be one of {', '.join(RESIZE_METHODS)}, got {method!r}")
+    return cv2.resize(image, (size, size), interpolation=_INTERPOLATIONS[method])
 
 
 class SaliencyTransform:

@@ -1,7 +1,8 @@
 """Inference: mask prediction with the validation preprocessing, on PyTorch or ONNX Runtime, and
-background removal (cut-outs, crops, new backgrounds, batches); the ONNX Runtime session factory and
-latency timer that export uses too."""
+background removal (cut-outs, crops, new backgrounds, pipelined batches in PNG, WebP or JPEG); the ONNX
+Runtime session factory and latency timer that export uses too."""
 
+from .batch import OutputFormat, run_pipeline
 from .predictor import ModelInfo, OnnxBackend, Predictor, TorchBackend, resize_probability
 from .remover import BackgroundRemover, BatchReport, RemovalOptions, mask_bbox, parse_color, remove_batch
 from .runtime import median_seconds, onnx_session
@@ -11,6 +12,7 @@ __all__ = [
     "BatchReport",
     "ModelInfo",
     "OnnxBackend",
+    "OutputFormat",
     "Predictor",
     "RemovalOptions",
     "TorchBackend",
@@ -20,4 +22,5 @@ __all__ = [
     "parse_color",
     "remove_batch",
     "resize_probability",
+    "run_pipeline",
 ]

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.transforms import Preprocessing
+from ..data.transforms import Preprocessing, normalize_image, resize_image
 from ..models import load_checkpoint
 from ..models.onnx_format import decode_metadata
 from ..models.pretrained import PRETRAINED, local_weights
@@ -81,6 +81,8 @@ class OnnxBackend:
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
         wanted = pick_providers(providers)
+        if not wanted:
+            raise ValueError(f"none of the ONNX Runtime providers {', '.join(providers or ())} is available here")
         model_bytes = Path(path).read_bytes()
         batch_name = symbolic_batch_dim(model_bytes)
         on_cpu = wanted[:1] == ["CPUExecutionProvider"]
@@ -147,6 +149,7 @@ class Predictor:
         precision: str = "fp32",
         image_size: int | None = None,
         backend: str = "auto",
+        providers: list[str] | None = None,
     ) -> Predictor:
         """A predictor for a checkpoint, official ``.pth``, pretrained tag or ``.onnx`` file (read once).
 
@@ -155,7 +158,9 @@ class Predictor:
         ``onnxruntime`` always ONNX Runtime (an ``.onnx`` path, or a tag whose file here is ONNX, as the
         bundled ``u2netp.duts``; never a download, which may bring a ``.pth``). The preprocessing is the
         weights' own (a tag's catalogue entry, a checkpoint's stored one, an ONNX file's metadata), else the
-        defaults; ``image_size`` overrides its size.
+        defaults; ``image_size`` overrides its size. ``providers``: ONNX Runtime execution providers in order of
+        preference (default :data:`~u2net.inference.runtime.DEFAULT_PROVIDERS`; those this ONNX Runtime lacks
+        are passed over), for ONNX Runtime only.
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -164,13 +169,15 @@ class Predictor:
         if source.lower().endswith(".onnx") and backend != "pytorch":
             if not Path(source).is_file():
                 raise FileNotFoundError(f"{source}: ONNX file not found")
-            backend = OnnxBackend(source)
+            backend = OnnxBackend(source, providers)
             meta = backend.metadata
             preprocessing = Preprocessing.from_metadata(decode_metadata(meta)) or Preprocessing()
             info = ModelInfo(meta.get("model_name", Path(source).stem), source, "onnxruntime", size_mb=_file_mb(source))
             info.extra["providers"] = backend.providers
             return cls(backend, replace(preprocessing, **overrides), info)
 
+        if providers:
+            raise ValueError(f"{source}: runs on PyTorch; execution providers are for ONNX Runtime (an .onnx model)")
         checkpoint = load_checkpoint(source)
         model = checkpoint.build_model()
         preprocessing = checkpoint.preprocessing or Preprocessing()
@@ -186,9 +193,13 @@ class Predictor:
     def input_size(self) -> int:
         return self.preprocessing.image_size
 
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """H×W×3 uint8 -> 3×S×S float32, exactly as in validation."""
-        return self.transform.image_only(image).numpy()
+    def preprocess(self, image: np.ndarray, resize: str | None = None) -> np.ndarray:
+        """H×W×3 uint8 -> 3×S×S float32, exactly as in validation; ``resize`` (one of
+        :data:`~u2net.data.transforms.RESIZE_METHODS`) resizes another way, the rest unchanged."""
+        if resize is None:
+            return self.transform.image_only(image).numpy()
+        p = self.preprocessing
+        return normalize_image(resize_image(image, p.image_size, resize), p.mean, p.std, p.normalization).numpy()
 
     def predict_batch(self, batch: np.ndarray, sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
         """N×3×S×S preprocessed images -> N probability maps, each resized to ``sizes[i]`` = (h, w)."""

@@ -17,6 +17,7 @@ range: an image without a subject then stays transparent rather than becoming a 
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import sys
@@ -29,8 +30,11 @@ import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
 from ..data.io import list_images, open_image, read_image, read_problem, to_rgb, to_uint8
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_METHODS, resize_image
 from ..fileio import atomic_write
+from .batch import DEFAULT_WORKERS, OUTPUT_FORMATS, OutputFormat, default_batch_size, format_of_suffix, run_pipeline
+from .qa import MaskQuality, assess_mask
+from .refine import UPSAMPLING, paste_probability, subject_box, upsample_probability
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 Box = tuple[int, int, int, int]
@@ -67,6 +71,18 @@ class RemovalOptions:
       probabilities as they are.
     - ``rembg_compatible``: compute the mask exactly as rembg's ``u2net_custom`` session does, with
       its preprocessing and post-processing (see the module docstring).
+    - ``decontaminate``: estimate the subject's own colours in the semi-transparent edge (pymatting's
+      ``estimate_foreground_ml``, as rembg's ``-dc`` does after matting), so that the old background does
+      not tint the cut-out's edges on a new one; alpha matting does this already.
+    - ``input_resize``: how the photo is resized to the model's input (:data:`RESIZE_METHODS`: ``lanczos``
+      is Pillow's anti-aliased Lanczos, as rembg does; the default); ``None``: the weights' own preprocessing
+      (OpenCV bilinear for every published U²-Net: what training validates with).
+    - ``upsampling``: how the model's map is brought to the photo's size (:data:`UPSAMPLING`: ``linear``,
+      ``cubic``, ``lanczos`` (the default: rembg's kernel on the float map, without its 8-bit truncation),
+      or ``guided``: Lanczos, then the uncertain edges snapped to the photo's with a guided filter).
+    - ``second_pass``: when the subject covers less than ``second_pass_area`` of the photo, run the
+      model again on the subject's crop (with a margin) and paste that sharper map back.
+    See :data:`QUALITY_PRESETS` (``--quality fast|balanced|best``) for measured combinations.
     """
 
     mask_only: bool = False
@@ -85,6 +101,11 @@ class RemovalOptions:
     bg_image: str | os.PathLike | Image.Image | np.ndarray | None = None
     stretch: bool = True
     rembg_compatible: bool = False
+    decontaminate: bool = False
+    input_resize: str | None = "lanczos"
+    upsampling: str = "lanczos"
+    second_pass: bool = False
+    second_pass_area: float = 0.5
 
     def __post_init__(self) -> None:
         if self.bg_color is not None and self.bg_image is not None:
@@ -106,6 +127,19 @@ class RemovalOptions:
             raise ValueError(f"erode_size must be >= 0, got {self.erode_size}")
         if not 0.0 <= self.min_island <= 1.0:
             raise ValueError(f"min_island is a fraction of the largest component in [0, 1], got {self.min_island}")
+        if self.input_resize is not None and self.input_resize not in RESIZE_METHODS:
+            raise ValueError(f"input_resize must be one of {', '.join(RESIZE_METHODS)}, got {self.input_resize!r}")
+        if self.upsampling not in UPSAMPLING:
+            raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {self.upsampling!r}")
+        if not 0.0 < self.second_pass_area <= 1.0:
+            raise ValueError(f"second_pass_area is a fraction of the photo in (0, 1], got {self.second_pass_area}")
+
+    @classmethod
+    def preset(cls, quality: str, **changes) -> RemovalOptions:
+        """The options of a :data:`QUALITY_PRESETS` entry, with ``changes`` on top."""
+        if quality not in QUALITY_PRESETS:
+            raise ValueError(f"quality must be one of {', '.join(QUALITY_PRESETS)}, got {quality!r}")
+        return cls(**{**QUALITY_PRESETS[quality], **changes})
 
 
 def load_rgb_alpha(image: ImageInput) -> tuple[np.ndarray, np.ndarray | None]:
@@ -172,9 +206,21 @@ def mask_bbox(mask: np.ndarray | Image.Image, padding: int = 0, min_alpha: int =
     )
 
 
+# What each --quality means, as changes to RemovalOptions' defaults (the default preset has none), chosen by
+# benchmarks/quality.py on ecssd_dev and duts_te_dev (docs/quality.md).
+QUALITY_PRESETS: dict[str, dict[str, object]] = {
+    "fast": {"input_resize": None, "upsampling": "linear"},  # OpenCV bilinear both ways
+    "balanced": {},  # anti-aliased Lanczos down, Lanczos up: rembg's resampling without its truncation
+    "best": {"upsampling": "guided"},  # edges snapped to the photo (second_pass measured worse: docs/quality.md)
+}
+DEFAULT_QUALITY = "balanced"
+
+
 class BackgroundRemover:
-    """Removes backgrounds with a :class:`~u2net.inference.Predictor` (or anything with its
-    ``predict``; ``rembg_compatible`` masks also need ``preprocess`` and ``predict_batch``)."""
+    """Removes backgrounds with a :class:`~u2net.inference.Predictor` (or anything with its ``preprocess``
+    and ``predict_batch``). A cut-out is three steps, which a batch job can spread over threads:
+    :meth:`model_input` (per image), the predictor's ``predict_batch`` (a batch of them), then
+    :meth:`alpha_from_output` and :meth:`output_image` (per image)."""
 
     def __init__(self, predictor) -> None:
         self.predictor = predictor
@@ -197,23 +243,40 @@ class BackgroundRemover:
         return self._alpha(load_rgb(image), options or RemovalOptions())[0]
 
     def _alpha(self, rgb: np.ndarray, options: RemovalOptions) -> tuple[np.ndarray, np.ndarray]:
-        """(final alpha, foreground colours): the matted ones with ``alpha_matting``, else the image."""
-        alpha = self._mask(rgb, options)
+        """(final alpha, foreground colours) of ``rgb``: one model run, then :meth:`alpha_from_output`."""
+        raw = self.predictor.predict_batch(self.model_input(rgb, options)[None])[0]
+        return self.alpha_from_output(rgb, raw, options)
+
+    def model_input(self, rgb: np.ndarray, options: RemovalOptions) -> np.ndarray:
+        """The model's input for an H×W×3 uint8 image: 3×S×S float32 (stack several for a batch)."""
+        if options.rembg_compatible:
+            size = getattr(getattr(self.predictor, "backend", None), "fixed_size", None) or REMBG_INPUT_SIZE
+            return rembg_preprocess(rgb, size)
+        return self.predictor.preprocess(rgb, resize=options.input_resize)
+
+    def alpha_from_output(
+        self, rgb: np.ndarray, raw: np.ndarray, options: RemovalOptions
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(final alpha H×W uint8, foreground colours H×W×3 uint8) from the model's S×S probabilities
+        ``raw`` for ``rgb`` (the matted colours with ``alpha_matting``, else the image)."""
+        alpha = self._mask_from_output(rgb, raw, options)
         if options.alpha_matting:
             alpha, matted = alpha_matting(rgb, alpha, options.fg_threshold, options.bg_threshold, options.erode_size)
             return alpha, (matted if matted is not None else rgb)
+        if options.decontaminate and not options.mask_only:
+            return alpha, decontaminate_colors(rgb, alpha)
         return alpha, rgb
 
-    def _mask(self, rgb: np.ndarray, options: RemovalOptions) -> np.ndarray:
+    def _mask_from_output(self, rgb: np.ndarray, raw: np.ndarray, options: RemovalOptions) -> np.ndarray:
         h, w = rgb.shape[:2]
         if options.rembg_compatible:
-            size = getattr(getattr(self.predictor, "backend", None), "fixed_size", None) or REMBG_INPUT_SIZE
-            raw = self.predictor.predict_batch(rembg_preprocess(rgb, size)[None])[0]
             alpha = rembg_mask(raw, (h, w))
             if options.threshold is not None:
                 alpha = np.where(alpha >= options.threshold * 255.0, 255, 0).astype(np.uint8)
         else:
-            prob = self.predictor.predict(rgb)
+            prob = upsample_probability(raw, rgb, options.upsampling)
+            if options.second_pass:
+                prob = self._second_pass(rgb, prob, options)
             prob = stretch_range(prob) if options.stretch else prob
             if options.threshold is not None:
                 alpha = np.where(prob >= options.threshold, 255, 0).astype(np.uint8)
@@ -223,14 +286,40 @@ class BackgroundRemover:
             alpha = clean_mask(alpha, options.morph_kernel, options.min_island)
         return alpha
 
+    def _second_pass(self, rgb: np.ndarray, prob: np.ndarray, options: RemovalOptions) -> np.ndarray:
+        """``prob`` with the model's map of the subject's crop pasted in, when the subject is small."""
+        box = subject_box(prob)
+        if box is None:
+            return prob
+        x0, y0, x1, y1 = box
+        if (x1 - x0) * (y1 - y0) >= options.second_pass_area * prob.size:
+            return prob
+        crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        raw = self.predictor.predict_batch(self.model_input(crop, options)[None])[0]
+        crop_prob = upsample_probability(raw, crop, options.upsampling)
+        return paste_probability(prob, crop_prob, box, feather=max(1, min(x1 - x0, y1 - y0) // 20))
+
     # -- outputs -------------------------------------------------------------------------------
     def remove(self, image: ImageInput, options: RemovalOptions | None = None) -> Image.Image:
         """The cut-out as a PIL image: RGBA (alpha = mask) by default; the mask (``L``) with
         ``mask_only``; RGB (or RGBA for a translucent colour) composited on ``bg_color`` /
         ``bg_image``; cropped to the subject with ``crop``."""
+        return self.cutout(image, options)[0]
+
+    def cutout(self, image: ImageInput, options: RemovalOptions | None = None) -> tuple[Image.Image, np.ndarray]:
+        """(:meth:`remove`'s output, the H×W uint8 alpha mask it was made with, before any crop): the mask
+        is what :func:`~u2net.inference.qa.assess_mask` judges."""
         options = options or RemovalOptions()
         rgb, source_alpha = load_rgb_alpha(image)
         alpha, foreground = self._alpha(rgb, options)
+        return self.output_image(source_alpha, alpha, foreground, options), alpha
+
+    @staticmethod
+    def output_image(
+        source_alpha: np.ndarray | None, alpha: np.ndarray, foreground: np.ndarray, options: RemovalOptions
+    ) -> Image.Image:
+        """The output of :meth:`remove` from the image's own alpha (``source_alpha``, ``None`` if it has
+        none) and the final ``alpha`` and ``foreground`` colours of :meth:`alpha_from_output`."""
         if source_alpha is not None and not options.mask_only:
             # What was transparent in the input stays so in the cut-out (as with rembg's composite).
             alpha = ((alpha.astype(np.uint16) * source_alpha + 127) // 255).astype(np.uint8)
@@ -266,8 +355,8 @@ def stretch_range(prob: np.ndarray) -> np.ndarray:
 
 def rembg_preprocess(rgb: np.ndarray, size: int = REMBG_INPUT_SIZE) -> np.ndarray:
     """rembg's ``BaseSession.normalize``: PIL Lanczos resize to ``size``², divide by the image's
-    maximum, ImageNet mean/std; 3×S×S float32."""
-    resized = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.LANCZOS), np.float64)
+    maximum, ImageNet mean/std, in float64 as rembg; 3×S×S float32."""
+    resized = resize_image(rgb, size, "lanczos").astype(np.float64)
     resized = resized / max(float(resized.max()), 1e-6)
     normalised = (resized - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
     return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
@@ -332,6 +421,27 @@ def alpha_matting(
     matte = trimap if (is_fg | is_bg).all() else estimate_alpha_cf(image, trimap)
     foreground = estimate_foreground_ml(image, matte)
     return _unit_to_u8(matte), _unit_to_u8(foreground)
+
+
+def decontaminate_colors(rgb: np.ndarray, alpha: np.ndarray, margin: int = 8) -> np.ndarray:
+    """The photo's colours with the background's bleed taken out of the semi-transparent edge: there
+    each pixel is a mix ``alpha · F + (1 - alpha) · B``, and the foreground colour ``F`` is estimated with
+    pymatting's multi-level ``estimate_foreground_ml``. Pixels with alpha 0 or 255 keep their colour; only
+    the bounding box of the edge band (grown by ``margin``) is solved, so large photos stay fast."""
+    try:
+        from pymatting import estimate_foreground_ml
+    except ImportError:
+        raise ImportError("--decontaminate needs pymatting: pip install -e '.[matting]' in the repository") from None
+    band = (alpha > 0) & (alpha < 255)
+    box = mask_bbox(band.astype(np.uint8), padding=margin)
+    if box is None:
+        return rgb
+    x0, y0, x1, y1 = box
+    foreground = estimate_foreground_ml(rgb[y0:y1, x0:x1] / 255.0, alpha[y0:y1, x0:x1] / 255.0)
+    out = rgb.copy()
+    region, edge = out[y0:y1, x0:x1], band[y0:y1, x0:x1]
+    region[edge] = _unit_to_u8(foreground)[edge]
+    return out
 
 
 def _unit_to_u8(x: np.ndarray) -> np.ndarray:
@@ -412,6 +522,7 @@ class BatchReport:
     skipped: int = 0
     failures: list[tuple[Path, str]] = field(default_factory=list)
     left_out: list[tuple[Path, str]] = field(default_factory=list)
+    flagged: int = 0  # outputs with a QA flag (see u2net.inference.qa)
 
     @property
     def failed(self) -> int:
@@ -424,31 +535,56 @@ class BatchReport:
     def summary(self) -> str:
         skipped = f"{self.skipped} skipped (output exists; --overwrite to replace)" if self.skipped else "0 skipped"
         left_out = f"; {len(self.left_out)} link(s)/folder(s) skipped" if self.left_out else ""
-        return f"{self.total} image(s): {self.done} written, {skipped}, {self.failed} failed{left_out}"
+        flagged = f"; {self.flagged} flagged by QA" if self.flagged else ""
+        return f"{self.total} image(s): {self.done} written, {skipped}, {self.failed} failed{left_out}{flagged}"
+
+
+def output_format_for(src: str | os.PathLike, dst: str | os.PathLike, format: str | None = None) -> str:
+    """The output format's name: ``format`` when given; else, for one input file written to a file named
+    ``.png``, ``.webp``, ``.jpg`` or ``.jpeg``, the one its suffix names; else ``png``."""
+    if format is not None:
+        return format
+    src, dst = Path(src), Path(dst)
+    named = format_of_suffix(dst.suffix) if not src.is_dir() and not dst.is_dir() else None
+    return named or "png"
+
+
+def needs_alpha(options: RemovalOptions) -> bool:
+    """Whether the outputs of ``options`` can be transparent (so a format without alpha, JPEG, cannot hold
+    them): not for a mask, nor on a background image or an opaque background colour."""
+    if options.mask_only or options.bg_image is not None:
+        return False
+    return options.bg_color is None or (len(options.bg_color) == 4 and options.bg_color[3] < 255)
 
 
 def plan_outputs(
-    src: str | os.PathLike, dst: str | os.PathLike, skipped: list[tuple[Path, str]] | None = None
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    skipped: list[tuple[Path, str]] | None = None,
+    format: str = "png",
 ) -> list[tuple[Path, Path]]:
-    """(input, output) pairs for a file or a folder.
+    """(input, output) pairs for a file or a folder, outputs named for ``format`` (see
+    :data:`~u2net.inference.batch.OUTPUT_FORMATS`: ``.png``, ``.webp``, ``.jpg``).
 
     A folder is searched recursively for images (by extension, see ``IMAGE_EXTENSIONS``) and the
-    output tree mirrors it: ``src/a/b.jpg`` -> ``dst/a/b.png``. Outputs are always PNG (they may carry
-    alpha); two inputs of one folder with the same stem (``b.jpg``, ``b.png``) keep their full names
-    (``b.jpg.png``, ``b.png.png``). A ``dst`` inside ``src`` is not searched. For a file, ``dst`` is
-    the output file if it ends in ``.png``, else a folder that gets ``<stem>.png``. Links to folders
-    and broken links are not followed; with a ``skipped`` list they are appended to it with the reason.
+    output tree mirrors it: ``src/a/b.jpg`` -> ``dst/a/b.png``. Two inputs of one folder with the same
+    stem (``b.jpg``, ``b.png``) keep their full names (``b.jpg.png``, ``b.png.png``). A ``dst`` inside
+    ``src`` is not searched. For a file, ``dst`` is the output file if its suffix is the format's
+    (``.jpeg`` too for JPEG), else a folder that gets ``<stem>.<suffix>``. Links to folders and broken
+    links are not followed; with a ``skipped`` list they are appended to it with the reason.
     """
-    src, dst = Path(src), Path(dst)
+    src, dst, suffix = Path(src), Path(dst), OutputFormat(format).suffix
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder")
     if src.is_file():
-        if dst.suffix.lower() == ".png" and not dst.is_dir():
+        if format_of_suffix(dst.suffix) == format and not dst.is_dir():
             out = dst
         elif dst.suffix == "" or dst.is_dir():
-            out = dst / f"{src.stem}.png"
+            out = dst / f"{src.stem}{suffix}"
         else:
-            raise ValueError(f"{dst}: outputs are PNG files; name the output '.png' or give a folder")
+            raise ValueError(
+                f"{dst}: outputs are {OUTPUT_FORMATS[format][1]} files; name the output '{suffix}' or give a folder"
+            )
         if out.resolve() == src.resolve():
             raise ValueError(f"{out}: the output would overwrite the input")
         return [(src, out)]
@@ -457,14 +593,15 @@ def plan_outputs(
     inside = dst.resolve().is_relative_to(src.resolve())
     listed = list_images(src, recursive=True, skipped=skipped)
     files = [p for p in listed if not (inside and p.resolve().is_relative_to(dst.resolve()))]
-    names = _output_names([path.relative_to(src) for path in files])
+    names = _output_names([path.relative_to(src) for path in files], suffix)
     return [(path, dst / name) for path, name in zip(files, names)]
 
 
-def _output_names(rels: list[Path]) -> list[Path]:
-    """``a/b.jpg`` -> ``a/b.png``; inputs whose outputs would clash (``b.jpg`` and ``b.png``, also
-    ``b.jpg.png``, or names differing only in case) keep their full names, then get numbers."""
-    names = {rel: rel.parent / f"{rel.stem}.png" for rel in rels}
+def _output_names(rels: list[Path], suffix: str = ".png") -> list[Path]:
+    """``a/b.jpg`` -> ``a/b.png`` (for ``suffix`` ``.png``); inputs whose outputs would clash (``b.jpg``
+    and ``b.png``, also ``b.jpg.png``, or names differing only in case) keep their full names, then get
+    numbers."""
+    names = {rel: rel.parent / f"{rel.stem}{suffix}" for rel in rels}
     full: set[Path] = set()
     for _ in range(len(rels) + 2):
         groups: dict[str, list[Path]] = {}
@@ -476,11 +613,11 @@ def _output_names(rels: list[Path]) -> list[Path]:
         widened = [rel for group in clashes for rel in group if rel not in full]
         for rel in widened:
             full.add(rel)
-            names[rel] = rel.parent / f"{rel.name}.png"
+            names[rel] = rel.parent / f"{rel.name}{suffix}"
         if not widened:
             for group in clashes:
                 for number, rel in enumerate(group[1:], 2):
-                    names[rel] = rel.parent / f"{rel.name}.{number}.png"
+                    names[rel] = rel.parent / f"{rel.name}.{number}{suffix}"
     raise ValueError(f"cannot give {len(rels)} outputs distinct names")
 
 
@@ -491,35 +628,108 @@ def remove_batch(
     options: RemovalOptions | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    *,
+    format: str | None = "png",
+    quality: int | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    qa_csv: str | os.PathLike | None = None,
 ) -> BatchReport:
     """Remove the background of a file or of every image under a folder (see :func:`plan_outputs`).
 
+    Images are decoded and preprocessed by ``workers`` threads (default
+    :data:`~u2net.inference.batch.DEFAULT_WORKERS`; 0: one image after another on this thread) ahead of
+    the model, which runs on batches of ``batch_size`` (default: 8 on a GPU, 4 otherwise), and finished,
+    encoded and written by as many threads behind it. ``format``: ``png``, ``webp`` or ``jpeg``
+    (``None``: see :func:`output_format_for`); ``quality`` 1–100 for lossy WebP or JPEG (WebP without it
+    is lossless). JPEG has no alpha: it needs ``mask_only``, an opaque ``bg_color`` or a ``bg_image``.
+
+    With ``qa_csv``, each output's :func:`~u2net.inference.qa.assess_mask` (confidence and QA flags) is
+    written to that CSV (input, output, confidence, flags), in input order, and the report counts the
+    flagged outputs.
+
     Existing outputs are skipped unless ``overwrite``. Each output is written to a temporary file and
-    renamed, so an interrupted run leaves no half-written PNG. An unreadable or corrupt input (or any
+    renamed, so an interrupted run leaves no half-written file. An unreadable or corrupt input (or any
     other error on one image) is recorded in the report with its reason and the batch goes on.
     """
     from tqdm import tqdm
 
     options = options or RemovalOptions()
+    output_format = OutputFormat(output_format_for(src, dst, format), quality)
+    if not output_format.has_alpha and needs_alpha(options):
+        raise ValueError("JPEG has no transparency: give an opaque bg_color or a bg_image, or mask_only")
     report = BatchReport()
-    pairs = plan_outputs(src, dst, report.left_out)
-    with tqdm(pairs, unit="img", desc="remove", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-        for path, out in bar:
-            if out.exists() and not overwrite:
-                report.skipped += 1
-                continue
-            try:
-                result = remover.remove(path, options)
-                with atomic_write(out) as f:
-                    result.save(f, format="PNG")
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # a bad file must never stop the batch
-                report.failures.append((path, read_problem(exc)))
-                bar.set_postfix(failed=report.failed)
-            else:
-                report.done += 1
+    pairs = plan_outputs(src, dst, report.left_out, output_format.name)
+    todo = [pair for pair in pairs if overwrite or not pair[1].exists()]
+    report.skipped = len(pairs) - len(todo)
+    problems: dict[tuple[Path, Path], str] = {}
+    bar = tqdm(
+        total=len(pairs),
+        initial=report.skipped,
+        unit="img",
+        desc="remove",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+    def on_result(pair: tuple[Path, Path], error: BaseException | None) -> None:
+        if error is None:
+            report.done += 1
+        else:
+            problems[pair] = read_problem(error)
+            bar.set_postfix(failed=len(problems))
+        bar.update()
+
+    qualities: dict[tuple[Path, Path], MaskQuality] | None = None if qa_csv is None else {}
+    prepare, finish = _cutout_stages(remover, options, output_format, qualities)
+    with bar:
+        run_pipeline(
+            todo,
+            prepare,
+            remover.predictor.predict_batch,
+            finish,
+            on_result,
+            batch_size=batch_size or default_batch_size(remover.predictor),
+            workers=DEFAULT_WORKERS if workers is None else workers,
+        )
+    report.failures = [(pair[0], problems[pair]) for pair in todo if pair in problems]  # in input order
+    if qualities is not None:
+        report.flagged = sum(not quality.ok for quality in qualities.values())
+        write_qa_csv(qa_csv, [(pair, qualities[pair]) for pair in todo if pair in qualities])
     return report
+
+
+def write_qa_csv(path: str | os.PathLike, rows: list[tuple[tuple[Path, Path], MaskQuality]]) -> None:
+    """The QA table of a batch (input, output, confidence, flags), written atomically."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["input", "output", "confidence", "flags"])
+    for (source, output), quality in rows:
+        writer.writerow([source, output, f"{quality.confidence:.4f}", quality.header_value()])
+    with atomic_write(Path(path)) as f:
+        f.write(text.getvalue().encode("utf-8"))
+
+
+def _cutout_stages(remover: BackgroundRemover, options: RemovalOptions, output_format: OutputFormat, qualities: dict):
+    """The ``prepare`` and ``finish`` stages of :func:`~u2net.inference.batch.run_pipeline` for an
+    (input, output) pair: decode and make the model's input; make the output image, write it and put
+    the mask's assessment in ``qualities``."""
+
+    def prepare(pair: tuple[Path, Path]) -> tuple[np.ndarray, tuple]:
+        rgb, source_alpha = load_rgb_alpha(pair[0])
+        return remover.model_input(rgb, options), (rgb, source_alpha)
+
+    def finish(pair: tuple[Path, Path], state: tuple, raw: np.ndarray) -> None:
+        rgb, source_alpha = state
+        alpha, foreground = remover.alpha_from_output(rgb, raw, options)
+        image = remover.output_image(source_alpha, alpha, foreground, options)
+        with atomic_write(pair[1]) as f:
+            output_format.save(image, f)
+        if qualities is not None:
+            qualities[pair] = assess_mask(alpha)  # one key per thread: no lock needed
+
+    return prepare, finish
 
 
 __all__ = [
@@ -533,6 +743,8 @@ __all__ = [
     "cover",
     "load_rgb",
     "mask_bbox",
+    "needs_alpha",
+    "output_format_for",
     "parse_color",
     "plan_outputs",
     "rembg_mask",

@@ -110,29 +110,15 @@ class Matting:
                 process.kill()
 
 
-class _FixedMap:
-    """A predictor whose map is a given alpha, whatever the image."""
-
-    def __init__(self, alpha: np.ndarray) -> None:
-        self.alpha = alpha
-
-    def predict(self, rgb: np.ndarray) -> np.ndarray:
-        return self.alpha.astype(np.float32) / 255.0
-
-
 def remove_with_matting(
     remover: BackgroundRemover,
     image: Image.Image,
     options: RemovalOptions,
     matte: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-) -> Image.Image:
-    """``remover.remove(image, options)`` with alpha matting done by ``matte(rgb, mask)`` instead of
-    in this thread. The rest (the input's own transparency, crop, background) stays the remover's:
-    ``remove`` is fed the matted colours and a map that is the matted alpha, with nothing left to
-    threshold, stretch or clean."""
+) -> tuple[Image.Image, np.ndarray]:
+    """``remover.cutout(image, options)`` with alpha matting done by ``matte(rgb, mask)`` instead of in
+    this thread. The rest (the input's own transparency, crop, background) stays the remover's."""
     rgb, source_alpha = load_rgb_alpha(image)
-    plain = dataclasses.replace(options, alpha_matting=False)
+    plain = dataclasses.replace(options, alpha_matting=False, decontaminate=False)  # matting estimates colours
     alpha, foreground = matte(rgb, remover.mask(rgb, plain))
-    layers = foreground if source_alpha is None else np.dstack([foreground, source_alpha])
-    finish = dataclasses.replace(plain, threshold=None, post_process=False, stretch=False, rembg_compatible=False)
-    return BackgroundRemover(_FixedMap(alpha)).remove(layers, finish)
+    return remover.output_image(source_alpha, alpha, foreground, options), alpha

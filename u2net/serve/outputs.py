@@ -16,6 +16,7 @@ from PIL import Image
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, StreamingResponse
 
+from ..inference.qa import MaskQuality
 from .errors import MB, ApiError, mb
 
 PNG_COMPRESS_LEVEL = 3  # zlib level: level 6 (PIL's default) costs ~2× the time for ~5 % smaller files
@@ -27,6 +28,7 @@ class Png(NamedTuple):
     file: IO[bytes]  # positioned at its start
     nbytes: int
     size: tuple[int, int]
+    quality: MaskQuality | None = None  # the mask's confidence and QA flags
 
 
 class _TooLarge(Exception):

@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..inference.remover import RemovalOptions
+from ..inference.remover import DEFAULT_QUALITY, QUALITY_PRESETS, RemovalOptions
 from . import storage
 from .errors import ApiError, reason
 from .images import open_upload, read_upload, safe_stem
@@ -30,7 +30,7 @@ from .settings import ServeSettings
 log = logging.getLogger("u2net.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
-DEFAULTS = RemovalOptions()  # the form fields' defaults are the library's
+DEFAULTS = RemovalOptions()  # the form fields' defaults are the library's (the DEFAULT_QUALITY preset)
 
 
 class ErrorBody(BaseModel):
@@ -95,11 +95,20 @@ def form_options(
     stretch: Annotated[
         bool, Form(description="min-max normalise the model's map first, as the original U2-Net and rembg do")
     ] = DEFAULTS.stretch,
+    quality: Annotated[
+        str, Form(description=f"how the mask is made: {', '.join(QUALITY_PRESETS)} (docs/quality.md)")
+    ] = DEFAULT_QUALITY,
+    decontaminate: Annotated[
+        bool, Form(description="take the old background's colour out of semi-transparent edges")
+    ] = DEFAULTS.decontaminate,
 ) -> RemovalOptions:
-    if alpha_matting and importlib.util.find_spec("pymatting") is None:  # found, not imported: that takes a second
-        raise ApiError(400, "alpha matting is not available on this server (pymatting not installed)")
+    for name, wanted in (("alpha matting", alpha_matting), ("decontamination", decontaminate)):
+        if wanted and importlib.util.find_spec("pymatting") is None:  # found, not imported: that takes a second
+            raise ApiError(400, f"{name} is not available on this server (pymatting not installed)")
     try:
-        return RemovalOptions(
+        return RemovalOptions.preset(
+            quality,
+            decontaminate=decontaminate,
             mask_only=mask_only,
             crop=crop,
             padding=padding,
@@ -111,7 +120,7 @@ def form_options(
             stretch=stretch,
         )
     except ValueError as exc:
-        raise ApiError(400, str(exc), {"bg_color": bg_color}) from None
+        raise ApiError(400, str(exc), {"bg_color": bg_color, "quality": quality}) from None
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
@@ -135,6 +144,8 @@ async def remove_background(
         "Content-Disposition": f'inline; filename="{safe_stem(name)}.png"',
         "X-Image-Size": f"{png.size[0]}x{png.size[1]}",
         "X-Processing-Ms": f"{1000 * (time.perf_counter() - started):.1f}",
+        "X-Confidence": f"{png.quality.confidence:.4f}",
+        "X-QA-Flags": png.quality.header_value(),
     }
     return stream(png.file, png.nbytes, "image/png", headers)
 

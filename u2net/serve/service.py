@@ -11,8 +11,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
+from ..inference.qa import assess_mask
 from ..inference.remover import BackgroundRemover, RemovalOptions
 from ..models.pretrained import PRETRAINED, local_weights, sha256_of
 from . import storage
@@ -156,15 +158,16 @@ class Service:
         """When a request starting now times out (``time.monotonic``)."""
         return time.monotonic() + self.settings.request_timeout_s
 
-    def remove(self, image: Image.Image, options: RemovalOptions, deadline: float) -> Image.Image:
+    def remove(self, image: Image.Image, options: RemovalOptions, deadline: float) -> tuple[Image.Image, np.ndarray]:
+        """The cut-out and its alpha mask (see ``BackgroundRemover.cutout``)."""
         if options.alpha_matting:
             matte = lambda rgb, alpha: self.matting.matte(rgb, alpha, options, deadline)  # noqa: E731
             return remove_with_matting(self.remover, image, options, matte)
-        return self.remover.remove(image, options)
+        return self.remover.cutout(image, options)
 
     def cutout(self, img: Image.Image, name: str, options: RemovalOptions, deadline: float) -> Png:
-        result = self.remove(decode_image(img, name), options, deadline)
-        return png_file(result, self.settings.max_output_bytes, name)
+        result, alpha = self.remove(decode_image(img, name), options, deadline)
+        return png_file(result, self.settings.max_output_bytes, name)._replace(quality=assess_mask(alpha))
 
     def cutout_file(
         self, source: tuple[str, ...], output: tuple[str, ...], name: str, options: RemovalOptions, deadline: float
@@ -175,7 +178,7 @@ class Service:
         data, source_id = storage.read_file(self.root, source, "sourceImagePath", self.settings.max_upload_bytes)
         img = open_image(data, name, self.settings.max_pixels)
         with storage.OutputFile(self.root, output, "outputImagePath", source_id) as out:  # checked, held
-            result = self.remove(decode_image(img, name), options, deadline)
+            result, _ = self.remove(decode_image(img, name), options, deadline)
             if time.monotonic() > deadline:
                 raise ApiError(504, f"the request timed out after {self.settings.request_timeout_s:g} s")
             try:

@@ -83,6 +83,8 @@ async function run() {
   if ($("crop").checked) form.append("crop", "true");
   if ($("post-process").checked) form.append("post_process", "true");
   if (!$("stretch").checked) form.append("stretch", "false");
+  form.append("quality", $("quality").value);
+  if ($("decontaminate").checked) form.append("decontaminate", "true");
 
   clearError();
   setBusy(true);
@@ -101,11 +103,13 @@ async function run() {
     const size = response.headers.get("X-Image-Size");
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     $("status").textContent = `${size ? size.replace("x", "×") + ", " : ""}${seconds} s`;
+    showQuality(response.headers.get("X-Confidence"), response.headers.get("X-QA-Flags"));
     setDownload(state.resultUrl, `${stem(state.file.name)}-${$("mask-only").checked ? "mask" : "cutout"}.png`);
   } catch (error) {
     if (error.name === "AbortError") return;
     if (state.controller !== controller) return;
     $("result").hidden = true;
+    $("qa-badge").hidden = true;
     $("status").textContent = "failed";
     setDownload(null);
     showError(error.message || String(error));
@@ -115,6 +119,17 @@ async function run() {
       setBusy(false);
     }
   }
+}
+
+// The mask's confidence and QA flags (X-Confidence, X-QA-Flags): a green badge when nothing is flagged.
+function showQuality(confidence, flags) {
+  const badge = $("qa-badge");
+  if (confidence === null || flags === null) { badge.hidden = true; return; }
+  const ok = flags === "ok";
+  badge.textContent = `${ok ? "looks good" : "check: " + flags.replaceAll("_", " ").replaceAll(",", ", ")}`
+    + ` · confidence ${Math.round(100 * Number(confidence))}%`;
+  badge.className = `badge ${ok ? "good" : "warn"}`;
+  badge.hidden = false;
 }
 
 let debounce = null;
@@ -170,7 +185,8 @@ function init() {
   $("use-threshold").addEventListener("change", (event) => { threshold.disabled = !event.target.checked; run(); });
   $("use-bg").addEventListener("change", (event) => { $("bg-color").disabled = !event.target.checked; run(); });
   $("bg-color").addEventListener("input", () => rerunSoon());
-  ["mask-only", "crop", "post-process", "stretch"].forEach((id) => $(id).addEventListener("change", () => run()));
+  ["mask-only", "crop", "post-process", "stretch", "quality", "decontaminate"]
+    .forEach((id) => $(id).addEventListener("change", () => run()));
   setBusy(false);
   loadModelInfo();
 }

@@ -1,0 +1,110 @@
+"""From the model's S×S probability map to a mask at the photo's resolution.
+
+- :func:`upsample_probability`: bilinear, bicubic or Lanczos (Pillow's, on the float map: rembg's
+  kernel without its 8-bit truncation), or ``"guided"``: Lanczos, then a guided filter
+  (:func:`guided_filter`, He et al., 2010) with the full-resolution photo as the guide inside the
+  uncertain band, so that the mask's edges follow the photo's instead of the blurred 320² ones.
+- :func:`subject_box`: where a second pass on the subject's crop should look (see
+  ``RemovalOptions.second_pass``).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from PIL import Image
+
+__all__ = ["UPSAMPLING", "guided_filter", "paste_probability", "subject_box", "upsample_probability"]
+
+UPSAMPLING = ("linear", "cubic", "lanczos", "guided")
+UNCERTAIN = (0.02, 0.98)  # the band the guided filter may change: elsewhere the map is sure
+
+
+def _box_mean(x: np.ndarray, radius: int) -> np.ndarray:
+    size = 2 * radius + 1
+    return cv2.boxFilter(x, -1, (size, size), normalize=True, borderType=cv2.BORDER_REFLECT)
+
+
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """Guided filter of ``src`` (H×W float32) by ``guide`` (H×W×C uint8 or float in [0, 1]; colour
+    guides are reduced to their luminance): locally ``q = a · I + b`` with ``a, b`` fitted in
+    (2·radius+1)² windows, ``eps`` the regularisation (in units of the guide's [0, 1] range, squared).
+    Where ``src`` is constant over a window, ``q`` equals it: the filter only moves edges."""
+    if guide.ndim == 3:
+        guide = cv2.cvtColor(guide, cv2.COLOR_RGB2GRAY)
+    image = guide.astype(np.float32) / (255.0 if guide.dtype == np.uint8 else 1.0)
+    p = src.astype(np.float32)
+    mean_i, mean_p = _box_mean(image, radius), _box_mean(p, radius)
+    var_i = _box_mean(image * image, radius) - mean_i * mean_i
+    cov_ip = _box_mean(image * p, radius) - mean_i * mean_p
+    a = cov_ip / (var_i + eps)
+    b = mean_p - a * mean_i
+    return _box_mean(a, radius) * image + _box_mean(b, radius)
+
+
+def _resize(prob: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
+    h, w = size
+    if prob.shape == (h, w):
+        return prob
+    if method == "lanczos":
+        image = Image.fromarray(np.ascontiguousarray(prob, dtype=np.float32), mode="F")
+        return np.asarray(image.resize((w, h), Image.Resampling.LANCZOS))
+    flag = cv2.INTER_CUBIC if method == "cubic" else cv2.INTER_LINEAR
+    return cv2.resize(prob, (w, h), interpolation=flag)
+
+
+def upsample_probability(prob: np.ndarray, image: np.ndarray, method: str = "lanczos", eps: float = 1e-3) -> np.ndarray:
+    """An S×S probability map at the size of ``image`` (H×W×3 uint8), H×W float32 in [0, 1].
+
+    ``"linear"`` / ``"cubic"`` / ``"lanczos"``: resampled. ``"guided"``: Lanczos, then
+    :func:`guided_filter` by the image with a window of about two of the map's pixels at the image's
+    scale (at least 2 px), applied only in the uncertain band (:data:`UNCERTAIN`, grown by a pixel), so
+    that sure regions keep their values."""
+    if method not in UPSAMPLING:
+        raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {method!r}")
+    h, w = image.shape[:2]
+    up = _resize(prob, (h, w), "lanczos" if method == "guided" else method)
+    if method == "guided":
+        up = np.clip(up, 0.0, 1.0)
+        scale = max(h / prob.shape[0], w / prob.shape[1])
+        band = cv2.dilate(((up > UNCERTAIN[0]) & (up < UNCERTAIN[1])).astype(np.uint8), np.ones((3, 3), np.uint8))
+        filtered = guided_filter(image, up, radius=max(2, round(2 * scale)), eps=eps)
+        up = np.where(band > 0, filtered, up)
+    return np.clip(up, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def subject_box(prob: np.ndarray, threshold: float = 0.5, margin: float = 0.15) -> tuple[int, int, int, int] | None:
+    """The bounding box ``(x0, y0, x1, y1)`` of ``prob ≥ threshold`` (H×W) grown by ``margin`` × its
+    larger side on every side and clamped to the map; ``None`` when nothing reaches the threshold."""
+    ys, xs = np.nonzero(prob >= threshold)
+    if len(xs) == 0:
+        return None
+    h, w = prob.shape
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    pad = round(margin * max(x1 - x0, y1 - y0))
+    return max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
+
+
+def paste_probability(
+    full: np.ndarray, crop_prob: np.ndarray, box: tuple[int, int, int, int], feather: int
+) -> np.ndarray:
+    """``full`` (H×W) with ``crop_prob`` (the box's size) pasted into ``box``, blended linearly over
+    ``feather`` px inside the box's edges that are not the image's own edges (no seam there)."""
+    x0, y0, x1, y1 = box
+    h, w = full.shape
+    weight = np.ones((y1 - y0, x1 - x0), np.float32)
+    if feather > 0:
+        ramp = np.minimum(1.0, (np.arange(max(y1 - y0, x1 - x0)) + 1) / (feather + 1)).astype(np.float32)
+        ys, xs = ramp[: y1 - y0], ramp[: x1 - x0]
+        if y0 > 0:
+            weight *= ys[:, None]
+        if y1 < h:
+            weight *= ys[::-1][:, None]
+        if x0 > 0:
+            weight *= xs[None, :]
+        if x1 < w:
+            weight *= xs[::-1][None, :]
+    out = full.copy()
+    region = out[y0:y1, x0:x1]
+    out[y0:y1, x0:x1] = weight * crop_prob + (1.0 - weight) * region
+    return out
