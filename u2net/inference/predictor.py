@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -20,6 +19,7 @@ from ..data.transforms import Preprocessing, normalize_image, resize_image
 from ..models import load_checkpoint
 from ..models.onnx_format import decode_metadata
 from ..models.pretrained import PRETRAINED, local_weights
+from .refine import resize_probability
 from .runtime import median_seconds, onnx_session, pick_providers
 
 BACKENDS = ("auto", "pytorch", "onnxruntime")
@@ -223,13 +223,6 @@ class Predictor:
         x = x.astype(np.float32)
         seconds = median_seconds(lambda: self.backend(x), runs, warmup)
         return {"latency_ms": 1000 * seconds / batch_size, "images_per_s": batch_size / seconds, "size": size}
-
-
-def resize_probability(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinearly resize an S×S probability map to ``size`` = (h, w)."""
-    if prob.shape == tuple(size):
-        return prob
-    return np.clip(cv2.resize(prob, (size[1], size[0]), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
 
 
 def _file_mb(path: str) -> float:

@@ -14,7 +14,18 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["UPSAMPLING", "guided_filter", "paste_probability", "subject_box", "upsample_probability"]
+__all__ = [
+    "UPSAMPLING",
+    "Box",
+    "guided_filter",
+    "mask_bbox",
+    "paste_probability",
+    "resize_probability",
+    "subject_box",
+    "upsample_probability",
+]
+
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1 and y1 exclusive
 
 UPSAMPLING = ("linear", "cubic", "lanczos", "guided")
 UNCERTAIN = (0.02, 0.98)  # the band the guided filter may change: elsewhere the map is sure
@@ -40,6 +51,13 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
     return _box_mean(a, radius) * image + _box_mean(b, radius)
+
+
+def resize_probability(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize an S×S probability map to ``size`` = (h, w)."""
+    if prob.shape == tuple(size):
+        return prob
+    return np.clip(_resize(prob, size, "linear"), 0.0, 1.0)
 
 
 def _resize(prob: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
@@ -73,21 +91,35 @@ def upsample_probability(prob: np.ndarray, image: np.ndarray, method: str = "lan
     return np.clip(up, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def subject_box(prob: np.ndarray, threshold: float = 0.5, margin: float = 0.15) -> tuple[int, int, int, int] | None:
+def mask_bbox(mask: np.ndarray | Image.Image, padding: int = 0, min_alpha: float = 1) -> Box | None:
+    """The bounding box ``(x0, y0, x1, y1)`` (x1, y1 exclusive, as ``PIL.Image.crop`` takes it) of
+    the pixels with ``mask >= min_alpha``, grown by ``padding`` on each side and clamped to the
+    mask; ``None`` if there are none."""
+    array = np.asarray(mask)
+    rows = np.flatnonzero((array >= min_alpha).any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero((array >= min_alpha).any(axis=0))
+    h, w = array.shape[:2]
+    return (
+        max(int(cols[0]) - padding, 0),
+        max(int(rows[0]) - padding, 0),
+        min(int(cols[-1]) + 1 + padding, w),
+        min(int(rows[-1]) + 1 + padding, h),
+    )
+
+
+def subject_box(prob: np.ndarray, threshold: float = 0.5, margin: float = 0.15) -> Box | None:
     """The bounding box ``(x0, y0, x1, y1)`` of ``prob ≥ threshold`` (H×W) grown by ``margin`` × its
     larger side on every side and clamped to the map; ``None`` when nothing reaches the threshold."""
-    ys, xs = np.nonzero(prob >= threshold)
-    if len(xs) == 0:
+    tight = mask_bbox(prob, 0, threshold)
+    if tight is None:
         return None
-    h, w = prob.shape
-    x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
-    pad = round(margin * max(x1 - x0, y1 - y0))
-    return max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
+    x0, y0, x1, y1 = tight
+    return mask_bbox(prob, round(margin * max(x1 - x0, y1 - y0)), threshold)
 
 
-def paste_probability(
-    full: np.ndarray, crop_prob: np.ndarray, box: tuple[int, int, int, int], feather: int
-) -> np.ndarray:
+def paste_probability(full: np.ndarray, crop_prob: np.ndarray, box: Box, feather: int) -> np.ndarray:
     """``full`` (H×W) with ``crop_prob`` (the box's size) pasted into ``box``, blended linearly over
     ``feather`` px inside the box's edges that are not the image's own edges (no seam there)."""
     x0, y0, x1, y1 = box

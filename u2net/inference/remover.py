@@ -34,10 +34,9 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_METHODS, resiz
 from ..fileio import atomic_write
 from .batch import DEFAULT_WORKERS, OUTPUT_FORMATS, OutputFormat, default_batch_size, format_of_suffix, run_pipeline
 from .qa import MaskQuality, assess_mask
-from .refine import UPSAMPLING, paste_probability, subject_box, upsample_probability
+from .refine import UPSAMPLING, Box, mask_bbox, paste_probability, subject_box, upsample_probability
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
-Box = tuple[int, int, int, int]
 
 REMBG_INPUT_SIZE = 320  # rembg feeds every U²-Net session 320×320
 
@@ -186,24 +185,6 @@ def load_rgb(image: ImageInput) -> np.ndarray:
             return np.ascontiguousarray(to_uint8(array[..., :3]))
         raise ValueError(f"expected an H×W, H×W×1..4 array, got shape {image.shape}")
     raise TypeError(f"cannot read an image from {type(image).__name__}")
-
-
-def mask_bbox(mask: np.ndarray | Image.Image, padding: int = 0, min_alpha: int = 1) -> Box | None:
-    """The bounding box ``(x0, y0, x1, y1)`` (x1, y1 exclusive, as ``PIL.Image.crop`` takes it) of
-    the pixels with ``mask >= min_alpha``, grown by ``padding`` on each side and clamped to the
-    mask; ``None`` if there are none."""
-    array = np.asarray(mask)
-    rows = np.flatnonzero((array >= min_alpha).any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero((array >= min_alpha).any(axis=0))
-    h, w = array.shape[:2]
-    return (
-        max(int(cols[0]) - padding, 0),
-        max(int(rows[0]) - padding, 0),
-        min(int(cols[-1]) + 1 + padding, w),
-        min(int(rows[-1]) + 1 + padding, h),
-    )
 
 
 # What each --quality means, as changes to RemovalOptions' defaults (the default preset has none), chosen by
