@@ -7,8 +7,12 @@ clock from start to exit (interpreter start, imports and model loading included,
 (a) ``rembg p -m u2net_custom -x '{"model_path": ...}' IN OUT`` (where the ``rembg`` command cannot start,
     e.g. a missing optional dependency of its CLI, the same loop as its ``p`` command: ``remove(bytes,
     session)`` per file, through rembg's Python API);
-(b) ``u2net remove IN OUT --backend onnxruntime --batch-size 1 --workers 0``: fp32, one image after another;
-(c) ``u2net remove IN OUT --backend onnxruntime``: batched, decoding and encoding overlapped in threads.
+(b) ``u2net remove IN OUT --quality fast --batch-size 1 --workers 0``: fp32, one image after another;
+(c) ``u2net remove IN OUT --quality fast``: batched, decoding and encoding overlapped in threads;
+(d) ``u2net remove IN OUT --views 1``: balanced's resampling and sharpening on one view: rembg's cost;
+(e) ``u2net remove IN OUT``: the default preset (``balanced``: two model runs per photo, see docs/quality.md);
+(f) the floor: the model alone, N runs of the ONNX file on a 320² input in one ONNX Runtime session (no
+    start-up, decoding, resizing or encoding): what any pipeline with these weights and this runtime pays.
 
 The model is the bundled ``u2netp.duts`` ONNX file unless ``--model`` is given. The table gives wall seconds,
 images per second, the speed-up over rembg, and how far our masks are from rembg's: the mean absolute
@@ -99,6 +103,29 @@ def run_ours(src: Path, dst: Path, model: Path, env: dict[str, str], extra: list
     return seconds
 
 
+MODEL_ALONE = """
+import sys, time, numpy as np
+from u2net.inference.runtime import onnx_session
+session = onnx_session(sys.argv[1], ["CPUExecutionProvider"])
+feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 320, 320), np.float32)}
+session.run(None, feed)  # warm-up
+started = time.perf_counter()
+for _ in range(int(sys.argv[2])):
+    session.run(None, feed)
+print(time.perf_counter() - started)
+"""
+
+
+def model_alone_seconds(model: Path, runs: int, env: dict[str, str]) -> float:
+    """Seconds for ``runs`` forward passes of the model alone (see (e) in the module docstring)."""
+    done = subprocess.run(
+        [sys.executable, "-c", MODEL_ALONE, str(model), str(runs)], capture_output=True, text=True, env=env
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"timing the model failed: {done.stderr.strip()[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def alpha_differences(ours: Path, theirs: Path, photos: list[Path]) -> list[float]:
     """Per photo: mean |our alpha - rembg's alpha| / 255."""
     differences = []
@@ -129,13 +156,31 @@ def main(argv: list[str] | None = None) -> None:
         env = {**os.environ, "U2NET_HOME": str(work / "rembg_home"), "ORT_DISABLE_TELEMETRY": "1"}
         rembg_s, how = run_rembg(work / "in", work / "rembg", model, env)
         rows = [(f"(a) {how}", rembg_s, None)]
-        sequential = ["--batch-size", "1", "--workers", "0"]
+        fast = ["--quality", "fast"]
+        sequential = [*fast, "--batch-size", "1", "--workers", "0"]
         for label, extra, out in (
-            ("(b) u2net remove, fp32, sequential", sequential, "seq"),
-            (f"(c) u2net remove, fp32, batched + overlapped {' '.join(overlapped)}".rstrip(), overlapped, "batch"),
+            ("(b) u2net remove --quality fast, sequential", sequential, "seq"),
+            (
+                f"(c) u2net remove --quality fast, batched + overlapped {' '.join(overlapped)}".rstrip(),
+                [*fast, *overlapped],
+                "batch",
+            ),
+            (
+                f"(d) u2net remove --views 1, batched + overlapped {' '.join(overlapped)}".rstrip(),
+                ["--views", "1", *overlapped],
+                "one_view",
+            ),
+            (
+                f"(e) u2net remove (default: balanced), batched + overlapped {' '.join(overlapped)}".rstrip(),
+                overlapped,
+                "default",
+            ),
         ):
             seconds = run_ours(work / "in", work / out, model, env, extra)
             rows.append((label, seconds, alpha_differences(work / out, work / "rembg", photos)))
+        rows.append(
+            (f"(f) the model alone, {len(photos)} runs (the floor)", model_alone_seconds(model, len(photos), env), None)
+        )
 
     print(f"\n{len(photos)} photos, {model.name}, {os.cpu_count()} CPU cores\n")
     print("| pipeline | wall s | images/s | × rembg | alpha vs rembg (/255, mean per image; worst) |")

@@ -7,8 +7,10 @@ and timed (seconds per photo, decoding excluded). Pipelines:
 
 - ``rembg``: rembg's own ``remove(..., only_mask=True)``; ``rembg -a``: with its alpha matting
   (``--matting-limit`` images only: seconds per photo);
-- ``ours <mode>``: :class:`~u2net.inference.BackgroundRemover` with the options of each ``--quality`` preset;
-- ``--study``: the candidates the presets were chosen from (input resize × upsampling × second pass).
+- ``ours <mode>``: :class:`~u2net.inference.BackgroundRemover` with the options of each ``--quality`` preset,
+  and ``ours one view, unsharpened`` (the previous default: what the views and the sharpening add);
+- ``--study``: the candidates the presets were chosen from (views × sharpening × upsampling × input resize ×
+  second pass).
 
     python benchmarks/quality.py --real ../shared/real               # both dev sets, all images
     python benchmarks/quality.py --real ../shared/real --limit 100 --study
@@ -58,18 +60,26 @@ def rembg_pipelines(onnx: Path, matting: bool) -> dict[str, Pipeline]:
 def our_pipelines(onnx: Path, study: bool) -> dict[str, Pipeline]:
     remover = BackgroundRemover(Predictor.from_path(onnx))
     options = {f"ours {name}": RemovalOptions.preset(name) for name in QUALITY_PRESETS}
+    # the previous default: balanced's resampling, one view, unsharpened (what the views and sharpening add)
+    single = RemovalOptions(views=1, sharpen=1.0)
+    options["ours one view, unsharpened"] = single
     if study:
         base = RemovalOptions()
         options.update(
             {
                 "study: rembg-compatible (our code)": replace(base, rembg_compatible=True),
-                "study: lanczos in, linear out": replace(base, upsampling="linear"),
-                "study: lanczos in, cubic out": replace(base, upsampling="cubic"),
-                "study: area in, lanczos out": replace(base, input_resize="area"),
-                "study: cubic in, lanczos out": replace(base, input_resize="cubic"),
-                "study: no stretch": replace(base, stretch=False),
-                "study: second pass": replace(base, second_pass=True),
-                "study: guided, second pass": replace(base, upsampling="guided", second_pass=True),
+                "study: one view, sharpened": replace(base, views=1),
+                "study: two views, unsharpened": replace(base, sharpen=1.0),
+                "study: two views, sharpen 2": replace(base, sharpen=2.0),
+                "study: four views, unsharpened": replace(base, views=4, sharpen=1.0),
+                "study: two views, guided upsampling": replace(base, upsampling="guided"),
+                "study: four views, guided upsampling": replace(base, views=4, upsampling="guided"),
+                "study: one view, lanczos in, linear out": replace(single, upsampling="linear"),
+                "study: one view, lanczos in, cubic out": replace(single, upsampling="cubic"),
+                "study: one view, area in": replace(single, input_resize="area"),
+                "study: one view, cubic in": replace(single, input_resize="cubic"),
+                "study: one view, no stretch": replace(single, stretch=False),
+                "study: one view, second pass": replace(single, second_pass=True),
             }
         )
     return {name: (lambda rgb, o=o: remover.mask(rgb, o)) for name, o in options.items()}

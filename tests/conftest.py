@@ -77,16 +77,34 @@ def tiny_synthetic(tmp_path_factory) -> Path:
     return generate_synthetic_dataset(root, num_train=24, num_val=8, seed=1, min_size=64, max_size=96, progress=False)
 
 
+# Removal options that hand the model's map on as it is (one view, no sharpening): for tests of the plumbing
+# around the map (exact alpha values, crops, composites), not of the default's test-time views.
+PLAIN = {"views": 1, "sharpen": 1.0}
+
+
 class FullSizePredictor:
     """Base of the test doubles for a predictor: a subclass's ``predict(rgb)`` gives the H×W map at the
-    image's own size; the image is its own "preprocessed input", so that the remover's resize of the
-    model's output back to the image's size leaves the map as it is."""
+    image's own size; the image (3×H×W, as a real model's input is laid out) is its own "preprocessed
+    input", so that the remover's resize of the model's output back to the image's size leaves the map as
+    it is.
+
+    Like a real model, it sees the mirror image of a photo as the mirror image of what it sees in the photo
+    (the remover's default averages both views), even where ``predict`` ignores the pixels: an input that is
+    the mirror image of a photo it preprocessed gets ``predict(photo)`` mirrored."""
 
     def preprocess(self, rgb: np.ndarray, resize: str | None = None) -> np.ndarray:  # noqa: ARG002 - full size
         assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
-        return rgb
+        self._photos = getattr(self, "_photos", set()) | {rgb.tobytes()}
+        return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
     def predict_batch(self, batch, sizes=None) -> list[np.ndarray]:
-        probs = [np.asarray(self.predict(rgb), np.float32) for rgb in batch]
-        assert all(prob.shape == rgb.shape[:2] for prob, rgb in zip(probs, batch))
+        photos = [np.ascontiguousarray(np.asarray(x).transpose(1, 2, 0)) for x in batch]
+        probs = [np.asarray(self._predict_view(rgb), np.float32) for rgb in photos]
+        assert all(prob.shape == rgb.shape[:2] for prob, rgb in zip(probs, photos))
         return probs
+
+    def _predict_view(self, rgb: np.ndarray) -> np.ndarray:
+        mirrored = np.ascontiguousarray(rgb[:, ::-1])
+        if rgb.tobytes() not in getattr(self, "_photos", ()) and mirrored.tobytes() in getattr(self, "_photos", ()):
+            return np.asarray(self.predict(mirrored))[:, ::-1]
+        return self.predict(rgb)

@@ -1,5 +1,5 @@
 """The checkpoint format (:class:`u2net.models.Checkpoint`) and the one preprocessing definition
-(:class:`u2net.data.transforms.Preprocessing`), read from every kind of weights."""
+(:class:`u2net.data.preprocessing.Preprocessing`), read from every kind of weights."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import u2net
-from u2net.data.transforms import Preprocessing
+from u2net.data.transforms import Preprocessing, eval_transform
 from u2net.engine import save_checkpoint
 from u2net.inference import Predictor
 from u2net.models import FORMAT_VERSION, PRETRAINED, Checkpoint, load_checkpoint
@@ -144,7 +144,7 @@ def test_preprocessing_is_one_validated_value() -> None:
     assert default.to_dict()["mean"] == [0.485, 0.456, 0.406]
     assert Preprocessing.from_metadata({"model_name": "u2netp"}) is None
     assert Preprocessing.from_metadata({"image_size": 64, "model_name": "u2netp"}) == Preprocessing(64)
-    assert default.transform().output_size == 320
+    assert eval_transform(**default).output_size == 320
     for bad, message in (
         ({"normalization": "zscore"}, "normalization must be 'max' or 'standard'"),
         ({"interpolation": "nearest"}, "interpolation must be one of"),

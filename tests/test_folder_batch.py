@@ -91,12 +91,13 @@ def test_predict_batch_gets_batches_of_the_requested_size(tmp_path) -> None:
     _folder(tmp_path / "in", 10)
     predictor = RecordingPredictor()
     report = remove_batch(BackgroundRemover(predictor), tmp_path / "in", tmp_path / "out", progress=False, batch_size=4)
-    assert report.done == 10 and sorted(predictor.batch_sizes) == [2, 4, 4]
+    views = RemovalOptions().views  # the model gets each photo's views in the same run
+    assert report.done == 10 and sorted(predictor.batch_sizes) == [2 * views, 4 * views, 4 * views]
     predictor = RecordingPredictor()  # a batch larger than the folder: one run
     report = remove_batch(
         BackgroundRemover(predictor), tmp_path / "in", tmp_path / "big", progress=False, batch_size=64
     )
-    assert report.done == 10 and predictor.batch_sizes == [10]
+    assert report.done == 10 and predictor.batch_sizes == [10 * views]
     assert default_batch_size(predictor) == CPU_BATCH_SIZE  # no GPU backend
 
 
@@ -257,7 +258,31 @@ def test_cli_formats_from_the_suffix_or_the_option(tmp_path, fake_model, capsys)
     args = ["remove", str(tmp_path / "in"), str(tmp_path / "out"), "-q", "--format", "webp", "--batch-size", "2"]
     assert main(args) == 0 and _files(tmp_path / "out") == ["00.webp", "01.webp", "02.webp"]
     assert "3 image(s): 3 written, 0 skipped, 0 failed" in capsys.readouterr().out
-    assert sorted(fake_model.batch_sizes[-2:]) == [1, 2]
+    views = RemovalOptions().views
+    assert sorted(fake_model.batch_sizes[-2:]) == [1 * views, 2 * views]
+
+
+def test_cli_views_and_sharpen_override_the_preset(tmp_path, fake_model, capsys) -> None:
+    photo = tmp_path / "photo.png"
+    Image.fromarray(_photo(2)).save(photo)
+    red = _photo(2)[..., 0].astype(np.float64)
+    plain = np.rint((red - red.min()) / (red.max() - red.min()) * 255)  # the map, stretched: nothing else
+    for extra, runs in (
+        ([], 2),
+        (["--views", "1"], 1),
+        (["--quality", "best"], 4),
+        (["--quality", "fast", "--views", "4"], 4),
+    ):
+        assert main(["remove", str(photo), str(tmp_path / f"cut{runs}{len(extra)}.png"), "-q", *extra]) == 0
+        assert fake_model.batch_sizes[-1] == runs, extra
+    assert main(["remove", str(photo), str(tmp_path / "plain.png"), "-q", "--views", "1", "--sharpen", "1"]) == 0
+    with Image.open(tmp_path / "plain.png") as out:
+        np.testing.assert_array_equal(np.asarray(out.getchannel("A")), plain)
+    with pytest.raises(SystemExit):
+        main(["remove", str(photo), str(tmp_path / "x.png"), "--views", "3"])
+    with pytest.raises(SystemExit):
+        main(["remove", str(photo), str(tmp_path / "x.png"), "--sharpen", "0"])
+    assert "invalid choice: 3" in capsys.readouterr().err
 
 
 def _streams(monkeypatch, data: bytes) -> io.BytesIO:

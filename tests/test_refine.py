@@ -9,7 +9,13 @@ from PIL import Image, ImageFilter
 from u2net.data.transforms import Preprocessing, resize_image
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions
 from u2net.inference.predictor import resize_probability
-from u2net.inference.refine import guided_filter, paste_probability, subject_box, upsample_probability
+from u2net.inference.refine import (
+    guided_filter,
+    paste_probability,
+    sharpen_probability,
+    subject_box,
+    upsample_probability,
+)
 from u2net.inference.remover import DEFAULT_QUALITY, QUALITY_PRESETS, rembg_preprocess
 
 
@@ -167,3 +173,44 @@ def soft_edges(mask: np.ndarray) -> np.ndarray:
     """A 0/1 mask with its edges blurred over a few pixels, in [0, 1]."""
     blurred = Image.fromarray(np.uint8(mask * 255)).filter(ImageFilter.GaussianBlur(3))
     return np.asarray(blurred, np.float32) / 255.0
+
+
+def test_sharpening_keeps_the_half_way_point_and_narrows_the_soft_band() -> None:
+    # an edge as upsampling leaves it: a logistic ramp across 201 px
+    prob = (1.0 / (1.0 + np.exp(-np.linspace(-10.0, 10.0, 201)))).astype(np.float32)[None]
+    sharp = sharpen_probability(prob, 2.0)
+    assert sharp.dtype == np.float32 and sharp.shape == prob.shape
+    assert sharp[0, 100] == pytest.approx(0.5)  # a mask thresholded at 0.5 is unchanged
+    assert np.all(np.diff(sharp[0]) >= 0)  # the order of the pixels is kept (maxF's curves see the same ranks)
+    soft = lambda p: int(((p > 0.1) & (p < 0.9)).sum())  # noqa: E731
+    assert soft(sharp) <= soft(prob) // 2 + 1  # the uncertain band is half as wide
+    assert sharp[0, 0] < prob[0, 0] and sharp[0, -1] > prob[0, -1]
+    assert sharpen_probability(prob, 1.0) is prob
+    with pytest.raises(ValueError, match="sharpen is a gain"):
+        RemovalOptions(sharpen=0.0)
+
+
+class LeftBiasedPredictor(CountingPredictor):
+    """Finds the bright pixels, but sees 0.4 too much in the left half of whatever it is shown: an error that is
+    not mirror-symmetric, as a real network's are not."""
+
+    def predict_batch(self, batch: np.ndarray, sizes=None) -> list[np.ndarray]:
+        self.batches += 1
+        self.images = len(batch)
+        maps = [(x.mean(0) > 0.5).astype(np.float32) for x in batch]
+        for m in maps:
+            m[:, : m.shape[1] // 2] += 0.4
+        return maps
+
+
+def test_two_views_run_the_mirror_image_in_the_same_batch_and_halve_an_asymmetric_error() -> None:
+    photo = _photo_with_subject(100)
+    truth = (photo[..., 0] > 128).astype(np.float32)
+    errors = {}
+    for views in (1, 2):
+        predictor = LeftBiasedPredictor()
+        options = RemovalOptions(views=views, sharpen=1.0, input_resize="area", upsampling="linear", stretch=False)
+        mask = BackgroundRemover(predictor).mask(photo, options)
+        assert (predictor.batches, predictor.images) == (1, views)
+        errors[views] = np.abs(np.clip(mask / 255.0, 0, 1) - truth)[:, :100].mean()  # the biased left part
+    assert errors[2] == pytest.approx(errors[1] / 2, rel=0.1)

@@ -17,7 +17,7 @@ from u2net.fileio import write_image
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions, mask_bbox, parse_color, remove_batch
 from u2net.inference.remover import clean_mask, cover, load_rgb, plan_outputs
 
-from .conftest import ASSETS, REPO, FullSizePredictor
+from .conftest import ASSETS, PLAIN, REPO, FullSizePredictor
 
 
 class FakePredictor(FullSizePredictor):
@@ -118,11 +118,13 @@ def test_cutout_alpha_is_the_mask_and_mask_only() -> None:
     prob = np.tile(np.linspace(0, 1, 40, dtype=np.float32), (30, 1))
     remover = _fixed(prob)
     expected = np.rint(prob * 255).astype(np.uint8)
-    np.testing.assert_array_equal(remover.mask(image), expected)
-    cutout = np.asarray(remover.remove(image))
+    plain = RemovalOptions(**PLAIN)
+    np.testing.assert_array_equal(remover.mask(image, plain), expected)
+    cutout = np.asarray(remover.remove(image, plain))
     np.testing.assert_array_equal(cutout[..., 3], expected)
     np.testing.assert_array_equal(cutout[..., :3], image)  # straight (not premultiplied) colours
-    only = remover.remove(image, RemovalOptions(mask_only=True))
+    np.testing.assert_array_equal(remover.remove(image).getchannel("A"), remover.mask(image))  # the default too
+    only = remover.remove(image, RemovalOptions(mask_only=True, **PLAIN))
     assert only.mode == "L"
     np.testing.assert_array_equal(np.asarray(only), expected)
 
@@ -132,8 +134,9 @@ def test_stretch_uses_the_full_range_unless_turned_off() -> None:
     remover = _fixed(prob)
     stretched = remover.mask(_picture())  # the default, as the original inference and rembg do
     assert stretched.min() == 0 and stretched.max() == 255
-    np.testing.assert_array_equal(stretched, np.rint((prob - 0.2) / 0.5 * 255).astype(np.uint8))
-    kept = remover.mask(_picture(), RemovalOptions(stretch=False))
+    plain = remover.mask(_picture(), RemovalOptions(**PLAIN))
+    np.testing.assert_array_equal(plain, np.rint((prob - 0.2) / 0.5 * 255).astype(np.uint8))
+    kept = remover.mask(_picture(), RemovalOptions(stretch=False, **PLAIN))
     np.testing.assert_array_equal(kept, np.rint(prob * 255).astype(np.uint8))
     # an empty prediction stays empty instead of becoming a mask of noise
     assert _fixed(np.zeros((30, 40), np.float32)).mask(_picture()).max() == 0
@@ -168,8 +171,11 @@ def test_crop_ignores_faint_background_noise() -> None:
     # The min–max stretch turns a model's faint background (here 0.4–0.8 %) into alpha 1–2 everywhere.
     prob = _rect(30, 40, (5, 16, 2, 11), value=0.9) + np.random.default_rng(1).uniform(0.004, 0.008, (30, 40))
     remover = _fixed(prob.astype(np.float32))
-    assert remover.remove(_picture(), RemovalOptions(crop=True, padding=0)).size == (9, 11)
-    assert remover.remove(_picture(), RemovalOptions(crop=True, padding=0, crop_threshold=1)).size == (40, 30)
+    assert remover.remove(_picture(), RemovalOptions(crop=True, padding=0, **PLAIN)).size == (9, 11)
+    everything = RemovalOptions(crop=True, padding=0, crop_threshold=1, **PLAIN)
+    assert remover.remove(_picture(), everything).size == (40, 30)
+    # the default's sharpening takes that faint noise to 0 by itself
+    assert remover.remove(_picture(), RemovalOptions(crop=True, padding=0, crop_threshold=1)).size == (9, 11)
     with pytest.raises(ValueError, match="crop_threshold must be in"):
         RemovalOptions(crop_threshold=0)
 
@@ -195,19 +201,19 @@ def test_background_colour_and_image(tmp_path) -> None:
     prob[:, 20:] = 1.0
     prob[:, 10:20] = 128 / 255
     remover = _fixed(prob)
-    green = remover.remove(image, RemovalOptions(bg_color=parse_color("#00ff00")))
+    green = remover.remove(image, RemovalOptions(bg_color=parse_color("#00ff00"), **PLAIN))
     assert green.mode == "RGB"
     out = np.asarray(green).astype(int)
     assert (out[:, :10] == [0, 255, 0]).all() and (out[:, 20:] == 200).all()
     np.testing.assert_array_equal(
         out[0, 15], np.rint([200 * 128 / 255, 200 * 128 / 255 + 255 * 127 / 255, 200 * 128 / 255])
     )
-    translucent = np.asarray(remover.remove(image, RemovalOptions(bg_color=(0, 0, 255, 0))))
+    translucent = np.asarray(remover.remove(image, RemovalOptions(bg_color=(0, 0, 255, 0), **PLAIN)))
     assert translucent.shape == (30, 40, 4)
     np.testing.assert_array_equal(translucent[..., 3], np.rint(prob * 255))  # a transparent colour: the cut-out
 
     Image.new("RGB", (100, 50), (10, 20, 30)).save(tmp_path / "bg.jpg", quality=100)
-    placed = remover.remove(image, RemovalOptions(bg_image=tmp_path / "bg.jpg", crop=True, padding=0))
+    placed = remover.remove(image, RemovalOptions(bg_image=tmp_path / "bg.jpg", crop=True, padding=0, **PLAIN))
     assert placed.mode == "RGB" and placed.size == (30, 30)  # cropped to columns 10..39
     out = np.asarray(placed).astype(int)
     assert np.abs(out[:, 10:] - 200).max() == 0
@@ -493,10 +499,10 @@ def test_same_mask_as_rembg(tmp_path, monkeypatch) -> None:
         assert theirs.shape == image.size[::-1] and theirs.std() > 20  # a real mask, not a constant
         compatible = ours.mask(image, RemovalOptions(rembg_compatible=True)).astype(np.int16)
         assert np.abs(compatible - theirs).mean() <= 0.5  # bit-exact on CPU
-        # Our default (the validation preprocessing with its bilinear resize, bilinear mask resize, then
-        # min–max stretch and rounding) differs from rembg's (Lanczos, min–max, truncation, Lanczos) by a
-        # few levels at the edges of the mask.
-        default = ours.mask(image).astype(np.int16)
+        # One view without sharpening (Lanczos down and up on the float map, min–max stretch, rounding)
+        # differs from rembg's (Lanczos, min–max, truncation to 8 bits, Lanczos) by a few levels at the
+        # edges of the mask.
+        default = ours.mask(image, RemovalOptions(**PLAIN)).astype(np.int16)
         default_diffs.append(np.abs(default - theirs).mean())
         assert np.abs(default - theirs).mean() <= 4.0
     assert np.mean(default_diffs) <= 2.0  # the 2/255 on average

@@ -246,7 +246,7 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_mask_arguments(parser: argparse.ArgumentParser) -> None:
-    from .inference.remover import DEFAULT_QUALITY, QUALITY_PRESETS, RemovalOptions
+    from .inference.remover import DEFAULT_QUALITY, QUALITY_PRESETS, VIEWS, RemovalOptions
 
     defaults = RemovalOptions()
     mask = parser.add_argument_group("mask")
@@ -254,8 +254,22 @@ def _add_mask_arguments(parser: argparse.ArgumentParser) -> None:
         "--quality",
         choices=tuple(QUALITY_PRESETS),
         default=DEFAULT_QUALITY,
-        help=f"how the mask is made (default {DEFAULT_QUALITY}): fast (OpenCV resize), balanced (anti-aliased "
-        "resize), best (also edges snapped to the photo and a second pass on small subjects); docs/quality.md",
+        help=f"how the mask is made (default {DEFAULT_QUALITY}): fast (one model run, plain resize), balanced "
+        "(anti-aliased resize, the photo and its mirror image averaged, edges sharpened: two runs), best (four "
+        "views, also shifted: four runs); docs/quality.md",
+    )
+    mask.add_argument(
+        "--views",
+        type=int,
+        choices=VIEWS,
+        help="override the preset's test-time views: 1 (the photo), 2 (and its mirror image), 4 (both also "
+        "shifted); each costs one model run",
+    )
+    mask.add_argument(
+        "--sharpen",
+        type=_positive_float,
+        metavar="G",
+        help="override the preset's edge sharpening: probabilities through sigmoid(G * logit(p)); 1 leaves them",
     )
     mask.add_argument(
         "--decontaminate",
@@ -361,8 +375,10 @@ def _removal_options(args: argparse.Namespace):
     for flag, wanted in (("--alpha-matting", args.alpha_matting), ("--decontaminate", args.decontaminate)):
         if wanted and importlib.util.find_spec("pymatting") is None:
             raise UsageError(f"{flag} needs pymatting: pip install -e '.[matting]' in the repository")
+    overrides = {name: getattr(args, name) for name in ("views", "sharpen") if getattr(args, name) is not None}
     return RemovalOptions.preset(
         args.quality,
+        **overrides,
         decontaminate=args.decontaminate,
         mask_only=args.mask_only,
         crop=args.crop,

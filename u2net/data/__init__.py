@@ -1,26 +1,6 @@
 """Datasets, preprocessing and loaders."""
 
-from .datamodule import ResumableBatchSampler, SaliencyDataModule, folder_datamodule
-from .folder import (
-    DatasetCheckError,
-    Problem,
-    SaliencyDataset,
-    SourceSpec,
-    check_pairs,
-    collect_pairs,
-    collect_source_pairs,
-    scan_source,
-    split_pairs,
-)
-from .io import IMAGE_EXTENSIONS, list_images, read_image, read_mask
-from .transforms import (
-    Preprocessing,
-    SaliencyTransform,
-    appearance_steps,
-    eval_transform,
-    normalize_image,
-    train_transform,
-)
+from importlib import import_module
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -49,12 +29,47 @@ __all__ = [
     "train_transform",
 ]
 
+# Each name's submodule, imported on first use: torch and albumentations only where they are needed (the
+# loaders, datasets and augmentation), so that inference's preprocessing (.preprocessing) and image reading
+# (.io) import neither. The synthetic set's module is lazy too, so that ``python -m u2net.data.synthetic``
+# does not find it imported already (runpy warns about that).
+_SOURCES = {
+    "ResumableBatchSampler": "datamodule",
+    "SaliencyDataModule": "datamodule",
+    "folder_datamodule": "datamodule",
+    "DatasetCheckError": "folder",
+    "Problem": "folder",
+    "SaliencyDataset": "folder",
+    "SourceSpec": "folder",
+    "check_pairs": "folder",
+    "collect_pairs": "folder",
+    "collect_source_pairs": "folder",
+    "scan_source": "folder",
+    "split_pairs": "folder",
+    "IMAGE_EXTENSIONS": "io",
+    "list_images": "io",
+    "read_image": "io",
+    "read_mask": "io",
+    "Preprocessing": "preprocessing",
+    "SaliencyTransform": "transforms",
+    "appearance_steps": "transforms",
+    "eval_transform": "transforms",
+    "normalize_image": "transforms",
+    "train_transform": "transforms",
+    "ensure_synthetic_dataset": "synthetic",
+    "generate_synthetic_dataset": "synthetic",
+}
+# Submodules that were attributes of the package once it was imported (it used to import them all).
+_SUBMODULES = frozenset(_SOURCES.values()) - {"synthetic"}
+
 
 def __getattr__(name: str):
-    # The synthetic set's module is imported on first use, so that ``python -m u2net.data.synthetic``
-    # does not find it imported already (runpy warns about that).
-    if name in ("ensure_synthetic_dataset", "generate_synthetic_dataset"):
-        from . import synthetic
-
-        return getattr(synthetic, name)
+    if name in _SOURCES:
+        return getattr(import_module(f"{__name__}.{_SOURCES[name]}"), name)
+    if name in _SUBMODULES:
+        return import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

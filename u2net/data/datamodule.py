@@ -21,7 +21,7 @@ from .folder import (
     split_pairs,
     workers_default,
 )
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, train_transform
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform, train_transform
 
 
 class ResumableBatchSampler(Sampler):
@@ -174,7 +174,7 @@ class SaliencyDataModule:
         common = {k: v for k, v in self.preprocessing.items() if k != "image_size"}
         appearance = {"color_jitter": color_jitter, "blur": blur, "noise": noise}
         self.train_transform = train_transform(image_size, crop_size, hflip, vflip, **appearance, **common)
-        self.val_transform = self.preprocessing.transform()
+        self.val_transform = eval_transform(**self.preprocessing)
         self.train_set: SaliencyDataset | None = None
         self.train_sizes: list[int] = []  # training pairs per training source, in order
         self.val_set: SaliencyDataset | None = None

@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from ..data import read_image, read_mask
-from ..data.transforms import Preprocessing
+from ..data.transforms import Preprocessing, eval_transform
 from ..models import PRETRAINED, download_weights, load_checkpoint
 from ..models.pretrained import sha256_of
 from .onnx import export_onnx
@@ -106,7 +106,7 @@ def sample_images(pairs: list, preprocessing: Preprocessing, calibration: int, r
     order = np.random.default_rng(0).permutation(len(pairs))
     calib_pairs = [pairs[i] for i in order[:calibration]]
     report_pairs = [pairs[i] for i in order[calibration : calibration + report]] or calib_pairs[:report]
-    transform = preprocessing.transform()
+    transform = eval_transform(**preprocessing)
 
     def prepare(image_path) -> np.ndarray:
         image = read_image(image_path)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..data.transforms import Preprocessing
+from ..data.preprocessing import Preprocessing
 from ..models.onnx_format import require_onnx, set_metadata, topological_nodes, write_onnx
 
 __all__ = ["FUSED_ONLY_NAME", "INPUT_NAME", "ExportWrapper", "export_onnx"]

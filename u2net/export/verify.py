@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.transforms import Preprocessing, normalize_image
+from ..data.preprocessing import Preprocessing, normalize_array
 from ..inference.runtime import onnx_session
 from ..models.onnx_format import proto_metadata, require_onnx
 from .onnx import ExportWrapper
@@ -44,7 +44,7 @@ def synthetic_image(size: int | tuple[int, int] = 320, seed: int = 0) -> np.ndar
 def _preprocess(image: np.ndarray, meta: Mapping) -> np.ndarray:
     """H×W×3 uint8 -> 3×H×W float32, normalised as the metadata says (no resize: the image has the input's size)."""
     prep = Preprocessing.from_metadata(meta) or Preprocessing()
-    return normalize_image(image, prep.mean, prep.std, prep.normalization).numpy()
+    return normalize_array(image, prep.mean, prep.std, prep.normalization)
 
 
 def _is_fp16(proto) -> bool:

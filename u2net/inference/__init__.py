@@ -2,10 +2,7 @@
 background removal (cut-outs, crops, new backgrounds, pipelined batches in PNG, WebP or JPEG); the ONNX
 Runtime session factory and latency timer that export uses too."""
 
-from .batch import OutputFormat, run_pipeline
-from .predictor import ModelInfo, OnnxBackend, Predictor, TorchBackend, resize_probability
-from .remover import BackgroundRemover, BatchReport, RemovalOptions, mask_bbox, parse_color, remove_batch
-from .runtime import median_seconds, onnx_session
+from importlib import import_module
 
 __all__ = [
     "BackgroundRemover",
@@ -24,3 +21,38 @@ __all__ = [
     "resize_probability",
     "run_pipeline",
 ]
+
+# Each name's submodule, imported on first use: only TorchBackend's imports torch, so that ONNX Runtime
+# inference (the `u2net` command's default) starts without it.
+_SOURCES = {
+    "OutputFormat": "batch",
+    "run_pipeline": "batch",
+    "ModelInfo": "predictor",
+    "OnnxBackend": "predictor",
+    "Predictor": "predictor",
+    "resize_probability": "refine",
+    "mask_bbox": "refine",
+    "BackgroundRemover": "remover",
+    "BatchReport": "remover",
+    "RemovalOptions": "remover",
+    "parse_color": "remover",
+    "remove_batch": "remover",
+    "median_seconds": "runtime",
+    "onnx_session": "runtime",
+    "TorchBackend": "torch_backend",
+}
+# Submodules that were attributes of the package once it was imported (it used to import them, and with them
+# refine and qa).
+_SUBMODULES = frozenset(_SOURCES.values()) - {"torch_backend"} | {"qa"}
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        return getattr(import_module(f"{__name__}.{_SOURCES[name]}"), name)
+    if name in _SUBMODULES:
+        return import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

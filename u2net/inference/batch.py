@@ -64,6 +64,8 @@ def default_batch_size(predictor) -> int:
 OUTPUT_FORMATS = {"png": (".png", "PNG"), "webp": (".webp", "WEBP"), "jpeg": (".jpg", "JPEG")}
 _SUFFIXES = {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg"}
 DEFAULT_JPEG_QUALITY = 90
+# zlib level of PNG outputs: PIL's default (6) takes 3× the time of level 3 for files ~5 % smaller
+PNG_COMPRESS_LEVEL = 3
 
 
 def format_of_suffix(suffix: str) -> str | None:
@@ -100,7 +102,7 @@ class OutputFormat:
         """Encode a PIL image into ``file``."""
         pillow_name = OUTPUT_FORMATS[self.name][1]
         if self.name == "png":
-            image.save(file, format=pillow_name)
+            image.save(file, format=pillow_name, compress_level=PNG_COMPRESS_LEVEL)
         elif self.name == "webp" and self.quality is None:
             # exact: keep the colours under transparent pixels too, so that "lossless" is bit for bit
             image.save(file, format=pillow_name, lossless=True, exact=True)

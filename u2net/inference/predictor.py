@@ -8,15 +8,17 @@ the image's own size.
 from __future__ import annotations
 
 import os
+import platform
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..data.transforms import Preprocessing, normalize_image, resize_image
-from ..models import load_checkpoint
+# Nothing here imports torch (nor albumentations): the PyTorch backend and checkpoint reading are imported on
+# the PyTorch path only, so that ONNX Runtime inference starts without them.
+from ..data.preprocessing import Preprocessing
 from ..models.onnx_format import decode_metadata
 from ..models.pretrained import PRETRAINED, local_weights
 from .refine import resize_probability
@@ -38,6 +40,28 @@ def _onnx_file(path: str | os.PathLike) -> Path:
     return local
 
 
+def _local_onnx(path: str | os.PathLike) -> Path | None:
+    """The ONNX file a pretrained tag resolves to on this machine without a download, else ``None``."""
+    if str(path) not in PRETRAINED:
+        return None
+    local = local_weights(str(path))
+    return local if local is not None and local.suffix.lower() == ".onnx" else None
+
+
+def _onnx_runtime_suits(device: str, precision: str) -> bool:
+    """Whether ONNX Runtime runs a model where PyTorch with ``device`` and ``precision`` would: fp32 only (autocast
+    is PyTorch's), and on the CPU, unless ONNX Runtime has CUDA. Without torch imported, a GPU ``device="auto"``
+    could pick is guessed from the NVIDIA driver's device node and Apple silicon (then PyTorch is kept)."""
+    if precision != "fp32":
+        return False
+    if "CUDAExecutionProvider" in pick_providers():
+        return device == "auto"  # ONNX Runtime's first provider then is CUDA, as PyTorch's first choice
+    if device == "cpu":
+        return True
+    apple_silicon = sys.platform == "darwin" and platform.machine() == "arm64"
+    return device == "auto" and not (os.path.exists("/dev/nvidiactl") or apple_silicon)
+
+
 @dataclass
 class ModelInfo:
     """What a report says about the model being scored."""
@@ -48,28 +72,6 @@ class ModelInfo:
     parameters: int | None = None
     size_mb: float | None = None
     extra: dict = field(default_factory=dict)
-
-
-class TorchBackend:
-    """Runs a PyTorch U²-Net; returns probabilities of the fused output."""
-
-    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
-        from ..engine.utils import autocast_context, pick_device, resolve_precision
-
-        self.device = pick_device(str(device)) if isinstance(device, str) else device
-        self.precision = resolve_precision(precision, self.device)
-        self._autocast = lambda: autocast_context(self.device, self.precision)
-        self.model = model.to(self.device).eval()
-        self.fixed_size: int | None = None
-        self.max_batch: int | None = None
-
-    @torch.no_grad()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """N×3×S×S float32 normalised images -> N×S×S float32 probabilities."""
-        x = torch.from_numpy(batch).to(self.device)
-        with self._autocast():
-            fused = self.model(x)[0]
-        return torch.sigmoid(fused.float())[:, 0].cpu().numpy()
 
 
 class OnnxBackend:
@@ -125,7 +127,7 @@ def symbolic_batch_dim(model_bytes: bytes) -> str | None:
 class Predictor:
     """Preprocess like validation, run a backend, resize the fused probability map back.
 
-    ``preprocessing`` is a :class:`~u2net.data.transforms.Preprocessing` (or a dict of some of its fields, the
+    ``preprocessing`` is a :class:`~u2net.data.preprocessing.Preprocessing` (or a dict of some of its fields, the
     rest default): what training validated with, read from the weights by :meth:`from_path`. A backend with a
     fixed input size sets ``image_size``.
     """
@@ -138,7 +140,6 @@ class Predictor:
         if backend.fixed_size is not None:
             preprocessing = replace(preprocessing, image_size=backend.fixed_size)
         self.preprocessing = preprocessing
-        self.transform = preprocessing.transform()
         self.info = info or ModelInfo("unknown", "", type(backend).__name__)
 
     @classmethod
@@ -153,8 +154,10 @@ class Predictor:
     ) -> Predictor:
         """A predictor for a checkpoint, official ``.pth``, pretrained tag or ``.onnx`` file (read once).
 
-        ``backend``: ``auto`` runs an ``.onnx`` path on ONNX Runtime and anything else on PyTorch (a tag's
-        weights imported, ONNX ones too); ``pytorch`` always PyTorch (an ``.onnx`` file is imported);
+        ``backend``: ``auto`` runs an ``.onnx`` path on ONNX Runtime, and a tag whose file here is ONNX (the
+        bundled ``u2netp.duts``) too where ONNX Runtime would use the same device as PyTorch (fp32, and a CPU
+        or ONNX Runtime's CUDA provider; see :func:`_onnx_runtime_suits`); anything else on PyTorch;
+        ``pytorch`` always PyTorch (an ``.onnx`` file is imported);
         ``onnxruntime`` always ONNX Runtime (an ``.onnx`` path, or a tag whose file here is ONNX, as the
         bundled ``u2netp.duts``; never a download, which may bring a ``.pth``). The preprocessing is the
         weights' own (a tag's catalogue entry, a checkpoint's stored one, an ONNX file's metadata), else the
@@ -164,6 +167,8 @@ class Predictor:
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if backend == "auto" and _onnx_runtime_suits(device, precision) and _local_onnx(path) is not None:
+            backend = "onnxruntime"  # the same weights, about twice as fast on a CPU as PyTorch, and no torch import
         source = str(_onnx_file(path) if backend == "onnxruntime" else path)
         overrides = {"image_size": image_size} if image_size else {}
         if source.lower().endswith(".onnx") and backend != "pytorch":
@@ -178,6 +183,9 @@ class Predictor:
 
         if providers:
             raise ValueError(f"{source}: runs on PyTorch; execution providers are for ONNX Runtime (an .onnx model)")
+        from ..models.checkpoint import load_checkpoint
+        from .torch_backend import TorchBackend
+
         checkpoint = load_checkpoint(source)
         model = checkpoint.build_model()
         preprocessing = checkpoint.preprocessing or Preprocessing()
@@ -195,11 +203,8 @@ class Predictor:
 
     def preprocess(self, image: np.ndarray, resize: str | None = None) -> np.ndarray:
         """H×W×3 uint8 -> 3×S×S float32, exactly as in validation; ``resize`` (one of
-        :data:`~u2net.data.transforms.RESIZE_METHODS`) resizes another way, the rest unchanged."""
-        if resize is None:
-            return self.transform.image_only(image).numpy()
-        p = self.preprocessing
-        return normalize_image(resize_image(image, p.image_size, resize), p.mean, p.std, p.normalization).numpy()
+        :data:`~u2net.data.preprocessing.RESIZE_METHODS`) resizes another way, the rest unchanged."""
+        return self.preprocessing.apply(image, resize)
 
     def predict_batch(self, batch: np.ndarray, sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
         """N×3×S×S preprocessed images -> N probability maps, each resized to ``sizes[i]`` = (h, w)."""

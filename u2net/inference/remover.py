@@ -30,11 +30,19 @@ import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
 from ..data.io import list_images, open_image, read_image, read_problem, to_rgb, to_uint8
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_METHODS, resize_image
+from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, RESIZE_METHODS, resize_image
 from ..fileio import atomic_write
 from .batch import DEFAULT_WORKERS, OUTPUT_FORMATS, OutputFormat, default_batch_size, format_of_suffix, run_pipeline
 from .qa import MaskQuality, assess_mask
-from .refine import UPSAMPLING, Box, mask_bbox, paste_probability, subject_box, upsample_probability
+from .refine import (
+    UPSAMPLING,
+    Box,
+    mask_bbox,
+    paste_probability,
+    sharpen_probability,
+    subject_box,
+    upsample_probability,
+)
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -81,6 +89,13 @@ class RemovalOptions:
       or ``guided``: Lanczos, then the uncertain edges snapped to the photo's with a guided filter).
     - ``second_pass``: when the subject covers less than ``second_pass_area`` of the photo, run the
       model again on the subject's crop (with a margin) and paste that sharper map back.
+    - ``views``: how many views of the photo the model sees, their maps averaged (test-time augmentation; each
+      costs one model run): 1, the photo; 2, also its mirror image; 4, also both shifted by
+      :data:`VIEW_SHIFT` of the input's side (8 px at 320², a quarter of the network's coarsest cell). The
+      network's errors are neither mirror- nor shift-symmetric, so the average is more often right.
+    - ``sharpen``: after the stretch, map each probability through ``sigmoid(sharpen · logit(p))``
+      (:func:`~u2net.inference.refine.sharpen_probability`): 0.5 stays, the soft band upsampling leaves
+      around the edges narrows ``sharpen``-fold (1: unchanged).
     See :data:`QUALITY_PRESETS` (``--quality fast|balanced|best``) for measured combinations.
     """
 
@@ -105,6 +120,8 @@ class RemovalOptions:
     upsampling: str = "lanczos"
     second_pass: bool = False
     second_pass_area: float = 0.5
+    views: int = 2
+    sharpen: float = 1.5
 
     def __post_init__(self) -> None:
         if self.bg_color is not None and self.bg_image is not None:
@@ -130,6 +147,10 @@ class RemovalOptions:
             raise ValueError(f"input_resize must be one of {', '.join(RESIZE_METHODS)}, got {self.input_resize!r}")
         if self.upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {self.upsampling!r}")
+        if self.views not in VIEWS:
+            raise ValueError(f"views must be one of {', '.join(map(str, VIEWS))}, got {self.views!r}")
+        if not self.sharpen > 0.0:
+            raise ValueError(f"sharpen is a gain on the logits, > 0 (1: unchanged), got {self.sharpen}")
         if not 0.0 < self.second_pass_area <= 1.0:
             raise ValueError(f"second_pass_area is a fraction of the photo in (0, 1], got {self.second_pass_area}")
 
@@ -189,10 +210,16 @@ def load_rgb(image: ImageInput) -> np.ndarray:
 
 # What each --quality means, as changes to RemovalOptions' defaults (the default preset has none), chosen by
 # benchmarks/quality.py on ecssd_dev and duts_te_dev (docs/quality.md).
+VIEWS = (1, 2, 4)  # RemovalOptions.views: the photo; and its mirror image; and both shifted by VIEW_SHIFT
+VIEW_SHIFT = 1 / 40  # of the model input's side: 8 px at 320², a quarter of U²-Net's coarsest (32 px) cell
+
 QUALITY_PRESETS: dict[str, dict[str, object]] = {
-    "fast": {"input_resize": None, "upsampling": "linear"},  # OpenCV bilinear both ways
-    "balanced": {},  # anti-aliased Lanczos down, Lanczos up: rembg's resampling without its truncation
-    "best": {"upsampling": "guided"},  # edges snapped to the photo (second_pass measured worse: docs/quality.md)
+    # one model run, OpenCV bilinear both ways: rembg's speed and (within 0.001) its scores
+    "fast": {"input_resize": None, "upsampling": "linear", "views": 1, "sharpen": 1.0},
+    # the defaults: Lanczos down and up, the photo and its mirror image averaged, edges sharpened 1.5-fold
+    "balanced": {},
+    # four views (also shifted); the guided filter and the second pass measured worse (docs/quality.md)
+    "best": {"views": 4},
 }
 DEFAULT_QUALITY = "balanced"
 
@@ -225,7 +252,7 @@ class BackgroundRemover:
 
     def _alpha(self, rgb: np.ndarray, options: RemovalOptions) -> tuple[np.ndarray, np.ndarray]:
         """(final alpha, foreground colours) of ``rgb``: one model run, then :meth:`alpha_from_output`."""
-        raw = self.predictor.predict_batch(self.model_input(rgb, options)[None])[0]
+        raw = self.model_output(self.model_input(rgb, options)[None], options)[0]
         return self.alpha_from_output(rgb, raw, options)
 
     def model_input(self, rgb: np.ndarray, options: RemovalOptions) -> np.ndarray:
@@ -234,6 +261,31 @@ class BackgroundRemover:
             size = getattr(getattr(self.predictor, "backend", None), "fixed_size", None) or REMBG_INPUT_SIZE
             return rembg_preprocess(rgb, size)
         return self.predictor.preprocess(rgb, resize=options.input_resize)
+
+    def model_output(self, batch: np.ndarray, options: RemovalOptions) -> list[np.ndarray]:
+        """The model's S×S probability maps for a batch of :meth:`model_input` arrays (N×3×S×S): the predictor's
+        ``predict_batch``, averaged over ``options.views`` views of each input (one run of views × N)."""
+        if options.views == 1 or options.rembg_compatible:
+            return self.predictor.predict_batch(batch)
+        n, side = len(batch), batch.shape[-1]
+        shift = max(1, round(VIEW_SHIFT * side))
+        inputs = [batch, batch[..., ::-1]]
+        if options.views == 4:
+            # content moved right and down by `shift`, the uncovered edge repeated
+            shifted = np.pad(batch, ((0, 0), (0, 0), (shift, 0), (shift, 0)), mode="edge")[..., :-shift, :-shift]
+            inputs += [shifted, shifted[..., ::-1]]
+        maps = self.predictor.predict_batch(np.concatenate(inputs))
+        averaged = []
+        for i in range(n):
+            plain, mirrored = maps[i], maps[n + i][:, ::-1]
+            views = [plain, mirrored]
+            if options.views == 4:  # moved back; the last `shift` rows and columns no view shifted covers
+                for unshifted, m in ((plain, maps[2 * n + i]), (mirrored, maps[3 * n + i][:, ::-1])):
+                    back = unshifted.copy()
+                    back[:-shift, :-shift] = m[shift:, shift:]
+                    views.append(back)
+            averaged.append(np.mean(views, axis=0, dtype=np.float32))
+        return averaged
 
     def alpha_from_output(
         self, rgb: np.ndarray, raw: np.ndarray, options: RemovalOptions
@@ -259,6 +311,7 @@ class BackgroundRemover:
             if options.second_pass:
                 prob = self._second_pass(rgb, prob, options)
             prob = stretch_range(prob) if options.stretch else prob
+            prob = sharpen_probability(prob, options.sharpen)
             if options.threshold is not None:
                 alpha = np.where(prob >= options.threshold, 255, 0).astype(np.uint8)
             else:
@@ -276,7 +329,7 @@ class BackgroundRemover:
         if (x1 - x0) * (y1 - y0) >= options.second_pass_area * prob.size:
             return prob
         crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
-        raw = self.predictor.predict_batch(self.model_input(crop, options)[None])[0]
+        raw = self.model_output(self.model_input(crop, options)[None], options)[0]
         crop_prob = upsample_probability(raw, crop, options.upsampling)
         return paste_probability(prob, crop_prob, box, feather=max(1, min(x1 - x0, y1 - y0) // 20))
 
@@ -668,7 +721,7 @@ def remove_batch(
         run_pipeline(
             todo,
             prepare,
-            remover.predictor.predict_batch,
+            lambda batch: remover.model_output(batch, options),
             finish,
             on_result,
             batch_size=batch_size or default_batch_size(remover.predictor),

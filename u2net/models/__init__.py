@@ -1,21 +1,6 @@
 """U²-Net architectures, the model registry, checkpoints, weight loading and ONNX import."""
 
-from . import factory as _factory  # noqa: F401  (registers the architectures)
-from .checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint
-from .factory import create_model, load_model
-from .onnx_import import onnx_to_state_dict, read_onnx_checkpoint
-from .pretrained import (
-    PRETRAINED,
-    PretrainedCfg,
-    WeightsDownloadError,
-    download_weights,
-    get_pretrained_cfg,
-    list_pretrained,
-)
-from .registry import is_model, list_models, register_model
-from .state_dict import infer_architecture, load_state_dict
-from .u2net import RSU, U2NET_STAGES, U2NETP_STAGES, StageSpec, U2Net
-from .weights import load_weights, read_checkpoint
+from importlib import import_module
 
 __all__ = [
     "FORMAT_VERSION",
@@ -44,3 +29,48 @@ __all__ = [
     "read_onnx_checkpoint",
     "register_model",
 ]
+
+# Each name's submodule, imported on first use: the pretrained catalogue (and .onnx_format) import no torch,
+# so ONNX Runtime inference reads a tag's file and preprocessing without it. The registry holds the built-in
+# architectures itself, whichever module is imported first.
+_SOURCES = {
+    "FORMAT_VERSION": "checkpoint",
+    "Checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "create_model": "factory",
+    "load_model": "factory",
+    "onnx_to_state_dict": "onnx_import",
+    "read_onnx_checkpoint": "onnx_import",
+    "PRETRAINED": "pretrained",
+    "PretrainedCfg": "pretrained",
+    "WeightsDownloadError": "pretrained",
+    "download_weights": "pretrained",
+    "get_pretrained_cfg": "pretrained",
+    "list_pretrained": "pretrained",
+    "is_model": "registry",
+    "list_models": "registry",
+    "register_model": "registry",
+    "infer_architecture": "state_dict",
+    "load_state_dict": "state_dict",
+    "RSU": "u2net",
+    "U2NET_STAGES": "u2net",
+    "U2NETP_STAGES": "u2net",
+    "StageSpec": "u2net",
+    "U2Net": "u2net",
+    "load_weights": "weights",
+    "read_checkpoint": "weights",
+}
+# Submodules that were attributes of the package once it was imported (it used to import them all).
+_SUBMODULES = frozenset(_SOURCES.values())
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        return getattr(import_module(f"{__name__}.{_SOURCES[name]}"), name)
+    if name in _SUBMODULES:
+        return import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.transforms import Preprocessing
+from ..data.preprocessing import Preprocessing
 from ..fileio import atomic_write
 from .onnx_import import read_onnx_checkpoint
 from .pretrained import PRETRAINED, PretrainedCfg, download_weights, looks_like_html

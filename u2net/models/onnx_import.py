@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.transforms import Preprocessing
+from ..data.preprocessing import Preprocessing
 from .onnx_format import proto_metadata, require_onnx, topological_nodes
 from .registry import is_model, list_models, model_factory
 
@@ -325,8 +325,8 @@ def read_onnx_checkpoint(path: str | os.PathLike) -> dict:
     candidates += [(name, {}) for name in ("u2net", "u2netp", *list_models()) if is_model(name)]
     errors, tried = [], set()
     for name, args in candidates:
-        # The registry, not create_model, whose weights= loading comes through this module. Importing any
-        # u2net.models module imports u2net.models, whose factory registers the architectures.
+        # The registry, not create_model, whose weights= loading comes through this module. The registry
+        # defines the built-in architectures itself, so they are there however this module was reached.
         with torch.device("meta"):  # structure only: no memory, no initialisation
             model = model_factory(name)(**args)
         key = (name, json.dumps(getattr(model, "model_args", args), sort_keys=True))

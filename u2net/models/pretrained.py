@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.transforms import Preprocessing
+from ..data.preprocessing import Preprocessing
 from ..fileio import atomic_write
 
 DEFAULT_MODEL = "u2netp.duts"  # what `u2net remove` and `u2net serve` use without --model: bundled, works offline

@@ -1,0 +1,123 @@
+"""What importing costs: ONNX Runtime inference (the ``u2net`` command's default) imports neither torch nor
+albumentations, and the public names of the lazy packages still resolve to what they did.
+
+The import checks run in a fresh interpreter each (``sys.executable -c``): this process has torch already.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from u2net.inference.predictor import _onnx_runtime_suits
+
+from .conftest import REPO
+
+BUNDLED_ONNX = REPO / "u2net" / "models" / "bundled" / "u2netp.onnx"
+HEAVY = ("torch", "albumentations", "torchvision")
+
+# Each snippet ends by printing the heavy modules it imported, as JSON, on its last line.
+_REPORT = f"import json, sys; print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+
+
+def _run(code: str) -> tuple[list[str], str]:
+    """Run ``code`` then the heavy-module report in a fresh interpreter; (heavy modules imported, stdout)."""
+    env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{_REPORT}"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout
+
+
+def test_cli_onnx_removal_imports_neither_torch_nor_albumentations(tmp_path: Path) -> None:
+    src, dst = tmp_path / "photo.jpg", tmp_path / "out.png"
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(src)
+    explicit = ["remove", str(src), str(dst), "--model", str(BUNDLED_ONNX), "--backend", "onnxruntime", "-q"]
+    heavy, _ = _run(f"from u2net.cli import main\nassert main({explicit!r}) == 0")
+    assert heavy == []
+    # The default model (the bundled tag) with the default backend: ONNX Runtime where it runs on the same device
+    # as PyTorch would (always on a CPU-only machine, as CI's).
+    default = ["remove", str(src), str(dst), "-q"]
+    heavy, _ = _run(f"from u2net.cli import main\nassert main({default!r}) == 0")
+    assert heavy == ([] if _onnx_runtime_suits("auto", "fp32") else ["torch"])
+    with Image.open(dst) as out:
+        assert out.mode == "RGBA" and out.size == (64, 48)
+
+
+def test_cli_help_and_the_onnx_predictor_import_neither() -> None:
+    help_code = "from u2net.cli import build_parser\nbuild_parser().format_help()"
+    assert _run(help_code)[0] == []
+    predictor_code = (
+        "import numpy as np\n"
+        "from u2net.inference import BackgroundRemover, Predictor, RemovalOptions\n"
+        f"predictor = Predictor.from_path({str(BUNDLED_ONNX)!r}, backend='onnxruntime')\n"
+        "assert predictor.predict(np.zeros((20, 30, 3), np.uint8)).shape == (20, 30)\n"
+        "from u2net.data.preprocessing import Preprocessing\n"
+        "from u2net.models.pretrained import PRETRAINED"
+    )
+    assert _run(predictor_code)[0] == []
+
+
+def test_the_registry_holds_the_builtin_architectures_whatever_is_imported_first() -> None:
+    # u2net.models no longer imports its factory up front: the registry defines the built-ins itself.
+    _, out = _run("from u2net.models.registry import list_models\nprint(list_models())")
+    assert "['u2net', 'u2netp']" in out
+    heavy, _ = _run("import u2net\nmodel = u2net.create_model('u2netp')\nassert model.model_name == 'u2netp'")
+    assert "torch" in heavy
+
+
+@pytest.mark.parametrize("package", ["u2net", "u2net.data", "u2net.models", "u2net.inference"])
+def test_every_public_name_of_a_lazy_package_resolves(package: str) -> None:
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, name
+        assert name in dir(module)
+    with pytest.raises(AttributeError):
+        module.no_such_name  # noqa: B018
+
+
+def test_the_lazy_names_are_the_defining_modules_objects() -> None:
+    import u2net
+    from u2net.data import Preprocessing, normalize_image, preprocessing, transforms
+    from u2net.inference import TorchBackend, predictor
+    from u2net.models import create_model, factory
+
+    assert u2net.create_model is create_model is factory.create_model
+    assert Preprocessing is transforms.Preprocessing is preprocessing.Preprocessing
+    assert transforms.resize_image is preprocessing.resize_image
+    assert transforms.RESIZE_METHODS is preprocessing.RESIZE_METHODS
+    assert TorchBackend.__module__ == "u2net.inference.torch_backend" and not hasattr(predictor, "torch")
+    assert normalize_image is transforms.normalize_image
+
+
+@pytest.mark.parametrize("mode", ["max", "standard"])
+def test_normalize_image_is_the_numpy_normalisation_as_a_tensor(mode: str) -> None:
+    from u2net.data import normalize_image
+    from u2net.data.preprocessing import normalize_array
+
+    image = np.random.default_rng(1).integers(0, 256, (12, 9, 3), dtype=np.uint8)
+    tensor, array = normalize_image(image, mode=mode), normalize_array(image, mode=mode)
+    assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32 and tensor.shape == (3, 12, 9)
+    assert array.dtype == np.float32 and array.flags.c_contiguous
+    np.testing.assert_array_equal(tensor.numpy(), array)
+
+
+def test_the_default_backend_runs_the_bundled_tag_on_onnx_runtime_unless_pytorch_is_asked_for() -> None:
+    from u2net.inference import Predictor
+
+    assert Predictor.from_path("u2netp.duts").info.backend == (
+        "onnxruntime" if _onnx_runtime_suits("auto", "fp32") else "pytorch"
+    )
+    assert Predictor.from_path("u2netp.duts", precision="bf16").info.backend == "pytorch"  # autocast is PyTorch's
+    assert Predictor.from_path("u2netp.duts", backend="pytorch").info.backend == "pytorch"

@@ -1,0 +1,29 @@
+"""The PyTorch backend of :class:`~u2net.inference.Predictor`: its own module, so that the ONNX Runtime path
+(the ``u2net`` command's default) never imports torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class TorchBackend:
+    """Runs a PyTorch U²-Net; returns probabilities of the fused output."""
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
+        from ..engine.utils import autocast_context, pick_device, resolve_precision
+
+        self.device = pick_device(str(device)) if isinstance(device, str) else device
+        self.precision = resolve_precision(precision, self.device)
+        self._autocast = lambda: autocast_context(self.device, self.precision)
+        self.model = model.to(self.device).eval()
+        self.fixed_size: int | None = None
+        self.max_batch: int | None = None
+
+    @torch.no_grad()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """N×3×S×S float32 normalised images -> N×S×S float32 probabilities."""
+        x = torch.from_numpy(batch).to(self.device)
+        with self._autocast():
+            fused = self.model(x)[0]
+        return torch.sigmoid(fused.float())[:, 0].cpu().numpy()
