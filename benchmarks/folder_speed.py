@@ -7,11 +7,11 @@ clock from start to exit (interpreter start, imports and model loading included,
 (a) ``rembg p -m u2net_custom -x '{"model_path": ...}' IN OUT`` (where the ``rembg`` command cannot start,
     e.g. a missing optional dependency of its CLI, the same loop as its ``p`` command: ``remove(bytes,
     session)`` per file, through rembg's Python API);
-(b) ``u2net remove IN OUT --quality fast --batch-size 1 --workers 0``: fp32, one image after another;
+(b) ``u2net remove IN OUT --quality fast --batch-size 1 --workers 0``: fp32, one model run per photo (as
+    rembg), one photo after another;
 (c) ``u2net remove IN OUT --quality fast``: batched, decoding and encoding overlapped in threads;
-(d) ``u2net remove IN OUT --views 1``: balanced's resampling and sharpening on one view: rembg's cost;
-(e) ``u2net remove IN OUT``: the default preset (``balanced``: two model runs per photo, see docs/quality.md);
-(f) the floor: the model alone, N runs of the ONNX file on a 320² input in one ONNX Runtime session (no
+(d) ``u2net remove IN OUT``: the default preset (``balanced``: two model runs per photo, see docs/quality.md);
+(e) the floor: the model alone, N runs of the ONNX file on a 320² input in one ONNX Runtime session (no
     start-up, decoding, resizing or encoding): what any pipeline with these weights and this runtime pays.
 
 The model is the bundled ``u2netp.duts`` ONNX file unless ``--model`` is given. The table gives wall seconds,
@@ -166,12 +166,7 @@ def main(argv: list[str] | None = None) -> None:
                 "batch",
             ),
             (
-                f"(d) u2net remove --views 1, batched + overlapped {' '.join(overlapped)}".rstrip(),
-                ["--views", "1", *overlapped],
-                "one_view",
-            ),
-            (
-                f"(e) u2net remove (default: balanced), batched + overlapped {' '.join(overlapped)}".rstrip(),
+                f"(d) u2net remove (default: balanced), batched + overlapped {' '.join(overlapped)}".rstrip(),
                 overlapped,
                 "default",
             ),
@@ -179,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds = run_ours(work / "in", work / out, model, env, extra)
             rows.append((label, seconds, alpha_differences(work / out, work / "rembg", photos)))
         rows.append(
-            (f"(f) the model alone, {len(photos)} runs (the floor)", model_alone_seconds(model, len(photos), env), None)
+            (f"(e) the model alone, {len(photos)} runs (the floor)", model_alone_seconds(model, len(photos), env), None)
         )
 
     print(f"\n{len(photos)} photos, {model.name}, {os.cpu_count()} CPU cores\n")

@@ -7,8 +7,7 @@ and timed (seconds per photo, decoding excluded). Pipelines:
 
 - ``rembg``: rembg's own ``remove(..., only_mask=True)``; ``rembg -a``: with its alpha matting
   (``--matting-limit`` images only: seconds per photo);
-- ``ours <mode>``: :class:`~u2net.inference.BackgroundRemover` with the options of each ``--quality`` preset,
-  and ``ours one view, unsharpened`` (the previous default: what the views and the sharpening add);
+- ``ours <mode>``: :class:`~u2net.inference.BackgroundRemover` with the options of each ``--quality`` preset;
 - ``--study``: the candidates the presets were chosen from (views × sharpening × upsampling × input resize ×
   second pass).
 
@@ -60,9 +59,7 @@ def rembg_pipelines(onnx: Path, matting: bool) -> dict[str, Pipeline]:
 def our_pipelines(onnx: Path, study: bool) -> dict[str, Pipeline]:
     remover = BackgroundRemover(Predictor.from_path(onnx))
     options = {f"ours {name}": RemovalOptions.preset(name) for name in QUALITY_PRESETS}
-    # the previous default: balanced's resampling, one view, unsharpened (what the views and sharpening add)
-    single = RemovalOptions(views=1, sharpen=1.0)
-    options["ours one view, unsharpened"] = single
+    single = RemovalOptions.preset("fast")  # one view, unsharpened: what the views and the sharpening add to
     if study:
         base = RemovalOptions()
         options.update(
@@ -74,6 +71,9 @@ def our_pipelines(onnx: Path, study: bool) -> dict[str, Pipeline]:
                 "study: four views, unsharpened": replace(base, views=4, sharpen=1.0),
                 "study: two views, guided upsampling": replace(base, upsampling="guided"),
                 "study: four views, guided upsampling": replace(base, views=4, upsampling="guided"),
+                "study: one view, OpenCV bilinear both ways (the weights' own)": replace(
+                    single, input_resize=None, upsampling="linear"
+                ),
                 "study: one view, lanczos in, linear out": replace(single, upsampling="linear"),
                 "study: one view, lanczos in, cubic out": replace(single, upsampling="cubic"),
                 "study: one view, area in": replace(single, input_resize="area"),

@@ -17,6 +17,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 LAYERS = {
     "errors": 0,  # one-line error messages; imports nothing of ours
     "fileio": 0,  # atomic file writes; imports nothing of ours
+    "lazy": 0,  # the packages' lazy attributes (PEP 562); imports nothing of ours
     "data": 0,
     "metrics": 0,  # scoring; imports nothing of ours
     "models": 1,  # architectures, weights, the pretrained catalogue, ONNX import

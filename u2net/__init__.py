@@ -1,11 +1,12 @@
 """u2net: train, evaluate and ship U²-Net salient-object / background-removal models."""
 
 import os
-from importlib import import_module
 
 # albumentations looks for a newer release on PyPI when imported; a background remover must not touch
 # the network (nor wait up to 2 s for it) unless asked to.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from .lazy import lazy_exports  # noqa: E402  (after the environment default)
 
 __version__ = "0.1.0"
 
@@ -13,16 +14,6 @@ __all__ = ["__version__", "create_model", "list_models", "list_pretrained", "loa
 
 # The model API, imported from .models on first use: `import u2net` (which every u2net module runs first) must
 # not import torch, or ONNX Runtime inference and the `u2net` command would pay for it.
-_FROM_MODELS = frozenset(__all__) - {"__version__"}
-
-
-def __getattr__(name: str):
-    if name in _FROM_MODELS:
-        return getattr(import_module(f"{__name__}.models"), name)
-    if name == "models":  # an attribute once u2net was imported, as when this module imported it
-        return import_module(f"{__name__}.models")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(
+    __name__, dict.fromkeys(set(__all__) - {"__version__"}, "models"), ["models"], __all__
+)

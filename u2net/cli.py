@@ -254,8 +254,8 @@ def _add_mask_arguments(parser: argparse.ArgumentParser) -> None:
         "--quality",
         choices=tuple(QUALITY_PRESETS),
         default=DEFAULT_QUALITY,
-        help=f"how the mask is made (default {DEFAULT_QUALITY}): fast (one model run, plain resize), balanced "
-        "(anti-aliased resize, the photo and its mirror image averaged, edges sharpened: two runs), best (four "
+        help=f"how the mask is made (default {DEFAULT_QUALITY}): fast (one model run, anti-aliased resize as "
+        "rembg), balanced (the photo and its mirror image averaged, edges sharpened: two runs), best (four "
         "views, also shifted: four runs); docs/quality.md",
     )
     mask.add_argument(

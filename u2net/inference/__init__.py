@@ -2,7 +2,7 @@
 background removal (cut-outs, crops, new backgrounds, pipelined batches in PNG, WebP or JPEG); the ONNX
 Runtime session factory and latency timer that export uses too."""
 
-from importlib import import_module
+from ..lazy import lazy_exports
 
 __all__ = [
     "BackgroundRemover",
@@ -46,13 +46,4 @@ _SOURCES = {
 _SUBMODULES = frozenset(_SOURCES.values()) - {"torch_backend"} | {"qa"}
 
 
-def __getattr__(name: str):
-    if name in _SOURCES:
-        return getattr(import_module(f"{__name__}.{_SOURCES[name]}"), name)
-    if name in _SUBMODULES:
-        return import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES, _SUBMODULES, __all__)

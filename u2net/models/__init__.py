@@ -1,6 +1,6 @@
 """U²-Net architectures, the model registry, checkpoints, weight loading and ONNX import."""
 
-from importlib import import_module
+from ..lazy import lazy_exports
 
 __all__ = [
     "FORMAT_VERSION",
@@ -64,13 +64,4 @@ _SOURCES = {
 _SUBMODULES = frozenset(_SOURCES.values())
 
 
-def __getattr__(name: str):
-    if name in _SOURCES:
-        return getattr(import_module(f"{__name__}.{_SOURCES[name]}"), name)
-    if name in _SUBMODULES:
-        return import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES, _SUBMODULES, __all__)
