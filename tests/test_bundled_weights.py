@@ -189,9 +189,13 @@ def test_remove_and_serve_default_to_the_bundled_tag() -> None:
 def test_backend_onnxruntime_runs_the_bundled_tag_and_refuses_what_is_not_onnx(tmp_path, offline, capsys) -> None:
     from u2net.cli import main
     from u2net.inference import Predictor
+    from u2net.inference.predictor import _onnx_runtime_suits
 
     assert Predictor.from_path(DEFAULT_MODEL, "cpu", backend="onnxruntime").info.backend == "onnxruntime"
-    assert Predictor.from_path(DEFAULT_MODEL, "cpu").info.backend == "pytorch"  # the tag's weights, imported
+    # auto: the tag's ONNX file on ONNX Runtime where it runs on the same device (a CPU here); else imported
+    on_cpu = "onnxruntime" if _onnx_runtime_suits("cpu", "fp32") else "pytorch"
+    assert Predictor.from_path(DEFAULT_MODEL, "cpu").info.backend == on_cpu
+    assert Predictor.from_path(DEFAULT_MODEL, "cpu", backend="pytorch").info.backend == "pytorch"
     bundled = str(bundled_weights_path(DEFAULT_MODEL))
     assert Predictor.from_path(bundled, "cpu").info.backend == "onnxruntime"
     assert Predictor.from_path(bundled, "cpu", backend="pytorch").info.backend == "pytorch"  # the file, imported

@@ -161,11 +161,13 @@ def test_preprocessing_comes_from_the_tag_config(monkeypatch) -> None:
     assert PRETRAINED["u2netp.duts"].preprocessing == Preprocessing() and PRETRAINED["u2netp.duts"].input_size == 320
     monkeypatch.setitem(PRETRAINED, "u2netp.duts", dataclasses.replace(PRETRAINED["u2netp.duts"], preprocessing=own))
     assert load_checkpoint("u2netp.duts").preprocessing == own  # the bundled ONNX file itself names none
-    predictor = Predictor.from_path("u2netp.duts", device="cpu")
+    predictor = Predictor.from_path("u2netp.duts", device="cpu", backend="pytorch")
     assert predictor.preprocessing == own and predictor.input_size == 288
-    assert Predictor.from_path("u2netp.duts", device="cpu", image_size=128).preprocessing == dataclasses.replace(
-        own, image_size=128
-    )
+    sized = Predictor.from_path("u2netp.duts", device="cpu", image_size=128, backend="pytorch")
+    assert sized.preprocessing == dataclasses.replace(own, image_size=128)
+    # ONNX Runtime runs the file itself: the config's preprocessing at the file's fixed input size
+    onnx = Predictor.from_path("u2netp.duts", device="cpu", backend="onnxruntime")
+    assert onnx.preprocessing == dataclasses.replace(own, image_size=320)
     model = u2net.create_model("u2netp", weights="u2netp.duts")
     assert model.weights_input_size == 288
 

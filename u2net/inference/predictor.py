@@ -176,7 +176,9 @@ class Predictor:
                 raise FileNotFoundError(f"{source}: ONNX file not found")
             backend = OnnxBackend(source, providers)
             meta = backend.metadata
-            preprocessing = Preprocessing.from_metadata(decode_metadata(meta)) or Preprocessing()
+            tag = PRETRAINED.get(str(path))  # a tag's file may name no preprocessing (rembg's do not): its config does
+            fallback = tag.preprocessing if tag is not None else Preprocessing()
+            preprocessing = Preprocessing.from_metadata(decode_metadata(meta)) or fallback
             info = ModelInfo(meta.get("model_name", Path(source).stem), source, "onnxruntime", size_mb=_file_mb(source))
             info.extra["providers"] = backend.providers
             return cls(backend, replace(preprocessing, **overrides), info)
