@@ -119,8 +119,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="auto: ONNX Runtime for .onnx files (CUDA provider when available), PyTorch otherwise; onnxruntime: "
-        "also for a tag whose weights here are ONNX (the bundled u2netp.duts); pytorch: always PyTorch (an .onnx "
+        help="auto: ONNX Runtime for .onnx files (CUDA provider when available), and for a tag whose weights here "
+        "are ONNX (the bundled u2netp.duts) where it runs on the device PyTorch would (fp32 on a CPU, or ONNX "
+        "Runtime's CUDA), PyTorch otherwise; onnxruntime: always ONNX Runtime; pytorch: always PyTorch (an .onnx "
         "file is imported)",
     )
     model.add_argument("--device", default="auto", help="PyTorch device: auto (CUDA, MPS, CPU), cpu, cuda, cuda:1 ...")
