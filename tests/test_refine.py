@@ -191,15 +191,17 @@ def test_sharpening_keeps_the_half_way_point_and_narrows_the_soft_band() -> None
 
 
 class LeftBiasedPredictor(CountingPredictor):
-    """Finds the bright pixels, but sees 0.4 too much in the left half of whatever it is shown: an error that is
-    not mirror-symmetric, as a real network's are not."""
+    """Finds the bright pixels, but sees ``bias`` (0.4) too much in the left half of whatever it is shown: an
+    error that is not mirror-symmetric, as a real network's are not."""
+
+    bias = 0.4
 
     def predict_batch(self, batch: np.ndarray, sizes=None) -> list[np.ndarray]:
         self.batches += 1
         self.images = len(batch)
         maps = [(x.mean(0) > 0.5).astype(np.float32) for x in batch]
         for m in maps:
-            m[:, : m.shape[1] // 2] += 0.4
+            m[:, : m.shape[1] // 2] += self.bias
         return maps
 
 
@@ -214,3 +216,21 @@ def test_two_views_run_the_mirror_image_in_the_same_batch_and_halve_an_asymmetri
         assert (predictor.batches, predictor.images) == (1, views)
         errors[views] = np.abs(np.clip(mask / 255.0, 0, 1) - truth)[:, :100].mean()  # the biased left part
     assert errors[2] == pytest.approx(errors[1] / 2, rel=0.1)
+
+
+def test_four_views_map_the_shifted_views_back_onto_the_photo() -> None:
+    # A model that finds the bright pixels wherever they are (mirror- and shift-equivariant): every view, mapped
+    # back, agrees with the photo's own, so four views give the one-view mask; a shift undone the wrong way
+    # would blur the subject's edges by twice the shift.
+    photo = np.full((256, 256, 3), 20, np.uint8)
+    photo[40:150, 70:200] = 230  # off-centre, so that mirroring moves it
+    masks = {}
+    for views in (1, 4):
+        predictor = LeftBiasedPredictor()
+        predictor.bias = 0.0
+        options = RemovalOptions(views=views, input_resize="area", stretch=False)
+        masks[views] = BackgroundRemover(predictor).mask(photo, options)
+        assert (predictor.batches, predictor.images) == (1, views)
+    np.testing.assert_array_equal(masks[4], masks[1])
+    with pytest.raises(ValueError, match="views must be one of 1, 2, 4"):
+        RemovalOptions(views=3)

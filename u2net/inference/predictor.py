@@ -33,9 +33,10 @@ def _onnx_file(path: str | os.PathLike) -> Path:
         return Path(path)
     if str(path) not in PRETRAINED:
         raise ValueError(f"{path}: ONNX Runtime needs an .onnx file; use the PyTorch backend for this one")
-    local = local_weights(str(path))
-    if local is None or local.suffix.lower() != ".onnx":
-        found = f"its weights here are {local.name}" if local is not None else "its weights are not on this machine"
+    local = _local_onnx(path)
+    if local is None:
+        other = local_weights(str(path))
+        found = f"its weights here are {other.name}" if other is not None else "its weights are not on this machine"
         raise ValueError(f"{path}: ONNX Runtime needs an .onnx file and {found}; use the PyTorch backend")
     return local
 

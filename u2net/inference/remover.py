@@ -96,6 +96,7 @@ class RemovalOptions:
     - ``sharpen``: after the stretch, map each probability through ``sigmoid(sharpen · logit(p))``
       (:func:`~u2net.inference.refine.sharpen_probability`): 0.5 stays, the soft band upsampling leaves
       around the edges narrows ``sharpen``-fold (1: unchanged).
+      ``rembg_compatible`` ignores both: rembg makes one run and does not sharpen.
     See :data:`QUALITY_PRESETS` (``--quality fast|balanced|best``) for measured combinations.
     """
 
@@ -208,11 +209,12 @@ def load_rgb(image: ImageInput) -> np.ndarray:
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
 
-# What each --quality means, as changes to RemovalOptions' defaults (the default preset has none), chosen by
-# benchmarks/quality.py on ecssd_dev and duts_te_dev (docs/quality.md).
 VIEWS = (1, 2, 4)  # RemovalOptions.views: the photo; and its mirror image; and both shifted by VIEW_SHIFT
 VIEW_SHIFT = 1 / 40  # of the model input's side: 8 px at 320², a quarter of U²-Net's coarsest (32 px) cell
 
+# What each --quality means, as changes to RemovalOptions' defaults (the default preset has none), measured by
+# benchmarks/quality.py on ecssd_dev and duts_te_dev; the sharpening gain was picked on duts_tr2k
+# (docs/quality.md).
 QUALITY_PRESETS: dict[str, dict[str, object]] = {
     # one model run, Lanczos down and up on the float map: rembg's cost, its scores (MAE lower, the rest level)
     "fast": {"views": 1, "sharpen": 1.0},
@@ -251,7 +253,8 @@ class BackgroundRemover:
         return self._alpha(load_rgb(image), options or RemovalOptions())[0]
 
     def _alpha(self, rgb: np.ndarray, options: RemovalOptions) -> tuple[np.ndarray, np.ndarray]:
-        """(final alpha, foreground colours) of ``rgb``: one model run, then :meth:`alpha_from_output`."""
+        """(final alpha, foreground colours) of ``rgb``: one model run (of all its views), then
+        :meth:`alpha_from_output`."""
         raw = self.model_output(self.model_input(rgb, options)[None], options)[0]
         return self.alpha_from_output(rgb, raw, options)
 
