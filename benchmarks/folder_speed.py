@@ -74,9 +74,17 @@ def gather_photos(real: Path, limit: int, into: Path) -> list[Path]:
 
 
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+    """Run ``command`` to its end (a progress line on stderr first); its wall seconds and result."""
+    print(
+        f"timing: {' '.join(Path(command[0]).name if i == 0 else part for i, part in enumerate(command))[:160]}",
+        file=sys.stderr,
+        flush=True,
+    )
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-    return time.perf_counter() - started, done
+    seconds = time.perf_counter() - started
+    print(f"  {seconds:.2f} s", file=sys.stderr, flush=True)
+    return seconds, done
 
 
 def run_rembg(src: Path, dst: Path, model: Path, env: dict[str, str]) -> tuple[float, str]:
