@@ -81,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| background | colours | error in the soft band (/255, alpha-weighted) | s/photo |")
     print("|---|---|---:|---:|")
-    for kind, colours in rows:
-        row = (kind, colours)
-        print(f"| {kind} | {colours} | {errors[row] / n:.2f} | {seconds[row] / n:.3f} |")
+    for row in rows:
+        print(f"| {row[0]} | {row[1]} | {errors[row] / n:.2f} | {seconds[row] / n:.3f} |")
     return 0
 
 

@@ -168,7 +168,8 @@ class Predictor:
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        if backend == "auto" and _onnx_runtime_suits(device, precision) and _local_onnx(path) is not None:
+        # the cheap test first: only a tag's local ONNX file needs ONNX Runtime imported to decide
+        if backend == "auto" and _local_onnx(path) is not None and _onnx_runtime_suits(device, precision):
             backend = "onnxruntime"  # the same weights, about twice as fast on a CPU as PyTorch, and no torch import
         source = str(_onnx_file(path) if backend == "onnxruntime" else path)
         overrides = {"image_size": image_size} if image_size else {}
