@@ -14,6 +14,9 @@ clock from start to exit (interpreter start, imports and model loading included,
 (e) the floor: the model alone, N runs of the ONNX file on a 320² input in one ONNX Runtime session (no
     start-up, decoding, resizing or encoding): what any pipeline with these weights and this runtime pays.
 
+With ``--providers`` (ONNX Runtime execution providers, e.g. ``OpenVINO`` from ``onnxruntime-openvino``), three
+more rows run rembg's loop, (c) and (e) on those providers, so that both tools get the same runtime.
+
 The model is the bundled ``u2netp.duts`` ONNX file unless ``--model`` is given. The table gives wall seconds,
 images per second, the speed-up over rembg, and how far our masks are from rembg's: the mean absolute
 difference of the alpha channels in /255, averaged over the images (and the worst image).
@@ -21,6 +24,7 @@ difference of the alpha channels in /255, averaged over the images (and the wors
     python benchmarks/folder_speed.py                          # 100 photos
     python benchmarks/folder_speed.py --limit 3                # a smoke check
     python benchmarks/folder_speed.py --batch-size 8 --workers 4 --model best.onnx
+    python benchmarks/folder_speed.py --providers OpenVINO     # also both tools on OpenVINO
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from u2net.inference.runtime import pick_providers, provider_names
 from u2net.models.pretrained import DEFAULT_MODEL, bundled_weights_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +54,8 @@ REMBG_P_LOOP = """
 import pathlib, sys
 from rembg import new_session, remove
 src, dst, model_path = map(pathlib.Path, sys.argv[1:4])
-session = new_session("u2net_custom", model_path=str(model_path))
+providers = sys.argv[4].split(",") if len(sys.argv) > 4 else None  # None: rembg's own choice
+session = new_session("u2net_custom", model_path=str(model_path), **({"providers": providers} if providers else {}))
 dst.mkdir(parents=True, exist_ok=True)
 for path in sorted(p for p in src.glob("**/*") if p.is_file()):
     (dst / path.name).with_suffix(".png").write_bytes(remove(path.read_bytes(), session=session))
@@ -87,9 +93,10 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.Co
     return seconds, done
 
 
-def run_rembg(src: Path, dst: Path, model: Path, env: dict[str, str]) -> tuple[float, str]:
-    """Seconds for rembg on the folder, and how it ran (its ``p`` command, or the same loop in Python)."""
-    if shutil.which("rembg"):
+def run_rembg(src: Path, dst: Path, model: Path, env: dict[str, str], providers: str = "") -> tuple[float, str]:
+    """Seconds for rembg on the folder, and how it ran (its ``p`` command, or the same loop in Python; always the
+    loop for ``providers``, full ONNX Runtime provider names joined by commas, which its CLI cannot take)."""
+    if shutil.which("rembg") and not providers:
         extra = json.dumps({"model_path": str(model)})
         seconds, done = timed(["rembg", "p", "-m", "u2net_custom", "-x", extra, str(src), str(dst)], env)
         if done.returncode == 0:
@@ -97,7 +104,8 @@ def run_rembg(src: Path, dst: Path, model: Path, env: dict[str, str]) -> tuple[f
         why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         print(f"rembg p could not run ({why}); timing the same loop through rembg's Python API", file=sys.stderr)
         shutil.rmtree(dst, ignore_errors=True)
-    seconds, done = timed([sys.executable, "-c", REMBG_P_LOOP, str(src), str(dst), str(model)], env)
+    loop = [sys.executable, "-c", REMBG_P_LOOP, str(src), str(dst), str(model), *([providers] if providers else [])]
+    seconds, done = timed(loop, env)
     if done.returncode != 0:
         raise SystemExit(f"rembg failed: {done.stderr.strip()[-2000:]}")
     return seconds, "rembg p's loop (Python API)"
@@ -114,7 +122,8 @@ def run_ours(src: Path, dst: Path, model: Path, env: dict[str, str], extra: list
 MODEL_ALONE = """
 import sys, time, numpy as np
 from u2net.inference.runtime import onnx_session
-session = onnx_session(sys.argv[1], ["CPUExecutionProvider"])
+session = onnx_session(sys.argv[1], sys.argv[3].split(","))
+print("providers:", session.get_providers(), file=sys.stderr)
 feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 320, 320), np.float32)}
 session.run(None, feed)  # warm-up
 started = time.perf_counter()
@@ -124,10 +133,10 @@ print(time.perf_counter() - started)
 """
 
 
-def model_alone_seconds(model: Path, runs: int, env: dict[str, str]) -> float:
+def model_alone_seconds(model: Path, runs: int, env: dict[str, str], providers: str = "CPUExecutionProvider") -> float:
     """Seconds for ``runs`` forward passes of the model alone (see (e) in the module docstring)."""
     done = subprocess.run(
-        [sys.executable, "-c", MODEL_ALONE, str(model), str(runs)], capture_output=True, text=True, env=env
+        [sys.executable, "-c", MODEL_ALONE, str(model), str(runs), providers], capture_output=True, text=True, env=env
     )
     if done.returncode != 0:
         raise SystemExit(f"timing the model failed: {done.stderr.strip()[-2000:]}")
@@ -152,7 +161,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, help=f"an ONNX file (default: the bundled {DEFAULT_MODEL} file)")
     parser.add_argument("--batch-size", type=int, help="(c)'s batch size (default: u2net remove's)")
     parser.add_argument("--workers", type=int, help="(c)'s threads per side (default: u2net remove's)")
+    parser.add_argument("--providers", help="also rembg, (c) and (e) on these ONNX Runtime providers (OpenVINO)")
     args = parser.parse_args(argv)
+    providers = ""
+    if args.providers:
+        wanted = [*provider_names(args.providers.split(",")), "CPUExecutionProvider"]
+        if pick_providers(wanted)[0] == "CPUExecutionProvider":
+            raise SystemExit(f"--providers: this ONNX Runtime has none of {args.providers}")
+        providers = ",".join(dict.fromkeys(pick_providers(wanted)))
     model = (args.model or bundled_weights_path(DEFAULT_MODEL)).resolve()
     overlapped = [*(["--batch-size", str(args.batch_size)] if args.batch_size else [])]
     overlapped += ["--workers", str(args.workers)] if args.workers is not None else []
@@ -184,6 +200,16 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(
             (f"(e) the model alone, {len(photos)} runs (the floor)", model_alone_seconds(model, len(photos), env), None)
         )
+        if providers:
+            shown = providers.replace("ExecutionProvider", "")
+            seconds, how = run_rembg(work / "in", work / "rembg_on", model, env, providers)
+            differences = alpha_differences(work / "rembg_on", work / "rembg", photos)
+            rows.append((f"(a) on {shown}: {how}", seconds, differences))
+            on = ["--providers", providers]
+            seconds = run_ours(work / "in", work / "batch_on", model, env, [*fast, *overlapped, *on])
+            rows.append((f"(c) on {shown}", seconds, alpha_differences(work / "batch_on", work / "rembg", photos)))
+            floor = model_alone_seconds(model, len(photos), env, providers)
+            rows.append((f"(e) on {shown}", floor, None))
 
     print(f"\n{len(photos)} photos, {model.name}, {os.cpu_count()} CPU cores\n")
     print("| pipeline | wall s | images/s | × rembg | alpha vs rembg (/255, mean per image; worst) |")

@@ -19,8 +19,10 @@ import u2net
 from u2net.data import eval_transform, normalize_image, read_image, read_mask
 from u2net.data.transforms import Preprocessing
 from u2net.export import (
+    DEFAULT_MIN_LEVELS,
     FP16_ATOL,
     ExportWrapper,
+    coarse_int8_convolutions,
     compare_accuracy,
     export_onnx,
     quantize_dynamic_int8,
@@ -189,6 +191,48 @@ def test_int8_within_tolerance(folded, tiny_synthetic, tmp_path) -> None:
         assert 0 <= report["max_f_quant"] <= 1 and report["latency_ms_quant"] > 0
         assert report["size_mb_quant"] < 0.5 * report["size_mb_fp32"]
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+class _OutlierChannelNet(torch.nn.Module):
+    """Two branches concatenated and convolved, as in U²-Net's decoder. The first branch's one channel is
+    ``outlier`` times larger and the next convolution's weights for it as much smaller (the same function in
+    float), so one int8 scale for the concatenation leaves the second branch's channels almost no steps (in
+    the official u2netp: an upsampled channel peaking at 228 beside channels peaking at 0-22)."""
+
+    def __init__(self, outlier: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = torch.nn.Conv2d(3, 1, 3, padding=1), torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.c, self.out = torch.nn.Conv2d(5, 4, 3, padding=1), torch.nn.Conv2d(4, 1, 3, padding=1)
+        with torch.no_grad():
+            self.a.weight *= outlier
+            self.a.bias[:] = self.a.bias.abs() * outlier
+            self.c.weight[:, 0] /= outlier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        joined = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=1)
+        return torch.sigmoid(4 * self.out(torch.relu(self.c(joined))))
+
+
+def test_int8_keeps_convolutions_with_a_coarse_input_float(tmp_path) -> None:
+    images = [np.random.default_rng(i).standard_normal((3, 24, 24)).astype(np.float32) for i in range(8)]
+    errors = {}
+    for outlier in (1.0, 400.0):
+        fp32 = tmp_path / f"fp32_{outlier:g}.onnx"
+        net = _OutlierChannelNet(outlier).eval()
+        torch.onnx.export(net, (torch.zeros(1, 3, 24, 24),), str(fp32), input_names=["x"], dynamo=False)
+        op_types = {node.name: node.op_type for node in onnx.load(str(fp32)).graph.node}
+        coarse = [op_types[name] for name in coarse_int8_convolutions(fp32, images[:4])]
+        assert coarse == ([] if outlier == 1 else ["Conv", "Concat"])  # the convolution after the concatenation
+        for min_levels in (0, DEFAULT_MIN_LEVELS):
+            dst = tmp_path / f"int8_{outlier:g}_{min_levels}.onnx"
+            path = quantize_static_int8(fp32, dst, images[:4], min_levels=min_levels)
+            kept = read_onnx_metadata(path)["float_nodes"]  # which nodes stayed float, for the export report
+            assert [op_types[name] for name in kept] == (coarse if min_levels else [])
+            errors[outlier, min_levels] = compare_accuracy(fp32, path, images[4:], latency_runs=0)["mae_vs_fp32"]
+    # the outlier ruins plain int8; keeping the coarse convolution float brings it back to the ordinary error
+    assert errors[400.0, 0] > 5 * errors[1.0, 0]
+    assert errors[400.0, DEFAULT_MIN_LEVELS] < 2 * errors[1.0, 0]
 
 
 def test_import_unfolded_graph_is_exact(model, unfolded) -> None:

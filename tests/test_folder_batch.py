@@ -324,6 +324,16 @@ def test_cli_stdin_and_stdout(tmp_path, fake_model, monkeypatch, capsys) -> None
     assert "a folder's outputs cannot go to stdout" in capsys.readouterr().err
 
 
+def test_provider_names_accept_short_names_in_any_case() -> None:
+    from u2net.inference.runtime import provider_names
+
+    # OpenVINO's provider is named whether or not this ONNX Runtime build has it (the benchmarks rely on that)
+    names = ["cuda", "OpenVINOExecutionProvider", "CPU"]
+    assert provider_names(names) == ["CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="NoSuchThing"):
+        provider_names(["cpu", "NoSuchThing"])
+
+
 def test_cli_providers_and_input_size_errors(tmp_path, capsys) -> None:
     from u2net.models.pretrained import DEFAULT_MODEL, bundled_weights_path
 

@@ -148,20 +148,16 @@ def _names(text: str) -> list[str]:
 def _available_providers(names: list[str]) -> list[str]:
     """ONNX Runtime's full names for ``names`` (``CUDA`` or ``CUDAExecutionProvider``, any case), keeping
     those this ONNX Runtime has; a one-line usage error for an unknown name, or when none is available."""
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    import onnxruntime
+    from .inference.runtime import pick_providers, provider_names
 
-    from .inference.runtime import pick_providers
-
-    known = {name.lower(): name for name in onnxruntime.get_all_providers()}
-    full = []
-    for name in names:
-        key = name.lower() if name.lower().endswith("executionprovider") else f"{name.lower()}executionprovider"
-        if key not in known:
-            raise UsageError(f"--providers: unknown ONNX Runtime provider {_shown(name)!r}")
-        full.append(known[key])
+    try:
+        full = provider_names(names)
+    except ValueError as unknown:
+        raise UsageError(f"--providers: unknown ONNX Runtime provider {_shown(unknown.args[0])!r}") from None
     available = pick_providers(full)
     if not available:
+        import onnxruntime
+
         have = ", ".join(onnxruntime.get_available_providers())
         raise UsageError(f"--providers: none of {', '.join(full)} is available in this ONNX Runtime (it has {have})")
     return available

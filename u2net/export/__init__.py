@@ -8,14 +8,22 @@ from ..models.onnx_format import read_onnx_metadata
 from ..models.onnx_import import onnx_to_state_dict, read_onnx_checkpoint
 from .api import VerificationError, export_model, input_size_note
 from .onnx import INPUT_NAME, ExportWrapper, export_onnx
-from .quantize import compare_accuracy, quantize_dynamic_int8, quantize_static_int8
+from .quantize import (
+    DEFAULT_MIN_LEVELS,
+    coarse_int8_convolutions,
+    compare_accuracy,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+)
 from .verify import FP16_ATOL, synthetic_image, verify_onnx
 
 __all__ = [
+    "DEFAULT_MIN_LEVELS",
     "FP16_ATOL",
     "INPUT_NAME",
     "ExportWrapper",
     "VerificationError",
+    "coarse_int8_convolutions",
     "compare_accuracy",
     "export_model",
     "export_onnx",

@@ -16,6 +16,7 @@ from torch import nn
 from ..data import read_image, read_mask
 from ..data.transforms import Preprocessing, eval_transform
 from ..models import PRETRAINED, download_weights, load_checkpoint
+from ..models.onnx_format import read_onnx_metadata
 from ..models.pretrained import sha256_of
 from .onnx import export_onnx
 from .quantize import compare_accuracy, quantize_dynamic_int8, quantize_static_int8
@@ -151,6 +152,8 @@ def _int8(fp32: Path, final: Path, cfg: Any, preprocessing: Preprocessing, pairs
         quantize_dynamic_int8(fp32, final)
     report = compare_accuracy(fp32, final, images, masks, latency_runs=int(cfg.latency_runs))
     print_int8_report(report, cfg.int8, dataset, len(calib))
+    if kept := read_onnx_metadata(final).get("float_nodes"):
+        print(f"  kept float (their int8 input would be coarse): {', '.join(kept)}")
     return report
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_PROVIDERS", "median_seconds", "onnx_session", "pick_providers"]
+__all__ = ["DEFAULT_PROVIDERS", "median_seconds", "onnx_session", "pick_providers", "provider_names"]
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -18,6 +18,19 @@ def _ort():
     import onnxruntime
 
     return onnxruntime
+
+
+def provider_names(names: Sequence[str]) -> list[str]:
+    """ONNX Runtime's full provider names for ``names`` (``CUDA`` or ``CUDAExecutionProvider``, any case), in
+    order, whether or not this ONNX Runtime has them; ``ValueError(name)`` for a name it does not know."""
+    known = {name.lower(): name for name in _ort().get_all_providers()}
+    full = []
+    for name in names:
+        key = name.lower() if name.lower().endswith("executionprovider") else f"{name.lower()}executionprovider"
+        if key not in known:
+            raise ValueError(name)
+        full.append(known[key])
+    return full
 
 
 def pick_providers(providers: Sequence[str] | None = None) -> list[str]:
