@@ -14,7 +14,9 @@ clock from start to exit (interpreter start, imports and model loading included,
 (e) the floor: the model alone, N runs of the ONNX file on a 320² input in one ONNX Runtime session (no
     start-up, decoding, resizing or encoding): what any pipeline with these weights and this runtime pays.
 
-With ``--providers`` (ONNX Runtime execution providers, e.g. ``OpenVINO`` from ``onnxruntime-openvino``), three
+With ``--int8 FILE`` (a static int8 file of the same weights; see ``benchmarks/quality.py`` for its export
+command and its scores), three more rows run (c), (d) and (e) on that file, still against rembg on the fp32
+file. With ``--providers`` (ONNX Runtime execution providers, e.g. ``OpenVINO`` from ``onnxruntime-openvino``), three
 more rows run rembg's loop, (c) and (e) on those providers, so that both tools get the same runtime.
 
 The model is the bundled ``u2netp.duts`` ONNX file unless ``--model`` is given. The table gives wall seconds,
@@ -25,6 +27,7 @@ difference of the alpha channels in /255, averaged over the images (and the wors
     python benchmarks/folder_speed.py --limit 3                # a smoke check
     python benchmarks/folder_speed.py --batch-size 8 --workers 4 --model best.onnx
     python benchmarks/folder_speed.py --providers OpenVINO     # also both tools on OpenVINO
+    python benchmarks/folder_speed.py --int8 u2netp_int8.onnx  # also ours on an int8 file
 """
 
 from __future__ import annotations
@@ -161,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, help=f"an ONNX file (default: the bundled {DEFAULT_MODEL} file)")
     parser.add_argument("--batch-size", type=int, help="(c)'s batch size (default: u2net remove's)")
     parser.add_argument("--workers", type=int, help="(c)'s threads per side (default: u2net remove's)")
+    parser.add_argument("--int8", type=Path, help="also (c), (d) and (e) on this int8 file of the same weights")
     parser.add_argument("--providers", help="also rembg, (c) and (e) on these ONNX Runtime providers (OpenVINO)")
     args = parser.parse_args(argv)
     providers = ""
@@ -200,6 +204,12 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(
             (f"(e) the model alone, {len(photos)} runs (the floor)", model_alone_seconds(model, len(photos), env), None)
         )
+        if args.int8:
+            int8 = args.int8.resolve()
+            for label, extra, out in (("(c)", [*fast, *overlapped], "batch_int8"), ("(d)", overlapped, "default_int8")):
+                seconds = run_ours(work / "in", work / out, int8, env, extra)
+                rows.append((f"{label} on {int8.name}", seconds, alpha_differences(work / out, work / "rembg", photos)))
+            rows.append((f"(e) on {int8.name}", model_alone_seconds(int8, len(photos), env), None))
         if providers:
             shown = providers.replace("ExecutionProvider", "")
             seconds, how = run_rembg(work / "in", work / "rembg_on", model, env, providers)

@@ -9,10 +9,16 @@ and timed (seconds per photo, decoding excluded). Pipelines:
   (``--matting-limit`` images only: seconds per photo);
 - ``ours <mode>``: :class:`~u2net.inference.BackgroundRemover` with the options of each ``--quality`` preset;
 - ``--study``: the candidates the presets were chosen from (views × sharpening × upsampling × input resize ×
-  second pass).
+  second pass);
+- ``--int8 FILE``: each preset again on a static int8 file of the same weights, made (calibrated on
+  ``duts_tr2k``, no dev-set image) by
+
+      python export_onnx.py weights=u2netp.duts output=u2netp_int8.onnx int8=static calibration.dataset=folder \
+          "calibration.dataset_overrides=['data.images=../shared/real/duts_tr2k/images','data.masks=../shared/real/duts_tr2k/masks']"
 
     python benchmarks/quality.py --real ../shared/real               # both dev sets, all images
     python benchmarks/quality.py --real ../shared/real --limit 100 --study
+    python benchmarks/quality.py --real ../shared/real --int8 u2netp_int8.onnx
 """
 
 from __future__ import annotations
@@ -56,9 +62,9 @@ def rembg_pipelines(onnx: Path, matting: bool) -> dict[str, Pipeline]:
     return {"rembg": plain, **({"rembg -a": matted} if matting else {})}
 
 
-def our_pipelines(onnx: Path, study: bool) -> dict[str, Pipeline]:
+def our_pipelines(onnx: Path, study: bool, suffix: str = "") -> dict[str, Pipeline]:
     remover = BackgroundRemover(Predictor.from_path(onnx))
-    options = {f"ours {name}": RemovalOptions.preset(name) for name in QUALITY_PRESETS}
+    options = {f"ours {name}{suffix}": RemovalOptions.preset(name) for name in QUALITY_PRESETS}
     single = RemovalOptions.preset("fast")  # one view, unsharpened: what the views and the sharpening add to
     if study:
         base = RemovalOptions()
@@ -128,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matting-limit", type=int, default=50, help="images for rembg -a (0: leave it out)")
     parser.add_argument("--study", action="store_true", help="also the candidate pipelines")
     parser.add_argument("--no-rembg", action="store_true")
+    parser.add_argument("--int8", type=Path, help="also each preset on this int8 file of the same weights")
     args = parser.parse_args(argv)
     onnx = bundled_weights_path("u2netp.duts")
     pipelines = {} if args.no_rembg else rembg_pipelines(onnx, args.matting_limit > 0)
     pipelines.update(our_pipelines(onnx, args.study))
+    if args.int8:
+        pipelines.update(our_pipelines(args.int8, study=False, suffix=f", int8 ({args.int8.name})"))
     limits = {"rembg -a": args.matting_limit}
     results = {}
     for name in args.sets:

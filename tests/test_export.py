@@ -19,7 +19,7 @@ import u2net
 from u2net.data import eval_transform, normalize_image, read_image, read_mask
 from u2net.data.transforms import Preprocessing
 from u2net.export import (
-    DEFAULT_MIN_LEVELS,
+    DEFAULT_MIN_SQNR_DB,
     FP16_ATOL,
     ExportWrapper,
     coarse_int8_convolutions,
@@ -224,15 +224,15 @@ def test_int8_keeps_convolutions_with_a_coarse_input_float(tmp_path) -> None:
         op_types = {node.name: node.op_type for node in onnx.load(str(fp32)).graph.node}
         coarse = [op_types[name] for name in coarse_int8_convolutions(fp32, images[:4])]
         assert coarse == ([] if outlier == 1 else ["Conv", "Concat"])  # the convolution after the concatenation
-        for min_levels in (0, DEFAULT_MIN_LEVELS):
-            dst = tmp_path / f"int8_{outlier:g}_{min_levels}.onnx"
-            path = quantize_static_int8(fp32, dst, images[:4], min_levels=min_levels)
+        for min_sqnr_db in (0, DEFAULT_MIN_SQNR_DB):
+            dst = tmp_path / f"int8_{outlier:g}_{min_sqnr_db}.onnx"
+            path = quantize_static_int8(fp32, dst, images[:4], min_sqnr_db=min_sqnr_db)
             kept = read_onnx_metadata(path)["float_nodes"]  # which nodes stayed float, for the export report
-            assert [op_types[name] for name in kept] == (coarse if min_levels else [])
-            errors[outlier, min_levels] = compare_accuracy(fp32, path, images[4:], latency_runs=0)["mae_vs_fp32"]
+            assert [op_types[name] for name in kept] == (coarse if min_sqnr_db else [])
+            errors[outlier, min_sqnr_db] = compare_accuracy(fp32, path, images[4:], latency_runs=0)["mae_vs_fp32"]
     # the outlier ruins plain int8; keeping the coarse convolution float brings it back to the ordinary error
     assert errors[400.0, 0] > 5 * errors[1.0, 0]
-    assert errors[400.0, DEFAULT_MIN_LEVELS] < 2 * errors[1.0, 0]
+    assert errors[400.0, DEFAULT_MIN_SQNR_DB] < 2 * errors[1.0, 0]
 
 
 def test_import_unfolded_graph_is_exact(model, unfolded) -> None:

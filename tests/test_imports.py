@@ -121,3 +121,38 @@ def test_the_default_backend_runs_the_bundled_tag_on_onnx_runtime_unless_pytorch
     )
     assert Predictor.from_path("u2netp.duts", precision="bf16").info.backend == "pytorch"  # autocast is PyTorch's
     assert Predictor.from_path("u2netp.duts", backend="pytorch").info.backend == "pytorch"
+
+
+@pytest.mark.parametrize(
+    ("machine", "device", "precision", "expected"),
+    [
+        # a CPU-only machine: ONNX Runtime for fp32 wherever PyTorch would run on the CPU
+        ({}, "auto", "fp32", True),
+        ({}, "cpu", "fp32", True),
+        ({}, "cpu", "bf16", False),  # autocast is PyTorch's
+        ({}, "cuda", "fp32", False),
+        # an NVIDIA driver without onnxruntime-gpu: PyTorch would pick the GPU, so PyTorch is kept
+        ({"nvidia": True}, "auto", "fp32", False),
+        ({"nvidia": True}, "cpu", "fp32", True),
+        # onnxruntime-gpu: its CUDA provider comes first, as PyTorch's "auto" would pick CUDA
+        ({"nvidia": True, "cuda_provider": True}, "auto", "fp32", True),
+        ({"nvidia": True, "cuda_provider": True}, "cpu", "fp32", False),  # ONNX Runtime would run on the GPU
+        ({"nvidia": True, "cuda_provider": True}, "auto", "fp16", False),
+        # Apple silicon: PyTorch's "auto" picks MPS
+        ({"apple": True}, "auto", "fp32", False),
+        ({"apple": True}, "cpu", "fp32", True),
+    ],
+)
+def test_auto_backend_guesses_the_device_pytorch_would_pick(monkeypatch, machine, device, precision, expected) -> None:
+    import u2net.inference.predictor as predictor
+
+    providers = (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"] if machine.get("cuda_provider") else ["CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(predictor, "pick_providers", lambda wanted=None: providers)
+    monkeypatch.setattr(
+        predictor.os.path, "exists", lambda path: machine.get("nvidia", False) and path == "/dev/nvidiactl"
+    )
+    monkeypatch.setattr(predictor.sys, "platform", "darwin" if machine.get("apple") else "linux")
+    monkeypatch.setattr(predictor.platform, "machine", lambda: "arm64" if machine.get("apple") else "x86_64")
+    assert predictor._onnx_runtime_suits(device, precision) is expected

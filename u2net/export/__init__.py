@@ -9,7 +9,7 @@ from ..models.onnx_import import onnx_to_state_dict, read_onnx_checkpoint
 from .api import VerificationError, export_model, input_size_note
 from .onnx import INPUT_NAME, ExportWrapper, export_onnx
 from .quantize import (
-    DEFAULT_MIN_LEVELS,
+    DEFAULT_MIN_SQNR_DB,
     coarse_int8_convolutions,
     compare_accuracy,
     quantize_dynamic_int8,
@@ -18,7 +18,7 @@ from .quantize import (
 from .verify import FP16_ATOL, synthetic_image, verify_onnx
 
 __all__ = [
-    "DEFAULT_MIN_LEVELS",
+    "DEFAULT_MIN_SQNR_DB",
     "FP16_ATOL",
     "INPUT_NAME",
     "ExportWrapper",

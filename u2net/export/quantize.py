@@ -21,17 +21,18 @@ from ..metrics import SaliencyMetrics, probabilities_to_uint8
 from ..models.onnx_format import read_onnx_metadata, require_onnx, set_metadata, write_onnx
 
 __all__ = [
-    "DEFAULT_MIN_LEVELS",
+    "DEFAULT_MIN_SQNR_DB",
     "coarse_int8_convolutions",
     "compare_accuracy",
     "quantize_dynamic_int8",
     "quantize_static_int8",
 ]
 
-# Convolutions whose int8 input would give the median channel fewer steps than this stay float (see
-# coarse_int8_convolutions). The official u2netp has one (14 steps; the next lowest has 31): quantised anyway, it
-# is off by 0.059 mean absolute probability on real photos, and 0.0012 with that convolution kept float.
-DEFAULT_MIN_LEVELS = 16
+# Convolutions whose int8 input would give the median channel a lower signal-to-noise ratio (dB) stay float (see
+# coarse_int8_convolutions). The official u2netp has one (19 dB, with 32 or 128 calibration photos; the next
+# lowest outside the float head has 25): quantised anyway, it is off by 0.059 mean absolute probability on real
+# photos, and 0.0012 with that convolution kept float.
+DEFAULT_MIN_SQNR_DB = 22.0
 
 
 @contextlib.contextmanager
@@ -118,7 +119,7 @@ def quantize_static_int8(
     per_channel: bool = True,
     method: str = "minmax",
     float_head: bool = True,
-    min_levels: float = DEFAULT_MIN_LEVELS,
+    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
 ) -> Path:
     """Static int8 quantisation in QDQ format: int8 weights (per output channel by default) and uint8
     activations whose ranges come from ``calibration_images`` (preprocessed 3×S×S float32 arrays, as the
@@ -126,7 +127,7 @@ def quantize_static_int8(
     MinMax was as accurate as percentile on U²-Net and four times faster to calibrate). ``float_head`` keeps the
     last convolutions, the side-output upsampling and the sigmoids in float, so the probabilities are not
     rounded to 1/255 steps. Convolutions whose int8 input would be coarse (:func:`coarse_int8_convolutions`,
-    ``min_levels``; 0 quantises all) stay float too.
+    ``min_sqnr_db``; 0 quantises all) stay float too.
 
     On an AVX-512-VNNI CPU this ran the official u2netp 2× faster than float32 at 320² (61 against 127 ms),
     0.0012 from it in mean absolute probability on real photos.
@@ -147,7 +148,7 @@ def quantize_static_int8(
     with _scratch(dst) as folder:
         pre, out = folder / "pre.onnx", folder / "int8.onnx"
         _preprocessed_for_quantization(src, pre)
-        coarse = coarse_int8_convolutions(pre, calibration_images, min_levels) if min_levels > 0 else []
+        coarse = coarse_int8_convolutions(pre, calibration_images, min_sqnr_db) if min_sqnr_db > 0 else []
         with _quiet():
             quantize_static(
                 str(pre),
@@ -165,8 +166,9 @@ def quantize_static_int8(
         return _finish(out, src, dst, "int8-static", float_nodes=coarse)
 
 
-def _conv_input_peaks(path: Path, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Per convolution (node name): the largest ``|value|`` of each input channel over ``images``, in float."""
+def _conv_input_sqnr(path: Path, images: Sequence[np.ndarray]) -> dict[str, float]:
+    """Per convolution (node name): the median over its input channels of the signal-to-quantisation-noise
+    ratio (dB) that uint8 with one scale for the whole input (MinMax range over ``images``) would give."""
     onnx = require_onnx()
     proto = onnx.load(str(path))
     graph = proto.graph
@@ -176,35 +178,44 @@ def _conv_input_peaks(path: Path, images: Sequence[np.ndarray]) -> dict[str, np.
     graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in have)
     session = onnx_session(proto.SerializeToString(), ["CPUExecutionProvider"], quiet=True)
     input_name, names = session.get_inputs()[0].name, [output.name for output in session.get_outputs()]
-    peaks: dict[str, np.ndarray] = {}
+    squares: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    low, high = dict.fromkeys(tensors, 0.0), dict.fromkeys(tensors, 0.0)  # the range always holds 0
     for image in images:
         feed = {input_name: np.ascontiguousarray(image[None], dtype=np.float32)}
         values = {**dict(zip(names, session.run(None, feed))), **feed}
         for tensor in tensors:
             value = values[tensor]
-            peak = np.abs(value).reshape(value.shape[0], value.shape[1], -1).max(axis=(0, 2))
-            peaks[tensor] = np.maximum(peaks.get(tensor, 0.0), peak)
-    return {node.name: peaks[node.input[0]] for node in convs}
+            channels = value.swapaxes(0, 1).reshape(value.shape[1], -1)
+            squares[tensor] = squares.get(tensor, 0.0) + np.square(channels, dtype=np.float64).sum(axis=1)
+            counts[tensor] = counts.get(tensor, 0) + channels.shape[1]
+            low[tensor], high[tensor] = min(low[tensor], float(value.min())), max(high[tensor], float(value.max()))
+    sqnr = {}
+    for tensor in tensors:
+        noise = ((high[tensor] - low[tensor]) / 255) ** 2 / 12  # uniform rounding error of one uint8 step
+        power = squares[tensor][squares[tensor] > 0] / counts[tensor]  # dead channels carry nothing to lose
+        sqnr[tensor] = float(np.median(10 * np.log10(power / noise))) if noise > 0 and power.size else np.inf
+    return {node.name: sqnr[node.input[0]] for node in convs}
 
 
 def coarse_int8_convolutions(
-    path: str | os.PathLike, images: Sequence[np.ndarray], min_levels: float = DEFAULT_MIN_LEVELS
+    path: str | os.PathLike, images: Sequence[np.ndarray], min_sqnr_db: float = DEFAULT_MIN_SQNR_DB
 ) -> list[str]:
     """The convolutions of an ONNX file whose input int8 would resolve too coarsely, and the nodes that produce
     those inputs (they must stay float too, or the input is rounded before the convolution sees it). The int8
     file lists them in its metadata (``float_nodes``).
 
     ONNX Runtime quantises an activation with one scale for all its channels. When one channel is far larger than
-    the rest, the others get a few of the 255 steps: coarse means the median channel's peak over ``images``
-    (preprocessed 3×S×S float32 arrays) spans fewer than ``min_levels`` steps.
+    the rest, the others get a few of the 255 steps: coarse means that over ``images`` (preprocessed 3×S×S
+    float32 arrays) the median channel's signal-to-quantisation-noise ratio is under ``min_sqnr_db``.
     """
     path = Path(path)
     graph = require_onnx().load(str(path)).graph
     producer = {output: node for node in graph.node for output in node.output}
     inputs = {node.name: node.input[0] for node in graph.node if node.op_type == "Conv"}
     nodes: list[str] = []
-    for conv, peaks in _conv_input_peaks(path, images).items():
-        if peaks.max() > 0 and 255 * np.median(peaks) / peaks.max() < min_levels:
+    for conv, sqnr in _conv_input_sqnr(path, images).items():
+        if sqnr < min_sqnr_db:
             source = producer.get(inputs[conv])
             nodes += [conv, *([source.name] if source is not None else [])]
     return list(dict.fromkeys(nodes))
