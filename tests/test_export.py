@@ -235,6 +235,21 @@ def test_int8_keeps_convolutions_with_a_coarse_input_float(tmp_path) -> None:
     assert errors[400.0, DEFAULT_MIN_SQNR_DB] < 2 * errors[1.0, 0]
 
 
+def test_int8_of_an_opset_11_file_like_rembgs(tmp_path) -> None:
+    # rembg's ONNX files are opset 11, older than per-channel int8 needs: the quantiser converts them first
+    fp32 = tmp_path / "opset11.onnx"
+    torch.onnx.export(
+        _OutlierChannelNet(1.0).eval(), (torch.zeros(1, 3, 24, 24),), str(fp32), opset_version=11, dynamo=False
+    )
+    images = [np.random.default_rng(i).standard_normal((3, 24, 24)).astype(np.float32) for i in range(6)]
+    for path in (
+        quantize_static_int8(fp32, tmp_path / "static.onnx", images[:3]),
+        quantize_dynamic_int8(fp32, tmp_path / "dynamic.onnx"),
+    ):
+        assert compare_accuracy(fp32, path, images[3:], latency_runs=0)["mae_vs_fp32"] < INT8_MAE_TOL
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
 def test_import_unfolded_graph_is_exact(model, unfolded) -> None:
     proto = onnx.load(str(unfolded))
     assert any(n.op_type == "BatchNormalization" for n in proto.graph.node)

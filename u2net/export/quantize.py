@@ -33,6 +33,8 @@ __all__ = [
 # lowest outside the float head has 25): quantised anyway, it is off by 0.059 mean absolute probability on real
 # photos, and 0.0012 with that convolution kept float.
 DEFAULT_MIN_SQNR_DB = 22.0
+# The quantised graph's per-channel DequantizeLinear (its ``axis``) needs opset 13: older files are converted.
+QDQ_MIN_OPSET = 13
 
 
 @contextlib.contextmanager
@@ -65,9 +67,18 @@ def _finish(quantized: Path, src: Path, dst: Path, precision: str, **metadata) -
 
 
 def _preprocessed_for_quantization(src: Path, tmp: Path) -> None:
-    """Shape inference and ONNX Runtime's basic graph optimisations (BatchNorm folding among them)."""
+    """Shape inference and ONNX Runtime's basic graph optimisations (BatchNorm folding among them), on the
+    graph converted to opset :data:`QDQ_MIN_OPSET` first if older (rembg's files are opset 11)."""
     from onnxruntime.quantization import quant_pre_process
 
+    onnx = require_onnx()
+    proto = onnx.load(str(src))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), QDQ_MIN_OPSET)
+    if opset < QDQ_MIN_OPSET:
+        from onnx import version_converter
+
+        src = tmp.with_name(f"opset{QDQ_MIN_OPSET}.onnx")
+        onnx.save(version_converter.convert_version(proto, QDQ_MIN_OPSET), str(src))
     quant_pre_process(str(src), str(tmp), skip_symbolic_shape=True)
 
 
