@@ -31,7 +31,7 @@ __all__ = [
 # Convolutions whose int8 input would give the median channel a lower signal-to-noise ratio (dB) stay float (see
 # coarse_int8_convolutions). The official u2netp has one (19 dB, with 32 or 128 calibration photos; the next
 # lowest outside the float head has 25): quantised anyway, it is off by 0.059 mean absolute probability on real
-# photos, and 0.0012 with that convolution kept float.
+# photos, and about 0.001 with that convolution kept float.
 DEFAULT_MIN_SQNR_DB = 22.0
 # The quantised graph's per-channel DequantizeLinear (its ``axis``) needs opset 13: older files are converted.
 QDQ_MIN_OPSET = 13
@@ -140,8 +140,8 @@ def quantize_static_int8(
     rounded to 1/255 steps. Convolutions whose int8 input would be coarse (:func:`coarse_int8_convolutions`,
     ``min_sqnr_db``; 0 quantises all) stay float too.
 
-    On an AVX-512-VNNI CPU this ran the official u2netp 2× faster than float32 at 320² (61 against 127 ms),
-    0.0012 from it in mean absolute probability on real photos.
+    On an AVX-512-VNNI CPU this ran the official u2netp 2× faster than float32 at 320² (62-66 against 125-130
+    ms), about 0.001 from it in mean absolute probability on real photos.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
