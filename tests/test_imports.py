@@ -136,7 +136,7 @@ def test_the_default_backend_runs_the_bundled_tag_on_onnx_runtime_unless_pytorch
         ({"nvidia": True}, "cpu", "fp32", True),
         # onnxruntime-gpu: its CUDA provider comes first, as PyTorch's "auto" would pick CUDA
         ({"nvidia": True, "cuda_provider": True}, "auto", "fp32", True),
-        ({"nvidia": True, "cuda_provider": True}, "cpu", "fp32", False),  # ONNX Runtime would run on the GPU
+        ({"nvidia": True, "cuda_provider": True}, "cpu", "fp32", True),  # on its CPU provider (below)
         ({"nvidia": True, "cuda_provider": True}, "auto", "fp16", False),
         # Apple silicon: PyTorch's "auto" picks MPS
         ({"apple": True}, "auto", "fp32", False),
@@ -156,3 +156,21 @@ def test_auto_backend_guesses_the_device_pytorch_would_pick(monkeypatch, machine
     monkeypatch.setattr(predictor.sys, "platform", "darwin" if machine.get("apple") else "linux")
     monkeypatch.setattr(predictor.platform, "machine", lambda: "arm64" if machine.get("apple") else "x86_64")
     assert predictor._onnx_runtime_suits(device, precision) is expected
+
+
+def test_device_cpu_keeps_onnx_runtime_on_its_cpu_provider(monkeypatch) -> None:
+    import u2net.inference.predictor as predictor
+
+    asked = []
+
+    class RecordingBackend(predictor.OnnxBackend):
+        def __init__(self, source, providers=None) -> None:
+            asked.append(providers)
+            super().__init__(source, providers)
+
+    monkeypatch.setattr(predictor, "OnnxBackend", RecordingBackend)
+    # with onnxruntime-gpu the default order puts CUDA first: --device cpu must not end up there
+    assert predictor.Predictor.from_path(BUNDLED_ONNX, device="cpu").info.extra["providers"] == ["CPUExecutionProvider"]
+    predictor.Predictor.from_path(BUNDLED_ONNX)
+    predictor.Predictor.from_path(BUNDLED_ONNX, device="cpu", providers=["CPUExecutionProvider"])
+    assert asked == [["CPUExecutionProvider"], None, ["CPUExecutionProvider"]]

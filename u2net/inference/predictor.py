@@ -51,14 +51,15 @@ def _local_onnx(path: str | os.PathLike) -> Path | None:
 
 def _onnx_runtime_suits(device: str, precision: str) -> bool:
     """Whether ONNX Runtime runs a model where PyTorch with ``device`` and ``precision`` would: fp32 only (autocast
-    is PyTorch's), and on the CPU, unless ONNX Runtime has CUDA. Without torch imported, a GPU ``device="auto"``
-    could pick is guessed from the NVIDIA driver's device node and Apple silicon (then PyTorch is kept)."""
+    is PyTorch's), on ``device="cpu"`` (on ONNX Runtime's CPU provider), and for ``device="auto"`` on ONNX
+    Runtime's CUDA provider or on a machine without a GPU. Without torch imported, a GPU ``device="auto"`` could
+    pick is guessed from the NVIDIA driver's device node and Apple silicon (then PyTorch is kept)."""
     if precision != "fp32":
         return False
+    if device == "cpu":
+        return True  # Predictor.from_path then keeps ONNX Runtime on its CPU provider
     if "CUDAExecutionProvider" in pick_providers():
         return device == "auto"  # ONNX Runtime's first provider then is CUDA, as PyTorch's first choice
-    if device == "cpu":
-        return True
     apple_silicon = sys.platform == "darwin" and platform.machine() == "arm64"
     return device == "auto" and not (os.path.exists("/dev/nvidiactl") or apple_silicon)
 
@@ -163,8 +164,8 @@ class Predictor:
         bundled ``u2netp.duts``; never a download, which may bring a ``.pth``). The preprocessing is the
         weights' own (a tag's catalogue entry, a checkpoint's stored one, an ONNX file's metadata), else the
         defaults; ``image_size`` overrides its size. ``providers``: ONNX Runtime execution providers in order of
-        preference (default :data:`~u2net.inference.runtime.DEFAULT_PROVIDERS`; those this ONNX Runtime lacks
-        are passed over), for ONNX Runtime only.
+        preference (default :data:`~u2net.inference.runtime.DEFAULT_PROVIDERS`, or the CPU's alone for
+        ``device="cpu"``; those this ONNX Runtime lacks are passed over), for ONNX Runtime only.
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -176,6 +177,8 @@ class Predictor:
         if source.lower().endswith(".onnx") and backend != "pytorch":
             if not Path(source).is_file():
                 raise FileNotFoundError(f"{source}: ONNX file not found")
+            if providers is None and device == "cpu":
+                providers = ["CPUExecutionProvider"]  # not CUDA first, where onnxruntime-gpu has it
             backend = OnnxBackend(source, providers)
             meta = backend.metadata
             tag = PRETRAINED.get(str(path))  # a tag's file may name no preprocessing (rembg's do not): its config does
