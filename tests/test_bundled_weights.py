@@ -208,6 +208,19 @@ def test_backend_onnxruntime_runs_the_bundled_tag_and_refuses_what_is_not_onnx(t
     assert main(["remove", str(photo), other, "-q", "--model", bundled, "--backend", "pytorch"]) == 0
 
 
+def test_a_cached_tags_file_is_checked_once_when_loaded(offline, monkeypatch) -> None:
+    # the default backend asks which file a tag has before loading it: that question must not hash the file
+    # (u2net's is 176 MB) a second time
+    from u2net.inference import Predictor
+
+    offline.mkdir(parents=True)
+    shutil.copyfile(bundled_weights_path(DEFAULT_MODEL), offline / "u2net.onnx")  # a stand-in for rembg's file
+    checked = []
+    monkeypatch.setattr(pretrained, "_check_cached", lambda path, *args: checked.append(Path(path).name))
+    assert Predictor.from_path("u2net.duts", "cpu").info.backend == "onnxruntime"
+    assert checked == ["u2net.onnx"]
+
+
 def test_option_defaults_are_the_dataclasses_defaults() -> None:
     from u2net.cli import build_parser
     from u2net.inference.remover import RemovalOptions

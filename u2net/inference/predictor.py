@@ -33,20 +33,20 @@ def _onnx_file(path: str | os.PathLike) -> Path:
         return Path(path)
     if str(path) not in PRETRAINED:
         raise ValueError(f"{path}: ONNX Runtime needs an .onnx file; use the PyTorch backend for this one")
-    local = _local_onnx(path)
-    if local is None:
-        other = local_weights(str(path))
-        found = f"its weights here are {other.name}" if other is not None else "its weights are not on this machine"
+    local = local_weights(str(path))
+    if local is None or local.suffix.lower() != ".onnx":
+        found = f"its weights here are {local.name}" if local is not None else "its weights are not on this machine"
         raise ValueError(f"{path}: ONNX Runtime needs an .onnx file and {found}; use the PyTorch backend")
     return local
 
 
-def _local_onnx(path: str | os.PathLike) -> Path | None:
-    """The ONNX file a pretrained tag resolves to on this machine without a download, else ``None``."""
+def _has_local_onnx(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a pretrained tag whose weights on this machine (no download) are an ONNX file. Its
+    digests are not checked here: whichever backend loads the file checks them, once."""
     if str(path) not in PRETRAINED:
-        return None
-    local = local_weights(str(path))
-    return local if local is not None and local.suffix.lower() == ".onnx" else None
+        return False
+    local = local_weights(str(path), verify=False)
+    return local is not None and local.suffix.lower() == ".onnx"
 
 
 def _onnx_runtime_suits(device: str, precision: str) -> bool:
@@ -170,7 +170,7 @@ class Predictor:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         # the cheap test first: only a tag's local ONNX file needs ONNX Runtime imported to decide
-        if backend == "auto" and _local_onnx(path) is not None and _onnx_runtime_suits(device, precision):
+        if backend == "auto" and _has_local_onnx(path) and _onnx_runtime_suits(device, precision):
             backend = "onnxruntime"  # the same weights, about twice as fast on a CPU as PyTorch, and no torch import
         source = str(_onnx_file(path) if backend == "onnxruntime" else path)
         overrides = {"image_size": image_size} if image_size else {}

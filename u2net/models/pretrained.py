@@ -235,21 +235,24 @@ def _cached_path(cfg: PretrainedCfg, directory: str | os.PathLike | None) -> Pat
     return (Path(directory) if directory is not None else cache_dir()) / cfg.file_name
 
 
-def local_weights(tag: str, directory: str | os.PathLike | None = None) -> Path | None:
+def local_weights(tag: str, directory: str | os.PathLike | None = None, verify: bool = True) -> Path | None:
     """The weights for ``tag`` already on this machine, never downloading: the bundled file (see
     :func:`bundled_weights_path`), else the official file or its ONNX export in ``directory`` (default:
-    the cache folder), else ``None``."""
+    the cache folder), else ``None``. ``verify=False`` skips the cached file's digests (for a caller that only
+    asks which file it is; loading it verifies it)."""
     bundled = bundled_weights_path(tag)
     if bundled is not None:  # before the cache: the same file everywhere, whatever a cache holds
         return bundled
     cfg = get_pretrained_cfg(tag)
     dest = _cached_path(cfg, directory)
     if dest.exists():  # written only after its download matched every pin; checked again where pins exist
-        _check_cached(dest, tag, "official file", cfg.md5, cfg.sha256)
+        if verify:
+            _check_cached(dest, tag, "official file", cfg.md5, cfg.sha256)
         return dest
     onnx = dest.with_suffix(".onnx")
     if cfg.onnx_mirror is not None and onnx.exists():  # ours, or rembg's in a shared $U2NET_HOME: checked, kept
-        _check_cached(onnx, tag, "ONNX export", cfg.onnx_mirror[1], cfg.onnx_mirror_sha256)
+        if verify:
+            _check_cached(onnx, tag, "ONNX export", cfg.onnx_mirror[1], cfg.onnx_mirror_sha256)
         return onnx
     return None
 
