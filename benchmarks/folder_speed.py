@@ -16,8 +16,12 @@ clock from start to exit (interpreter start, imports and model loading included,
 
 With ``--int8 FILE`` (a static int8 file of the same weights; see ``benchmarks/quality.py`` for its export
 command and its scores), three more rows run (c), (d) and (e) on that file, still against rembg on the fp32
-file. With ``--providers`` (ONNX Runtime execution providers, e.g. ``OpenVINO`` from ``onnxruntime-openvino``), three
-more rows run rembg's loop, (c) and (e) on those providers, so that both tools get the same runtime.
+file. With ``--providers`` (ONNX Runtime execution providers, e.g. ``OpenVINO`` from ``onnxruntime-openvino``), four
+more rows run rembg's loop, (c), (d) and (e) on those providers, so that both tools get the same runtime; with
+``--precision fp16`` (or bf16) ours runs there at that precision (``u2net remove --precision``), rembg at fp32.
+
+With ``--rounds N`` every row runs N times, in turns (a, b, ..., a, b, ...), and the table gives the median and
+the range: on a shared machine whose speed drifts, one run of each row can mislead.
 
 The model is the bundled ``u2netp.duts`` ONNX file unless ``--model`` is given. The table gives wall seconds,
 images per second, the speed-up over rembg, and how far our masks are from rembg's: the mean absolute
@@ -27,6 +31,7 @@ difference of the alpha channels in /255, averaged over the images (and the wors
     python benchmarks/folder_speed.py --limit 3                # a smoke check
     python benchmarks/folder_speed.py --batch-size 8 --workers 4 --model best.onnx
     python benchmarks/folder_speed.py --providers OpenVINO     # also both tools on OpenVINO
+    python benchmarks/folder_speed.py --providers OpenVINO --precision fp16 --rounds 3
     python benchmarks/folder_speed.py --int8 u2netp_int8.onnx  # also ours on an int8 file
 """
 
@@ -36,6 +41,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from u2net.inference.runtime import pick_providers, provider_names
+from u2net.inference.runtime import ONNX_PRECISIONS, pick_providers, provider_names
 from u2net.models.pretrained import DEFAULT_MODEL, bundled_weights_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,7 +131,7 @@ def run_ours(src: Path, dst: Path, model: Path, env: dict[str, str], extra: list
 MODEL_ALONE = """
 import sys, time, numpy as np
 from u2net.inference.runtime import onnx_session
-session = onnx_session(sys.argv[1], sys.argv[3].split(","))
+session = onnx_session(sys.argv[1], sys.argv[3].split(","), precision=sys.argv[4])
 print("providers:", session.get_providers(), file=sys.stderr)
 feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 320, 320), np.float32)}
 session.run(None, feed)  # warm-up
@@ -136,11 +142,12 @@ print(time.perf_counter() - started)
 """
 
 
-def model_alone_seconds(model: Path, runs: int, env: dict[str, str], providers: str = "CPUExecutionProvider") -> float:
+def model_alone_seconds(
+    model: Path, runs: int, env: dict[str, str], providers: str = "CPUExecutionProvider", precision: str = "fp32"
+) -> float:
     """Seconds for ``runs`` forward passes of the model alone (see (e) in the module docstring)."""
-    done = subprocess.run(
-        [sys.executable, "-c", MODEL_ALONE, str(model), str(runs), providers], capture_output=True, text=True, env=env
-    )
+    command = [sys.executable, "-c", MODEL_ALONE, str(model), str(runs), providers, precision]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"timing the model failed: {done.stderr.strip()[-2000:]}")
     return float(done.stdout.strip().splitlines()[-1])
@@ -157,6 +164,59 @@ def alpha_differences(ours: Path, theirs: Path, photos: list[Path]) -> list[floa
     return differences
 
 
+def rows_to_time(args: argparse.Namespace, model: Path, providers: str, work: Path, env: dict[str, str]) -> list:
+    """The table's rows: (label, output folder or None, a function that runs the row and returns its seconds)."""
+    photos_in, runs = work / "in", args.limit
+    overlapped = [*(["--batch-size", str(args.batch_size)] if args.batch_size else [])]
+    overlapped += ["--workers", str(args.workers)] if args.workers is not None else []
+    shown = " ".join(overlapped)
+    fast = ["--quality", "fast"]
+
+    def ours(label: str, onnx: Path, extra: list[str], out: str) -> tuple:
+        return label, out, lambda: run_ours(photos_in, work / out, onnx, env, extra)
+
+    rows = [
+        ("(a) {how}", "rembg", lambda: run_rembg(photos_in, work / "rembg", model, env)),
+        ours(
+            "(b) u2net remove --quality fast, sequential", model, [*fast, "--batch-size", "1", "--workers", "0"], "seq"
+        ),
+        ours(
+            f"(c) u2net remove --quality fast, batched + overlapped {shown}".rstrip(),
+            model,
+            [*fast, *overlapped],
+            "batch",
+        ),
+        ours(
+            f"(d) u2net remove (default: balanced), batched + overlapped {shown}".rstrip(), model, overlapped, "default"
+        ),
+        (f"(e) the model alone, {runs} runs (the floor)", None, lambda: model_alone_seconds(model, runs, env)),
+    ]
+    if args.int8:
+        int8 = args.int8.resolve()
+        rows += [
+            ours(f"(c) on {int8.name}", int8, [*fast, *overlapped], "batch_int8"),
+            ours(f"(d) on {int8.name}", int8, overlapped, "default_int8"),
+            (f"(e) on {int8.name}", None, lambda: model_alone_seconds(int8, runs, env)),
+        ]
+    if providers:
+        name, on = providers.replace("ExecutionProvider", ""), ["--providers", providers, "--precision", args.precision]
+        rows += [
+            (
+                f"(a) on {name}: {{how}}",
+                "rembg_on",
+                lambda: run_rembg(photos_in, work / "rembg_on", model, env, providers),
+            ),
+            ours(f"(c) on {name}, {args.precision}", model, [*fast, *overlapped, *on], "batch_on"),
+            ours(f"(d) on {name}, {args.precision}", model, [*overlapped, *on], "default_on"),
+            (
+                f"(e) on {name}, {args.precision}",
+                None,
+                lambda: model_alone_seconds(model, runs, env, providers, args.precision),
+            ),
+        ]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--real", type=Path, default=REPO.parent / "shared" / "real", help="the real photo sets")
@@ -165,7 +225,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, help="(c)'s batch size (default: u2net remove's)")
     parser.add_argument("--workers", type=int, help="(c)'s threads per side (default: u2net remove's)")
     parser.add_argument("--int8", type=Path, help="also (c), (d) and (e) on this int8 file of the same weights")
-    parser.add_argument("--providers", help="also rembg, (c) and (e) on these ONNX Runtime providers (OpenVINO)")
+    parser.add_argument("--providers", help="also rembg, (c), (d) and (e) on these ONNX Runtime providers (OpenVINO)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=ONNX_PRECISIONS,
+        help="ours on --providers at this precision (rembg: fp32)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every row this many times, in turns; the table shows medians"
+    )
     args = parser.parse_args(argv)
     providers = ""
     if args.providers:
@@ -174,59 +243,49 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--providers: this ONNX Runtime has none of {args.providers}")
         providers = ",".join(dict.fromkeys(pick_providers(wanted)))
     model = (args.model or bundled_weights_path(DEFAULT_MODEL)).resolve()
-    overlapped = [*(["--batch-size", str(args.batch_size)] if args.batch_size else [])]
-    overlapped += ["--workers", str(args.workers)] if args.workers is not None else []
 
     with tempfile.TemporaryDirectory(prefix="folder_speed_") as tmp:
         work = Path(tmp)
         photos = gather_photos(args.real, args.limit, work / "in")
         # rembg reads and writes its model cache under U2NET_HOME: a private one, not the user's
         env = {**os.environ, "U2NET_HOME": str(work / "rembg_home"), "ORT_DISABLE_TELEMETRY": "1"}
-        rembg_s, how = run_rembg(work / "in", work / "rembg", model, env)
-        rows = [(f"(a) {how}", rembg_s, None)]
-        fast = ["--quality", "fast"]
-        sequential = [*fast, "--batch-size", "1", "--workers", "0"]
-        for label, extra, out in (
-            ("(b) u2net remove --quality fast, sequential", sequential, "seq"),
-            (
-                f"(c) u2net remove --quality fast, batched + overlapped {' '.join(overlapped)}".rstrip(),
-                [*fast, *overlapped],
-                "batch",
-            ),
-            (
-                f"(d) u2net remove (default: balanced), batched + overlapped {' '.join(overlapped)}".rstrip(),
-                overlapped,
-                "default",
-            ),
-        ):
-            seconds = run_ours(work / "in", work / out, model, env, extra)
-            rows.append((label, seconds, alpha_differences(work / out, work / "rembg", photos)))
-        rows.append(
-            (f"(e) the model alone, {len(photos)} runs (the floor)", model_alone_seconds(model, len(photos), env), None)
-        )
-        if args.int8:
-            int8 = args.int8.resolve()
-            for label, extra, out in (("(c)", [*fast, *overlapped], "batch_int8"), ("(d)", overlapped, "default_int8")):
-                seconds = run_ours(work / "in", work / out, int8, env, extra)
-                rows.append((f"{label} on {int8.name}", seconds, alpha_differences(work / out, work / "rembg", photos)))
-            rows.append((f"(e) on {int8.name}", model_alone_seconds(int8, len(photos), env), None))
-        if providers:
-            shown = providers.replace("ExecutionProvider", "")
-            seconds, how = run_rembg(work / "in", work / "rembg_on", model, env, providers)
-            differences = alpha_differences(work / "rembg_on", work / "rembg", photos)
-            rows.append((f"(a) on {shown}: {how}", seconds, differences))
-            on = ["--providers", providers]
-            seconds = run_ours(work / "in", work / "batch_on", model, env, [*fast, *overlapped, *on])
-            rows.append((f"(c) on {shown}", seconds, alpha_differences(work / "batch_on", work / "rembg", photos)))
-            floor = model_alone_seconds(model, len(photos), env, providers)
-            rows.append((f"(e) on {shown}", floor, None))
+        rows = rows_to_time(args, model, providers, work, env)
+        seconds: dict[str, list[float]] = {label: [] for label, _, _ in rows}
+        hows: dict[str, str] = {}
+        for _ in range(max(args.rounds, 1)):  # in turns, so that a slow spell of the machine hits every row alike
+            for label, out, run in rows:
+                if out is not None:
+                    shutil.rmtree(work / out, ignore_errors=True)  # u2net remove skips outputs that exist
+                result = run()
+                if isinstance(result, tuple):  # rembg: (seconds, how it ran)
+                    result, hows[label] = result
+                seconds[label].append(result)
+        table = [
+            (label.format(how=hows.get(label, "")), statistics.median(seconds[label]), seconds[label], out)
+            for label, out, _ in rows
+        ]
+        differences = {
+            label: alpha_differences(work / out, work / "rembg", photos) if out not in (None, "rembg") else None
+            for label, _, _, out in table
+        }
 
-    print(f"\n{len(photos)} photos, {model.name}, {os.cpu_count()} CPU cores\n")
-    print("| pipeline | wall s | images/s | × rembg | alpha vs rembg (/255, mean per image; worst) |")
-    print("|---|---:|---:|---:|---|")
-    for label, seconds, diffs in rows:
+    print_table(table, differences, f"{len(photos)} photos, {model.name}, {os.cpu_count()} CPU cores", len(photos))
+
+
+def print_table(table: list, differences: dict, title: str, count: int) -> None:
+    """The markdown table: per row the median wall time (and the range, over several rounds), images per second,
+    the speed-up over rembg (the first row) and the alpha difference from rembg's outputs."""
+    rembg_s, rounds = table[0][1], len(table[0][2])
+    spread = rounds > 1
+    print(f"\n{title}" + (f", median of {rounds} rounds" if spread else "") + "\n")
+    range_head, range_rule = (" range s |", "---:|") if spread else ("", "")
+    print(f"| pipeline | wall s |{range_head} images/s | × rembg | alpha vs rembg (/255, mean per image; worst) |")
+    print(f"|---|---:|{range_rule}---:|---:|---|")
+    for label, median, runs, _ in table:
+        diffs = differences[label]
         compared = "—" if diffs is None else f"{np.mean(diffs):.4f}; {max(diffs):.4f}"
-        print(f"| {label} | {seconds:.2f} | {len(photos) / seconds:.2f} | {rembg_s / seconds:.2f} | {compared} |")
+        extent = f" {min(runs):.2f}–{max(runs):.2f} |" if spread else ""
+        print(f"| {label} | {median:.2f} |{extent} {count / median:.2f} | {rembg_s / median:.2f} | {compared} |")
 
 
 if __name__ == "__main__":

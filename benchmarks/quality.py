@@ -8,6 +8,7 @@ and timed (seconds per photo, decoding excluded). Pipelines:
 - ``rembg``: rembg's own ``remove(..., only_mask=True)``; ``rembg -a``: with its alpha matting
   (``--matting-limit`` images only: seconds per photo);
 - ``ours <mode>``: :class:`~u2net.inference.BackgroundRemover` with the options of each ``--quality`` preset;
+- ``--presets``: only these presets (default all three);
 - ``--study``: the candidates the presets were chosen from (views × sharpening × upsampling × input resize ×
   second pass);
 - ``--int8 FILE``: each preset again on a static int8 file of the same weights, made (calibrated on
@@ -16,9 +17,13 @@ and timed (seconds per photo, decoding excluded). Pipelines:
       python export_onnx.py weights=u2netp.duts output=u2netp_int8.onnx int8=static calibration.dataset=folder \
           "calibration.dataset_overrides=['data.images=../shared/real/duts_tr2k/images','data.masks=../shared/real/duts_tr2k/masks']"
 
+- ``--providers NAMES --precision P``: each preset again on those ONNX Runtime providers at that precision
+  (fp16 or bf16 on ``OpenVINO``, from ``onnxruntime-openvino``: see ``u2net remove --precision``).
+
     python benchmarks/quality.py --real ../shared/real               # both dev sets, all images
     python benchmarks/quality.py --real ../shared/real --limit 100 --study
     python benchmarks/quality.py --real ../shared/real --int8 u2netp_int8.onnx
+    python benchmarks/quality.py --real ../shared/real --providers OpenVINO --precision fp16
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +44,7 @@ from u2net.data.io import read_image, read_mask
 from u2net.evaluation.runner import mask_to_uint8
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions
 from u2net.inference.remover import QUALITY_PRESETS
+from u2net.inference.runtime import ONNX_PRECISIONS, provider_names
 from u2net.metrics import SaliencyMetrics
 from u2net.models.pretrained import bundled_weights_path
 
@@ -62,9 +68,16 @@ def rembg_pipelines(onnx: Path, matting: bool) -> dict[str, Pipeline]:
     return {"rembg": plain, **({"rembg -a": matted} if matting else {})}
 
 
-def our_pipelines(onnx: Path, study: bool, suffix: str = "") -> dict[str, Pipeline]:
-    remover = BackgroundRemover(Predictor.from_path(onnx))
-    options = {f"ours {name}{suffix}": RemovalOptions.preset(name) for name in QUALITY_PRESETS}
+def our_pipelines(
+    onnx: Path,
+    study: bool,
+    suffix: str = "",
+    providers: list[str] | None = None,
+    precision: str = "fp32",
+    presets: Sequence[str] = QUALITY_PRESETS,
+) -> dict[str, Pipeline]:
+    remover = BackgroundRemover(Predictor.from_path(onnx, precision=precision, providers=providers))
+    options = {f"ours {name}{suffix}": RemovalOptions.preset(name) for name in presets}
     single = RemovalOptions.preset("fast")  # one view, unsharpened: what the views and the sharpening add to
     if study:
         base = RemovalOptions()
@@ -134,13 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matting-limit", type=int, default=50, help="images for rembg -a (0: leave it out)")
     parser.add_argument("--study", action="store_true", help="also the candidate pipelines")
     parser.add_argument("--no-rembg", action="store_true")
+    parser.add_argument("--presets", nargs="+", default=list(QUALITY_PRESETS), choices=QUALITY_PRESETS)
     parser.add_argument("--int8", type=Path, help="also each preset on this int8 file of the same weights")
+    parser.add_argument("--providers", help="also each preset on these ONNX Runtime providers (e.g. OpenVINO)")
+    parser.add_argument("--precision", default="fp32", choices=ONNX_PRECISIONS, help="for the --providers rows")
     args = parser.parse_args(argv)
     onnx = bundled_weights_path("u2netp.duts")
     pipelines = {} if args.no_rembg else rembg_pipelines(onnx, args.matting_limit > 0)
-    pipelines.update(our_pipelines(onnx, args.study))
+    pipelines.update(our_pipelines(onnx, args.study, presets=args.presets))
     if args.int8:
-        pipelines.update(our_pipelines(args.int8, study=False, suffix=f", int8 ({args.int8.name})"))
+        int8 = f", int8 ({args.int8.name})"
+        pipelines.update(our_pipelines(args.int8, study=False, suffix=int8, presets=args.presets))
+    if args.providers:
+        providers = provider_names(args.providers.split(","))
+        suffix = f", {args.precision} on {args.providers}"
+        pipelines.update(our_pipelines(onnx, False, suffix, providers, args.precision, args.presets))
     limits = {"rembg -a": args.matting_limit}
     results = {}
     for name in args.sets:

@@ -259,7 +259,7 @@ def test_serve_without_model_serves_the_bundled_file_offline(offline, monkeypatc
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the test process keeps its threads
     assert main(["serve", "--device", "cpu", "--workers", "1"]) == 0
     info = seen["info"]
-    assert info["name"] == "u2netp" and info["file"] == "u2netp.onnx"
+    assert info["name"] == "u2netp" and info["file"] == "u2netp.onnx" and info["precision"] == "fp32"
     assert info["sha256"] == get_pretrained_cfg("u2netp.duts").bundled.sha256
 
 

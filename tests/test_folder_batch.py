@@ -334,6 +334,41 @@ def test_provider_names_accept_short_names_in_any_case() -> None:
         provider_names(["cpu", "NoSuchThing"])
 
 
+def test_provider_options_set_openvino_inference_precision() -> None:
+    import json
+
+    from u2net.inference.runtime import provider_options
+
+    providers = ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    assert provider_options(providers) == [{}, {}]  # fp32: every provider as it is
+    openvino, cpu = provider_options(providers, "fp16")
+    assert json.loads(openvino["load_config"]) == {"CPU": {"INFERENCE_PRECISION_HINT": "f16"}} and cpu == {}
+    assert (
+        json.loads(provider_options(providers, "bf16")[0]["load_config"])["CPU"]["INFERENCE_PRECISION_HINT"] == "bf16"
+    )
+    with pytest.raises(ValueError, match="needs its OpenVINO execution provider.*onnxruntime-openvino"):
+        provider_options(["CPUExecutionProvider"], "fp16")
+    with pytest.raises(ValueError, match="must be one of fp32, fp16, bf16, got 'int4'"):
+        provider_options(providers, "int4")
+
+
+@pytest.mark.skipif(
+    "OpenVINOExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+    reason="needs onnxruntime-openvino",
+)
+def test_openvino_fp16_predictor_stays_close_to_fp32() -> None:
+    from u2net.inference import Predictor
+    from u2net.models.pretrained import DEFAULT_MODEL
+
+    image = _photo(3)
+    fp32, fp16 = (
+        Predictor.from_path(DEFAULT_MODEL, precision=p, backend="onnxruntime", providers=["OpenVINOExecutionProvider"])
+        for p in ("fp32", "fp16")
+    )
+    assert fp16.backend.providers[0] == "OpenVINOExecutionProvider" and fp16.info.extra["precision"] == "fp16"
+    assert np.abs(fp16.predict(image) - fp32.predict(image)).mean() < 0.01
+
+
 def test_cli_providers_and_input_size_errors(tmp_path, capsys) -> None:
     from u2net.models.pretrained import DEFAULT_MODEL, bundled_weights_path
 
@@ -343,6 +378,9 @@ def test_cli_providers_and_input_size_errors(tmp_path, capsys) -> None:
     assert main([*args, "--providers", "NoSuchThing"]) == 2
     err = capsys.readouterr().err
     assert err == "error: --providers: unknown ONNX Runtime provider 'NoSuchThing'\n"
+    assert main([*args, "--providers", "CPU", "--precision", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "precision fp16 on ONNX Runtime needs its OpenVINO execution provider" in err and err.count("\n") == 1
     import onnxruntime
 
     missing = [p for p in onnxruntime.get_all_providers() if p not in onnxruntime.get_available_providers()]
@@ -358,7 +396,7 @@ def test_cli_providers_and_input_size_errors(tmp_path, capsys) -> None:
     assert Image.open(tmp_path / "out.png").mode == "RGBA"
 
 
-def test_cli_passes_the_input_size_and_providers_to_the_predictor(tmp_path, monkeypatch) -> None:
+def test_cli_passes_the_input_size_providers_and_precision_to_the_predictor(tmp_path, monkeypatch) -> None:
     seen = {}
 
     def from_path(source, device, **kwargs):
@@ -371,4 +409,12 @@ def test_cli_passes_the_input_size_and_providers_to_the_predictor(tmp_path, monk
     photo = tmp_path / "photo.png"
     Image.fromarray(_photo(1)).save(photo)
     assert main(["remove", str(photo), str(tmp_path / "o.png"), "-q", "--input-size", "512", "--providers", "CPU"]) == 0
-    assert seen == {"image_size": 512, "backend": "onnxruntime", "providers": ["CPUExecutionProvider"]}
+    assert seen == {
+        "precision": "fp32",
+        "image_size": 512,
+        "backend": "onnxruntime",
+        "providers": ["CPUExecutionProvider"],
+    }
+    assert main(["remove", str(photo), str(tmp_path / "p.png"), "-q", "--precision", "bf16"]) == 0
+    # no --providers: --backend auto picks (PyTorch, for bf16)
+    assert seen["precision"] == "bf16" and seen["backend"] == "auto"

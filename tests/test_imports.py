@@ -164,9 +164,9 @@ def test_device_cpu_keeps_onnx_runtime_on_its_cpu_provider(monkeypatch) -> None:
     asked = []
 
     class RecordingBackend(predictor.OnnxBackend):
-        def __init__(self, source, providers=None) -> None:
+        def __init__(self, source, providers=None, precision="fp32") -> None:
             asked.append(providers)
-            super().__init__(source, providers)
+            super().__init__(source, providers, precision)
 
     monkeypatch.setattr(predictor, "OnnxBackend", RecordingBackend)
     # with onnxruntime-gpu the default order puts CUDA first: --device cpu must not end up there

@@ -150,7 +150,7 @@ def test_model_info(client, checkpoint):
     assert body["parameters"] == sum(p.numel() for p in u2net.create_model("u2netp").parameters())
     assert body["input_size"] == 64
     assert body["backend"] == "pytorch"
-    assert body["execution_providers"] == ["cpu"]
+    assert body["execution_providers"] == ["cpu"] and body["precision"] == "fp32"
     assert body["file"] == "tiny.pt"
     assert body["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert body["limits"] == {

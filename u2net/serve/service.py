@@ -210,6 +210,7 @@ class Service:
             "backend": getattr(info, "backend", None),
             "execution_providers": list(providers) if providers else ([device] if device else []),
             "device": device,
+            "precision": extra.get("precision"),
             "size_mb": round(info.size_mb, 3) if getattr(info, "size_mb", None) is not None else None,
             "file": self.model_file.name if self.model_file is not None else None,
             "sha256": self.sha256,
