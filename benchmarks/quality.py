@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     pipelines = {} if args.no_rembg else rembg_pipelines(onnx, args.matting_limit > 0)
     pipelines.update(our_pipelines(onnx, args.study, presets=args.presets))
     if args.int8:
-        int8 = f", int8 ({args.int8.name})"
-        pipelines.update(our_pipelines(args.int8, study=False, suffix=int8, presets=args.presets))
+        int8_rows = f", int8 ({args.int8.name})"
+        pipelines.update(our_pipelines(args.int8, study=False, suffix=int8_rows, presets=args.presets))
     if args.providers:
         providers = provider_names(args.providers.split(","))
         suffix = f", {args.precision} on {args.providers}"
