@@ -381,6 +381,10 @@ def test_cli_providers_and_input_size_errors(tmp_path, capsys) -> None:
     assert main([*args, "--providers", "CPU", "--precision", "fp16"]) == 2
     err = capsys.readouterr().err
     assert "precision fp16 on ONNX Runtime needs its OpenVINO execution provider" in err and err.count("\n") == 1
+    # on PyTorch (the bundled tag with fp16 goes there) a CPU cannot autocast to fp16: said once, at load time
+    assert main([*args, "--precision", "fp16", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "fp16 needs CUDA" in err and err.count("\n") == 1
     import onnxruntime
 
     missing = [p for p in onnxruntime.get_all_providers() if p not in onnxruntime.get_available_providers()]

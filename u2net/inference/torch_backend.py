@@ -15,6 +15,7 @@ class TorchBackend:
 
         self.device = pick_device(str(device)) if isinstance(device, str) else device
         self.precision = resolve_precision(precision, self.device)
+        autocast_context(self.device, self.precision)  # an unusable precision fails here, not on every image
         self._autocast = lambda: autocast_context(self.device, self.precision)
         self.model = model.to(self.device).eval()
         self.fixed_size: int | None = None
