@@ -24,7 +24,7 @@ OPENVINO = "OpenVINOExecutionProvider"
 # What an fp32 ONNX file can run at: fp32 everywhere; fp16 and bf16 through OpenVINO's inference precision, which
 # its CPU plugin offers where the hardware has them (fp16: AVX512-FP16, as Intel Xeon Sapphire Rapids and later).
 ONNX_PRECISIONS = ("fp32", "fp16", "bf16")
-_OPENVINO_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+_OPENVINO_HINTS = {"fp16": "f16", "bf16": "bf16"}  # fp32: no hint (the provider's CPU default)
 
 
 def _ort():
