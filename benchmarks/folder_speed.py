@@ -19,6 +19,8 @@ command and its scores), three more rows run (c), (d) and (e) on that file, stil
 file. With ``--providers`` (ONNX Runtime execution providers, e.g. ``OpenVINO`` from ``onnxruntime-openvino``), four
 more rows run rembg's loop, (c), (d) and (e) on those providers, so that both tools get the same runtime; with
 ``--precision fp16`` (or bf16) ours runs there at that precision (``u2net remove --precision``), rembg at fp32.
+With both, three more run (c), (d) and (e) on the int8 file on those providers (OpenVINO's int8 is the fast
+route on CPUs without native fp16).
 
 With ``--rounds N`` every row runs N times, in turns (a, b, ..., a, b, ...), and the table gives the median and
 the range: on a shared machine whose speed drifts, one run of each row can mislead.
@@ -175,6 +177,15 @@ def rows_to_time(args: argparse.Namespace, model: Path, providers: str, work: Pa
     def ours(label: str, onnx: Path, extra: list[str], out: str) -> tuple:
         return label, out, lambda: run_ours(photos_in, work / out, onnx, env, extra)
 
+    def variant(on: str, onnx: Path, out: str, providers: str = "CPUExecutionProvider", precision: str = "fp32"):
+        """(c), (d) and (e) on ``onnx`` with ``providers`` at ``precision``."""
+        extra = ["--providers", providers, "--precision", precision] if providers != "CPUExecutionProvider" else []
+        return [
+            ours(f"(c) on {on}", onnx, [*fast, *overlapped, *extra], f"batch_{out}"),
+            ours(f"(d) on {on}", onnx, [*overlapped, *extra], f"default_{out}"),
+            (f"(e) on {on}", None, lambda: model_alone_seconds(onnx, runs, env, providers, precision)),
+        ]
+
     rows = [
         ("(a) {how}", "rembg", lambda: run_rembg(photos_in, work / "rembg", model, env)),
         ours(
@@ -191,29 +202,21 @@ def rows_to_time(args: argparse.Namespace, model: Path, providers: str, work: Pa
         ),
         (f"(e) the model alone, {runs} runs (the floor)", None, lambda: model_alone_seconds(model, runs, env)),
     ]
-    if args.int8:
-        int8 = args.int8.resolve()
-        rows += [
-            ours(f"(c) on {int8.name}", int8, [*fast, *overlapped], "batch_int8"),
-            ours(f"(d) on {int8.name}", int8, overlapped, "default_int8"),
-            (f"(e) on {int8.name}", None, lambda: model_alone_seconds(int8, runs, env)),
-        ]
+    int8 = args.int8.resolve() if args.int8 else None
+    if int8:
+        rows += variant(int8.name, int8, "int8")
     if providers:
-        name, on = providers.replace("ExecutionProvider", ""), ["--providers", providers, "--precision", args.precision]
-        rows += [
+        name = providers.replace("ExecutionProvider", "")
+        rows.append(
             (
                 f"(a) on {name}: {{how}}",
                 "rembg_on",
                 lambda: run_rembg(photos_in, work / "rembg_on", model, env, providers),
-            ),
-            ours(f"(c) on {name}, {args.precision}", model, [*fast, *overlapped, *on], "batch_on"),
-            ours(f"(d) on {name}, {args.precision}", model, [*overlapped, *on], "default_on"),
-            (
-                f"(e) on {name}, {args.precision}",
-                None,
-                lambda: model_alone_seconds(model, runs, env, providers, args.precision),
-            ),
-        ]
+            )
+        )
+        rows += variant(f"{name}, {args.precision}", model, "on", providers, args.precision)
+        if int8:  # an int8 file computes in int8 whatever the precision asked for
+            rows += variant(f"{name}, {int8.name}", int8, "int8_on", providers)
     return rows
 
 

@@ -352,19 +352,51 @@ def test_provider_options_set_openvino_inference_precision() -> None:
         provider_options(providers, "int4")
 
 
+def test_cpu_flags_tell_where_reduced_precision_brings_no_speed(tmp_path) -> None:
+    from u2net.inference.runtime import cpu_flags, precision_warning
+
+    ice_lake = tmp_path / "x86"
+    ice_lake.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    sapphire_rapids = frozenset({"avx512f", "avx512_fp16", "avx512_bf16", "amx_bf16"})
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimdhp bf16\n")
+    assert cpu_flags(ice_lake) == {"fpu", "avx2", "avx512f", "avx512_vnni"}  # the first CPU's line
+    assert cpu_flags(tmp_path / "missing") is None and cpu_flags(tmp_path) is None
+    message = precision_warning("fp16", cpu_flags(ice_lake))
+    assert message.startswith("precision fp16: this CPU has no AVX512-FP16 or AMX-FP16, so OpenVINO computes in fp32")
+    assert "int8=static" in message and "\n" not in message
+    assert "emulates it, slower than fp32" in precision_warning("bf16", cpu_flags(ice_lake))
+    for precision in ("fp16", "bf16"):
+        assert precision_warning(precision, sapphire_rapids) is None
+        assert precision_warning(precision, cpu_flags(arm)) is None
+        assert precision_warning(precision, None) is None  # unknown CPU: no claim either way
+    assert precision_warning("fp32", frozenset()) is None
+
+
 @pytest.mark.skipif(
     "OpenVINOExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
     reason="needs onnxruntime-openvino",
 )
 def test_openvino_fp16_predictor_stays_close_to_fp32() -> None:
+    import warnings
+
     from u2net.inference import Predictor
+    from u2net.inference.runtime import cpu_flags, precision_warning
     from u2net.models.pretrained import DEFAULT_MODEL
 
     image = _photo(3)
-    fp32, fp16 = (
-        Predictor.from_path(DEFAULT_MODEL, precision=p, backend="onnxruntime", providers=["OpenVINOExecutionProvider"])
-        for p in ("fp32", "fp16")
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fp32, fp16 = (
+            Predictor.from_path(
+                DEFAULT_MODEL, precision=p, backend="onnxruntime", providers=["OpenVINOExecutionProvider"]
+            )
+            for p in ("fp32", "fp16")
+        )
+    # said once, for fp16, where this CPU has no native fp16; nothing where it has
+    said = [str(w.message) for w in caught if str(w.message).startswith("precision")]
+    expected = precision_warning("fp16", cpu_flags())
+    assert said == ([expected] if expected else [])
     assert fp16.backend.providers[0] == "OpenVINOExecutionProvider" and fp16.info.extra["precision"] == "fp16"
     assert np.abs(fp16.predict(image) - fp32.predict(image)).mean() < 0.01
 

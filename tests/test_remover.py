@@ -297,6 +297,17 @@ def test_alpha_matting_respects_the_trimap() -> None:
     assert (kept == 128).all()
 
 
+def test_cli_prints_warnings_as_one_line(tmp_path, capsys) -> None:
+    # a flat grey photo: the bundled model finds no sure foreground, so matting keeps the mask and says so
+    photo = tmp_path / "flat.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
+    assert main(["remove", str(photo), str(tmp_path / "out.png"), "--alpha-matting", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: alpha matting skipped: the trimap has no sure foreground or no sure background\n" in err
+    assert "UserWarning" not in err and "remover.py" not in err
+    assert (tmp_path / "out.png").exists()
+
+
 def test_alpha_matting_without_pymatting(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pymatting", None)
     with pytest.raises(ImportError, match=r"pip install -e '\.\[matting\]'"):
