@@ -22,7 +22,8 @@ more rows run rembg's loop, (c), (d) and (e) on those providers, so that both to
 With both, three more run (c), (d) and (e) on the int8 file on those providers (OpenVINO's int8 is the fast
 route on CPUs without native fp16).
 
-With ``--rounds N`` every row runs N times, in turns (a, b, ..., a, b, ...), and the table gives the median and
+Before the timed runs, each tool runs once, untimed, on three photos (one-time caches). With ``--rounds N`` every
+row runs N times, in turns (a, b, ..., a, b, ...), and the table gives the median and
 the range: on a shared machine whose speed drifts, one run of each row can mislead.
 
 The model is the bundled ``u2netp.duts`` ONNX file unless ``--model`` is given. The table gives wall seconds,
@@ -253,6 +254,11 @@ def main(argv: list[str] | None = None) -> None:
         # rembg reads and writes its model cache under U2NET_HOME: a private one, not the user's
         env = {**os.environ, "U2NET_HOME": str(work / "rembg_home"), "ORT_DISABLE_TELEMETRY": "1"}
         rows = rows_to_time(args, model, providers, work, env)
+        # one untimed run of each tool on three photos first: one-time costs (numba compiling the pymatting that
+        # rembg imports into its cache: a first rembg run took 60 s where the next took 28) would land on round 1
+        warm = gather_photos(args.real, 3, work / "warm_in")[0].parent
+        run_rembg(warm, work / "warm_rembg", model, env)
+        run_ours(warm, work / "warm_ours", model, env, ["--quality", "fast"])
         seconds: dict[str, list[float]] = {label: [] for label, _, _ in rows}
         hows: dict[str, str] = {}
         for _ in range(max(args.rounds, 1)):  # in turns, so that a slow spell of the machine hits every row alike
