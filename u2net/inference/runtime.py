@@ -13,9 +13,9 @@ import numpy as np
 __all__ = [
     "DEFAULT_PROVIDERS",
     "ONNX_PRECISIONS",
+    "cpu_flags",
     "median_seconds",
     "onnx_session",
-    "cpu_flags",
     "pick_providers",
     "precision_warning",
     "provider_names",
@@ -31,13 +31,9 @@ _OPENVINO_HINTS = {"fp16": "f16", "bf16": "bf16"}  # fp32: no hint (the provider
 # CPU flags (as /proc/cpuinfo names them, x86 then ARM) that compute each reduced precision natively. Without them
 # OpenVINO's CPU plugin ignores the f16 hint and runs fp32 (measured on an Ice Lake Xeon: same time, same output)
 # and emulates bf16 (2.7x slower than fp32 there).
-_NATIVE_CPU_FLAGS = {
-    "fp16": ("avx512_fp16", "amx_fp16", "asimdhp"),
-    "bf16": ("avx512_bf16", "amx_bf16", "bf16"),
-}
-_WITHOUT_NATIVE = {
-    "fp16": "OpenVINO computes in fp32, no faster",
-    "bf16": "OpenVINO emulates it, slower than fp32",
+_NATIVE_CPU_FLAGS = {  # precision: (flags, what OpenVINO does without any of them)
+    "fp16": (("avx512_fp16", "amx_fp16", "asimdhp"), "OpenVINO computes in fp32, no faster"),
+    "bf16": (("avx512_bf16", "amx_bf16", "bf16"), "OpenVINO emulates it, slower than fp32"),
 }
 
 
@@ -84,13 +80,13 @@ def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str] | 
 def precision_warning(precision: str, flags: frozenset[str] | None) -> str | None:
     """Why ``precision`` on OpenVINO's CPU device brings no speed on a CPU with feature ``flags`` (see
     :func:`cpu_flags`), or ``None``: fp32, a native precision, or flags unknown."""
-    wanted = _NATIVE_CPU_FLAGS.get(precision)
-    if wanted is None or flags is None or flags.intersection(wanted):
+    wanted, without = _NATIVE_CPU_FLAGS.get(precision, ((), ""))
+    if not wanted or flags is None or flags.intersection(wanted):
         return None
     x86_names = " or ".join(flag.upper().replace("_", "-") for flag in wanted[:2])
     return (
         f"precision {precision}: this CPU has no {x86_names}, so "
-        f"{_WITHOUT_NATIVE[precision]}; an int8 file is the faster route here (export_onnx.py ... int8=static)"
+        f"{without}; an int8 file is the faster route here (export_onnx.py ... int8=static)"
     )
 
 
