@@ -9,6 +9,7 @@ Problems with the user's input end with a one-line ``error: ...``; HYDRA_FULL_ER
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -22,12 +23,13 @@ from u2net.evaluation import DatasetConfigs, evaluate_models
 from u2net.tasks import task_wrapper
 
 
-def dataset_pairs(name: str, cfg: DictConfig) -> list:
+def dataset_pairs(name: str, cfg: DictConfig) -> tuple[list, Callable]:
     """The pairs of ``configs/data/<name>.yaml`` to score, composed as train.py composes it (with
-    ``cfg.dataset_overrides``): its ``test`` sources, else its validation sources, else training's held-out part."""
+    ``cfg.dataset_overrides``): its ``test`` sources, else its validation sources, else training's held-out part;
+    and the reader of their masks (label maps where the dataset sets ``labels``)."""
     overrides = [f"paths.data_dir={cfg.paths.data_dir}", *cfg.dataset_overrides]
     datasets = DatasetConfigs(partial(compose, "train"), instantiate, overrides)
-    return datasets.pairs(name, check=cfg.check, on_invalid=cfg.on_invalid, progress=cfg.progress)
+    return datasets.scoring_set(name, check=cfg.check, on_invalid=cfg.on_invalid, progress=cfg.progress)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")

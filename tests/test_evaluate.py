@@ -276,7 +276,7 @@ def test_held_out_split_is_scored_for_datasets_without_test_folders(tmp_path) ->
         Image.fromarray(np.full((16, 16), 255 * (i % 2), np.uint8)).save(root / "masks" / f"p{i:02d}.png")
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         cfg = compose("evaluate", overrides=[f"paths.data_dir={tmp_path / 'data'}", "progress=false"])
-        pairs = dataset_pairs("human_seg", cfg)
+        pairs, _ = dataset_pairs("human_seg", cfg)
         train_cfg = compose("train", overrides=["data=human_seg", f"paths.data_dir={tmp_path / 'data'}"])
     data = instantiate(train_cfg.data, _convert_="all", progress=False)
     data.setup(seed=train_cfg.trainer.seed)

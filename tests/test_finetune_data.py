@@ -100,7 +100,7 @@ def test_folder_needs_its_folders(tmp_path) -> None:
         with pytest.raises(ValueError, match=r"dataset 'folder' needs data.images: add dataset_overrides=\['data"):
             dataset_pairs("folder", cfg)
         cfg.dataset_overrides = [f"data.images={images}", f"data.masks={masks}"]
-        assert dataset_pairs("folder", cfg) == trained.pairs()[1]
+        assert dataset_pairs("folder", cfg)[0] == trained.pairs()[1]
 
 
 def _image_and_mask() -> tuple[np.ndarray, np.ndarray]:

@@ -18,9 +18,11 @@ from .folder import (
     collate,
     collect_pairs,
     collect_source_pairs,
+    mask_reader_for,
     split_pairs,
     workers_default,
 )
+from .labels import LabelsOption
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform, train_transform
 
 
@@ -160,6 +162,7 @@ class SaliencyDataModule:
         self.source_weights = _source_weights(self.train_sources)
         self.val_sources = _as_sources(val)
         self.test_sources = _as_sources(test)  # scored by evaluate.py, not used in training
+        self.mask_reader = mask_reader_for([*self.train_sources, *self.val_sources, *self.test_sources])
         self.val_fraction = val_fraction
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -207,9 +210,10 @@ class SaliencyDataModule:
             for source, weight, size in zip(self.train_sources, self.source_weights, train_sizes):
                 if weight > 0 and size == 0:
                     raise DatasetCheckError(f"dataset {source.name} has weight {weight} but no training pairs left")
-        self.train_set = SaliencyDataset(list(train_pairs), self.train_transform, skip_unreadable=True)
+        self.train_set = SaliencyDataset(list(train_pairs), self.train_transform, True, self.mask_reader)
         self.train_sizes = list(train_sizes) if train_sizes is not None else []
-        self.val_set = SaliencyDataset(list(val_pairs), self.val_transform) if val_pairs else None
+        val_set = SaliencyDataset(list(val_pairs), self.val_transform, False, self.mask_reader)
+        self.val_set = val_set if val_pairs else None
         self._val_loader = None
 
     def setup(self, seed: int = 0, check: str | None = None) -> None:
@@ -286,12 +290,14 @@ class SaliencyDataModule:
         return len(self.train_set) // (self.batch_size * world_size)
 
 
-def _folder_source(name: str, images: str, masks: str, recursive: bool, weight: float | None) -> SourceSpec:
+def _folder_source(
+    name: str, images: str, masks: str, recursive: bool, weight: float | None, labels: LabelsOption = None
+) -> SourceSpec:
     """A source from two folders anywhere: their common parent as ``root``, as the dataset configs write it."""
     image_dir, mask_dir = (Path(folder).expanduser().absolute() for folder in (images, masks))
     root = Path(os.path.commonpath([image_dir, mask_dir]))
     return SourceSpec(
-        name, str(root), str(image_dir.relative_to(root)), str(mask_dir.relative_to(root)), recursive, weight
+        name, str(root), str(image_dir.relative_to(root)), str(mask_dir.relative_to(root)), recursive, weight, labels
     )
 
 
@@ -302,6 +308,7 @@ def folder_datamodule(
     val_masks: str | None = None,
     recursive: bool = False,
     weight: float | None = None,
+    labels: LabelsOption = None,
     train: Sequence[Mapping | SourceSpec] | None = None,
     val: Sequence[Mapping | SourceSpec] | None = None,
     test: Sequence[Mapping | SourceSpec] | None = None,
@@ -310,11 +317,13 @@ def folder_datamodule(
     """A datamodule on the user's own folders (``configs/data/folder.yaml``): images and masks paired by
     stem, validated on ``val_images``/``val_masks`` if given (also what evaluate.py scores), else on the
     held-out ``val_fraction``. Further ``train``/``val`` sources come after the folders (``weight`` is
-    the folder's sampling weight when they have weights); ``kwargs`` go to :class:`SaliencyDataModule`."""
+    the folder's sampling weight when they have weights); ``labels`` reads both mask folders as label maps
+    (``"nonzero"`` or foreground label indices, :mod:`u2net.data.labels`); ``kwargs`` go to
+    :class:`SaliencyDataModule`."""
     if (val_images is None) != (val_masks is None):
         raise ValueError("data.val_images and data.val_masks go together: give both or neither")
-    train_sources = [_folder_source("folder", images, masks, recursive, weight), *_as_sources(train)]
+    train_sources = [_folder_source("folder", images, masks, recursive, weight, labels), *_as_sources(train)]
     val_sources = _as_sources(val)
     if val_images is not None:
-        val_sources.insert(0, _folder_source("folder-val", val_images, val_masks, recursive, None))
+        val_sources.insert(0, _folder_source("folder-val", val_images, val_masks, recursive, None, labels))
     return SaliencyDataModule(train_sources, val_sources, test or val_sources, **kwargs)

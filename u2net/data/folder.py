@@ -17,7 +17,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import one_line
-from .io import ImageReadError, list_images, oriented_size, read_image, read_mask, read_problem
+from .io import IMAGE_EXTENSIONS, ImageReadError, list_images, oriented_size, read_image, read_mask, read_problem
+from .labels import LABEL_MAP_EXTENSIONS, LabelsOption, MaskReader
+
+MaskFn = Callable[[Path], np.ndarray]  # reads a mask file as H×W float32 in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class SourceSpec:
 
     ``weight`` (training sources only): the share of training draws that come from this source,
     relative to the other sources' weights (see :class:`~u2net.data.ResumableBatchSampler`).
+    ``labels``: the masks are label maps (``"nonzero"`` or a list of foreground label indices; see
+    :mod:`u2net.data.labels`), read as masks by that rule.
     """
 
     name: str
@@ -34,6 +39,7 @@ class SourceSpec:
     masks: str = "masks"
     recursive: bool = False
     weight: float | None = None
+    labels: LabelsOption = None
 
     @property
     def image_dir(self) -> Path:
@@ -42,6 +48,16 @@ class SourceSpec:
     @property
     def mask_dir(self) -> Path:
         return Path(self.root).expanduser() / self.masks
+
+    @property
+    def mask_reader(self) -> MaskReader:
+        """Reads this source's masks (label maps by ``labels``, else as masks)."""
+        return mask_reader_for([self])
+
+
+def mask_reader_for(sources: Sequence[SourceSpec]) -> MaskReader:
+    """One reader for the masks of all ``sources``: label maps where a source has ``labels``."""
+    return MaskReader({source.mask_dir: source.labels for source in sources if source.labels is not None})
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,9 @@ def scan_source(source: SourceSpec) -> PairScan:
         if not folder.is_dir():
             raise DatasetCheckError(f"dataset {source.name}: {what} folder {folder} does not exist")
     images = index_by_stem(list_images(source.image_dir, source.recursive), source.image_dir, scan.problems)
-    masks = index_by_stem(list_images(source.mask_dir, source.recursive), source.mask_dir, scan.problems)
+    mask_types = IMAGE_EXTENSIONS if source.labels is None else LABEL_MAP_EXTENSIONS
+    mask_files = list_images(source.mask_dir, source.recursive, extensions=mask_types)
+    masks = index_by_stem(mask_files, source.mask_dir, scan.problems)
     for key, image in images.items():
         if key in masks:
             scan.pairs.append((image, masks[key]))
@@ -108,12 +126,13 @@ def scan_source(source: SourceSpec) -> PairScan:
     return scan
 
 
-def _check_pair(pair: tuple[Path, Path], decode: bool) -> list[Problem]:
+def _check_pair(pair: tuple[Path, Path], decode: bool, mask_fn: MaskFn) -> list[Problem]:
     sizes = []
     problems = []
-    for path, reader in ((pair[0], read_image), (pair[1], read_mask)):
+    for path, reader in ((pair[0], read_image), (pair[1], mask_fn)):
         try:
-            if decode:
+            # A label map is always read whole: its header alone does not show that it holds labels.
+            if decode or (reader is not read_image and reader is not read_mask):
                 array = reader(path)
                 sizes.append((array.shape[1], array.shape[0]))
             else:
@@ -130,11 +149,16 @@ def _check_pair(pair: tuple[Path, Path], decode: bool) -> list[Problem]:
 
 
 def check_pairs(
-    pairs: Sequence[tuple[Path, Path]], mode: str = "full", workers: int = 4, progress: bool = True, desc: str = ""
+    pairs: Sequence[tuple[Path, Path]],
+    mode: str = "full",
+    workers: int = 4,
+    progress: bool = True,
+    desc: str = "",
+    mask_fn: MaskFn = read_mask,
 ) -> list[Problem]:
     """Open every pair: ``mode="full"`` decodes both files (finds truncated/corrupt data and NaN or
     infinite values in float TIFFs), ``"header"`` reads only headers (sizes and formats), ``"none"``
-    skips the check."""
+    skips the check. ``mask_fn`` reads the masks (a source's :class:`MaskReader` for label maps)."""
     if mode == "none":
         return []
     if mode not in ("full", "header"):
@@ -145,7 +169,7 @@ def check_pairs(
     problems: list[Problem] = []
     # Decoding releases the GIL in PIL, so threads give a real speed-up.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(lambda p: _check_pair(p, decode), pairs)
+        results = pool.map(lambda p: _check_pair(p, decode, mask_fn), pairs)
         for found in tqdm(results, total=len(pairs), desc=f"checking {desc}".strip(), disable=not progress):
             problems.extend(found)
     return problems
@@ -169,7 +193,7 @@ def collect_source_pairs(
     all_problems: list[Problem] = []
     for source in sources:
         scan = scan_source(source)
-        problems = scan.problems + check_pairs(scan.pairs, check, workers, progress, source.name)
+        problems = scan.problems + check_pairs(scan.pairs, check, workers, progress, source.name, source.mask_reader)
         bad = {Path(p.path) for p in problems}
         per_source.append([pair for pair in scan.pairs if pair[0] not in bad and pair[1] not in bad])
         all_problems.extend(problems)
@@ -212,6 +236,8 @@ class SaliencyDataset(Dataset):
     augmentation a seed of its own, so a sample looks the same whichever worker loads it and a
     resumed run sees exactly the augmentations of an uninterrupted one.
 
+    ``mask_fn`` reads the masks (a :class:`MaskReader` where some are label maps).
+
     With ``skip_unreadable`` (training), a pair that cannot be read any more (deleted, unmounted,
     damaged after the data check) is replaced by the next readable one, with a one-line warning that
     names the file; when more than :data:`MAX_UNREADABLE_FRACTION` of the pairs (at least 3) have
@@ -219,8 +245,15 @@ class SaliencyDataset(Dataset):
     unreadable pair raises.
     """
 
-    def __init__(self, pairs: Sequence[tuple[Path, Path]], transform: Callable, skip_unreadable: bool = False) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        transform: Callable,
+        skip_unreadable: bool = False,
+        mask_fn: MaskFn = read_mask,
+    ) -> None:
         self.pairs = list(pairs)
+        self.mask_fn = mask_fn
         self.transform = transform
         self.skip_unreadable = skip_unreadable
         self.unreadable: dict[int, str] = {}  # index -> why, in this process (each loader worker has its own)
@@ -252,7 +285,7 @@ class SaliencyDataset(Dataset):
         except Exception as exc:
             raise RuntimeError(f"{image_path}: cannot read image ({read_problem(exc)})") from exc
         try:
-            mask = read_mask(mask_path)
+            mask = self.mask_fn(mask_path)
         except Exception as exc:
             raise RuntimeError(f"{mask_path}: cannot read mask ({read_problem(exc)})") from exc
         if image.shape[:2] != mask.shape:

@@ -206,9 +206,12 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 def list_images(
-    folder: str | os.PathLike, recursive: bool = False, skipped: list[tuple[Path, str]] | None = None
+    folder: str | os.PathLike,
+    recursive: bool = False,
+    skipped: list[tuple[Path, str]] | None = None,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
 ) -> list[Path]:
-    """Image files in ``folder`` (by extension, case-insensitive), sorted.
+    """Image files in ``folder`` (by extension, case-insensitive: ``extensions``), sorted.
 
     Symbolic links to files are followed; links to folders are not (no loops, nothing outside the
     tree), and neither are broken links. With a ``skipped`` list, what was left out that way is
@@ -244,7 +247,7 @@ def list_images(
                     left_out.append((path, "symbolic link to a folder (not followed)"))
                 else:
                     pending.append(path)
-            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            elif path.suffix.lower() in extensions:
                 if is_file:
                     found.append(path)
                 elif is_link:

@@ -14,17 +14,21 @@ from ..inference import Predictor
 from .report import console_table, markdown_table, write_gallery, write_per_image, write_plots, write_tables
 from .runner import DatasetResult, score_folders, score_model
 
-PairsOf = Callable[[str], list]  # dataset name -> its (image, mask) pairs to score
+# dataset name -> its (image, mask) pairs to score and the reader of their masks (DatasetConfigs.scoring_set)
+ScoringSetOf = Callable[[str], tuple[list, Callable]]
 
 
-def score_weights(weights: str, cfg: Any, out_dir: Path, pairs_of: PairsOf) -> tuple[list[DatasetResult], dict]:
+def score_weights(
+    weights: str, cfg: Any, out_dir: Path, scoring_set_of: ScoringSetOf
+) -> tuple[list[DatasetResult], dict]:
     """Score one model on every dataset of ``cfg.datasets``; returns the results and the model's facts."""
     predictor = Predictor.from_path(weights, cfg.device, cfg.precision, cfg.image_size)
     results = []
     for name in cfg.datasets:
         save_dir = out_dir / "predictions" / name if cfg.save_predictions else None
         options = (cfg.batch_size, cfg.num_workers, save_dir, cfg.gallery_count, cfg.progress)
-        results.append(score_model(predictor, pairs_of(name), name, *options))
+        pairs, read_gt = scoring_set_of(name)
+        results.append(score_model(predictor, pairs, name, *options, read_gt=read_gt))
     info = predictor.info
     model_info = {"model": info.name, "weights": info.source, "backend": info.backend, **info.extra}
     if info.parameters is not None:
@@ -58,30 +62,30 @@ def write_reports(results: list, out_dir: Path, label: str, model_info: dict | N
     return table
 
 
-def evaluate_models(cfg: Any, out_dir: Path, pairs_of: PairsOf) -> dict:
+def evaluate_models(cfg: Any, out_dir: Path, scoring_set_of: ScoringSetOf) -> dict:
     """Run the evaluation ``cfg`` (evaluate.yaml's options) describes and write its reports into ``out_dir``.
 
-    ``pairs_of(name)`` gives a dataset's pairs (see :class:`DatasetConfigs`). Several models
-    (``weights=[a.pt,b.onnx]``) get one sub-folder each with the full reports, plus side-by-side curves and
-    ``comparison.md`` in ``out_dir``.
+    ``scoring_set_of(name)`` gives a dataset's pairs and mask reader (:meth:`DatasetConfigs.scoring_set`).
+    Several models (``weights=[a.pt,b.onnx]``) get one sub-folder each with the full reports, plus
+    side-by-side curves and ``comparison.md`` in ``out_dir``.
     """
     if cfg.pred_dir:
         if not cfg.gt_dir:
             raise ValueError("pred_dir needs gt_dir (the ground-truth masks to score against)")
-        options = (cfg.image_dir, cfg.gallery_count, cfg.progress, cfg.missing_as_empty)
+        options = (cfg.image_dir, cfg.gallery_count, cfg.progress, cfg.missing_as_empty, cfg.get("gt_labels"))
         result = score_folders(cfg.pred_dir, cfg.gt_dir, "pred_dir", *options)
         table = write_reports([result], out_dir, Path(cfg.pred_dir).name, None, cfg.gallery_count)
     elif cfg.weights:
         weights = [cfg.weights] if isinstance(cfg.weights, str) else list(cfg.weights)
         if len(weights) == 1:
-            results, info = score_weights(weights[0], cfg, out_dir, pairs_of)
+            results, info = score_weights(weights[0], cfg, out_dir, scoring_set_of)
             table = write_reports(results, out_dir, Path(weights[0]).stem, info, cfg.gallery_count)
         else:
             table, curves, rows = {}, [], []
             for i, path in enumerate(weights):
                 label = f"{i + 1}_{Path(path).stem}"
                 print(f"== {label}")
-                results, info = score_weights(path, cfg, out_dir / label, pairs_of)
+                results, info = score_weights(path, cfg, out_dir / label, scoring_set_of)
                 table[label] = write_reports(results, out_dir / label, label, info, cfg.gallery_count)
                 curves += [(f"{label} · {r.name}", r.summary) for r in results]
                 rows += [replace(r, name=f"{label} · {r.name}") for r in results]

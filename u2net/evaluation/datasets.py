@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import SaliencyDataModule, collect_pairs
+from ..data.labels import MaskReader
 from ..tasks import missing_key
 
 
@@ -44,7 +45,17 @@ class DatasetConfigs:
     def pairs(self, name: str, check: str = "header", on_invalid: str = "skip", progress: bool = True) -> list:
         """The (image, mask) pairs to score: the ``test`` sources, else the validation sources, else the pairs
         training holds out with ``val_fraction`` (rebuilt as training builds them: its file check and seed)."""
+        return self.scoring_set(name, check, on_invalid, progress)[0]
+
+    def scoring_set(
+        self, name: str, check: str = "header", on_invalid: str = "skip", progress: bool = True
+    ) -> tuple[list, MaskReader]:
+        """:meth:`pairs` and the reader of their masks (label maps where the dataset says ``labels``)."""
         data, seed = self.load(name)
+        return self._pairs(data, seed, name, check, on_invalid, progress), data.mask_reader
+
+    @staticmethod
+    def _pairs(data: SaliencyDataModule, seed: int, name: str, check: str, on_invalid: str, progress: bool) -> list:
         data.progress = progress
         data.prepare()  # the synthetic set, if configured and missing
         if data.test_sources or data.val_sources:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.folder import Problem, index_by_stem
 from ..data.io import list_images, read_image, read_mask
+from ..data.labels import LABEL_MAP_EXTENSIONS, LabelsOption, MaskReader
 from ..fileio import write_image
 from ..inference.predictor import Predictor
 from ..metrics import SaliencyMetrics, probabilities_to_uint8
@@ -63,8 +64,8 @@ def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
 class _ScoringSet(Dataset):
     """Images preprocessed for the model, with their ground truth at full size; failures are returned, not raised."""
 
-    def __init__(self, pairs: Sequence[tuple[Path, Path]], predictor: Predictor) -> None:
-        self.pairs, self.predictor = list(pairs), predictor
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], predictor: Predictor, read_gt: Callable) -> None:
+        self.pairs, self.predictor, self.read_gt = list(pairs), predictor, read_gt
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -76,7 +77,7 @@ class _ScoringSet(Dataset):
         except Exception as exc:
             return {"error": f"{image_path}: unreadable image ({type(exc).__name__}: {exc})"}
         try:
-            gt = mask_to_uint8(read_mask(gt_path))
+            gt = mask_to_uint8(self.read_gt(gt_path))
         except Exception as exc:
             return {"error": f"{gt_path}: unreadable mask ({type(exc).__name__}: {exc})"}
         if gt.shape != image.shape[:2]:
@@ -97,12 +98,14 @@ def score_model(
     save_dir: str | Path | None = None,
     worst_count: int = 12,
     progress: bool = True,
+    read_gt: Callable[[Path], np.ndarray] = read_mask,
 ) -> DatasetResult:
     """Predict every pair's image, resize the prediction to the image's own size, and score it.
 
     Images are named by their path below the images' common folder, without suffix (``0001``, or
     ``sub/0001`` for nested or several sources). With ``save_dir``, each prediction is written there
     as ``<name>.png`` (8-bit, atomically). A model output that is not finite fails that image only.
+    ``read_gt`` reads the ground truth (a :class:`~u2net.data.labels.MaskReader` for label maps).
     """
     from tqdm import tqdm
 
@@ -110,7 +113,7 @@ def score_model(
     result = DatasetResult(name, {})
     names = image_names([image for image, _ in pairs])
     loader = DataLoader(
-        _ScoringSet(pairs, predictor), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+        _ScoringSet(pairs, predictor, read_gt), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
     )
     with tqdm(total=len(pairs), desc=f"scoring {name}", unit="img", disable=not progress) as bar:
         for items in loader:
@@ -172,7 +175,7 @@ def _finish(result: DatasetResult, metrics: SaliencyMetrics, worst: _WorstImages
 
 
 def pair_predictions(
-    pred_dir: str | Path, gt_dir: str | Path, keep_missing: bool = False
+    pred_dir: str | Path, gt_dir: str | Path, keep_missing: bool = False, gt_extensions: tuple[str, ...] | None = None
 ) -> tuple[list[tuple[Path | None, Path]], list[str]]:
     """Pair prediction and ground-truth files by stem; returns (pairs, messages about unpaired files).
     With ``keep_missing``, ground truth without a prediction is paired with ``None``."""
@@ -183,7 +186,8 @@ def pair_predictions(
     problems: list[Problem] = []
     # Recursive: predictions saved for datasets of several folders are nested (see score_model).
     preds = index_by_stem(list_images(pred_dir, recursive=True), pred_dir, problems)
-    gts = index_by_stem(list_images(gt_dir, recursive=True), gt_dir, problems)
+    gt_files = list_images(gt_dir, recursive=True, **({"extensions": gt_extensions} if gt_extensions else {}))
+    gts = index_by_stem(gt_files, gt_dir, problems)
     pairs = [(preds.get(stem), gts[stem]) for stem in sorted(gts) if stem in preds or keep_missing]
     messages = [str(problem) for problem in problems]
     unpaired = [stem for stem in sorted(gts) if stem not in preds]
@@ -205,22 +209,26 @@ def score_folders(
     worst_count: int = 12,
     progress: bool = True,
     missing_as_empty: bool = False,
+    gt_labels: LabelsOption = None,
 ) -> DatasetResult:
     """Score saved predictions (any tool's: grayscale masks, or RGBA cut-outs by their alpha) against
     ground truth. A prediction of another size is resized to the ground truth's, with a warning.
 
     Missing or unreadable predictions are reported and left out, or with ``missing_as_empty`` scored
-    as empty masks, so that a tool which fails on hard images is not flattered by skipping them."""
+    as empty masks, so that a tool which fails on hard images is not flattered by skipping them.
+    ``gt_labels`` reads the ground truth as label maps (``"nonzero"`` or foreground indices)."""
     from tqdm import tqdm
 
-    pairs, messages = pair_predictions(pred_dir, gt_dir, keep_missing=missing_as_empty)
+    read_gt = MaskReader({gt_dir: gt_labels})
+    gt_extensions = LABEL_MAP_EXTENSIONS if gt_labels is not None else None
+    pairs, messages = pair_predictions(pred_dir, gt_dir, missing_as_empty, gt_extensions)
     metrics, worst = SaliencyMetrics(), _WorstImages(worst_count)
     result = DatasetResult(name, {}, failures=messages)
     images = index_by_stem(list_images(image_dir), image_dir, []) if image_dir else {}
     resized = 0
     for pred_path, gt_path in tqdm(pairs, desc=f"scoring {name}", unit="img", disable=not progress):
         try:
-            gt = mask_to_uint8(read_mask(gt_path))
+            gt = mask_to_uint8(read_gt(gt_path))
         except Exception as exc:
             result.failures.append(f"{gt_path}: unreadable ground truth ({type(exc).__name__}: {exc})")
             continue
