@@ -124,3 +124,14 @@ def test_entry_configs_share_the_hydra_block() -> None:
     assert all(not h.job.chdir for h in runs.values())
     assert runs["train"].run.dir.startswith("runs/") and runs["evaluate"].run.dir.startswith("runs/eval/")
     assert runs["export"].run.dir == "." and runs["export"].output_subdir is None
+
+
+def test_person_preset_is_finetune_with_the_whole_network_learning() -> None:
+    folders = ["data.images=/p/photos", "data.masks=/p/labels", "data.labels=nonzero"]
+    person, finetune = _compose("experiment=person", *folders), _compose("experiment=finetune", *folders)
+    assert person.model.weights == finetune.model.weights == "u2netp.duts"
+    assert (person.params.encoder_lr_scale, person.optim.lr) == (1.0, 1.0e-4)
+    assert finetune.params.encoder_lr_scale == 0.0
+    assert person.trainer.freeze_bn and person.trainer.restore_bn and person.loss == finetune.loss
+    data = instantiate(person.data, _convert_="all")
+    assert data.train_sources[0].labels == "nonzero" and data.mask_reader.rules  # label maps are read as masks
