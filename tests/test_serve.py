@@ -33,7 +33,7 @@ from u2net.inference import BackgroundRemover, RemovalOptions  # noqa: E402
 from u2net.serve import ApiError, ServeSettings, create_app, default_allowed_hosts  # noqa: E402
 from u2net.serve.matting import Matting  # noqa: E402
 
-from .conftest import FullSizePredictor  # noqa: E402
+from .conftest import FullSizePredictor, lively_u2netp  # noqa: E402
 
 HOSTS = ["testserver"]  # the Host the test client sends
 
@@ -172,6 +172,27 @@ def test_create_app_from_a_path_loads_once_and_hashes_at_start_up(checkpoint):
         assert client.get("/model-info").json()["sha256"] == service.sha256
     assert first.size == (48, 40)
     assert service.pool._shutdown
+
+
+def test_requests_pick_one_of_the_models_the_server_offers(checkpoint, tmp_path):
+    # Two models with different weights: the choice must reach the model that makes the mask.
+    other = tmp_path / "other.pt"
+    torch.save({**torch.load(checkpoint, weights_only=False), "model": lively_u2netp(3).state_dict()}, other)
+    settings = ServeSettings(device="cpu", warmup=False, allowed_hosts=HOSTS)
+    app = create_app(checkpoint, settings, choices=[other, checkpoint])
+    with TestClient(app) as client:
+        info = client.get("/model-info").json()
+        assert info["model"] == "tiny" and info["choices"] == ["tiny", "other"]
+        photo = _encode(_picture(seed=4))
+        default = np.asarray(_image(_post(client, photo, mask_only="true")))
+        assert np.array_equal(default, np.asarray(_image(_post(client, photo, mask_only="true", model="tiny"))))
+        chosen = np.asarray(_image(_post(client, photo, mask_only="true", model="other")))
+        assert np.abs(chosen.astype(int) - default).mean() > 5
+        _assert_error(_post(client, photo, model="u2net.duts"), 400, "unknown model 'u2net.duts'", "tiny, other")
+        batch = client.post(
+            "/batch-remove-background", files=[("files", ("a.png", photo, "image/png"))], data={"model": "nope"}
+        )
+        _assert_error(batch, 400, "unknown model 'nope'")
 
 
 def test_docs_and_openapi(client):

@@ -619,7 +619,17 @@ def _host_names(text: str) -> list[str]:
 
 
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from .models.pretrained import bundled_tags
+
     _add_model_arguments(parser)
+    parser.add_argument(
+        "--choices",
+        type=_names,
+        default=bundled_tags(),
+        metavar="MODEL[,MODEL...]",
+        help=f"further models that requests and the web page may pick (tags or files, loaded with --device; "
+        f"default: the bundled {', '.join(bundled_tags())}; '' for --model alone)",
+    )
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     server.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -679,7 +689,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
+        from .models.pretrained import PRETRAINED
         from .serve import ServeSettings, create_app, default_allowed_hosts
+        from .serve.service import model_key
     except ImportError as exc:
         raise UsageError(
             f"serving needs FastAPI and uvicorn: pip install -e '.[serve]' in the repository ({exc})"
@@ -697,12 +709,19 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # an --allowed-hosts entry that is no host name
         raise UsageError(str(exc)) from None
     remover = _load_remover(args)
+    choices = [choice for choice in args.choices if choice != str(args.model)]
+    for choice in choices:
+        if choice not in PRETRAINED and not Path(choice).expanduser().is_file():
+            raise UsageError(f"{_shown(choice)}: --choices names no model file or pretrained tag")
     if getattr(remover.predictor.info, "backend", None) == "pytorch":
         import torch
 
         # Each worker runs its own forward pass: more intra-op threads than cores only adds contention.
         torch.set_num_threads(args.torch_threads or max(1, (os.cpu_count() or 1) // args.workers))
-    app = create_app(remover, settings)
+    try:
+        app = create_app(remover, settings, choices, name=model_key(args.model))
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise UsageError(f"cannot load a model of --choices: {one_line(exc)}") from None
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

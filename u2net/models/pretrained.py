@@ -123,6 +123,11 @@ PRETRAINED: dict[str, PretrainedCfg] = {
 }
 
 
+def bundled_tags() -> list[str]:
+    """The tags whose weights ship with the package (no download), default first."""
+    return sorted((tag for tag, cfg in PRETRAINED.items() if cfg.bundled), key=lambda tag: tag != DEFAULT_MODEL)
+
+
 def list_pretrained(architecture: str | None = None) -> list[str]:
     """Tags of the published weights, optionally only those for one architecture."""
     return sorted(t for t, cfg in PRETRAINED.items() if architecture is None or cfg.architecture == architecture)

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -42,14 +43,19 @@ log = logging.getLogger("u2net.serve")
 
 
 def create_app(
-    remover_or_model_path: BackgroundRemover | str | os.PathLike = DEFAULT_MODEL, settings: ServeSettings | None = None
+    remover_or_model_path: BackgroundRemover | str | os.PathLike = DEFAULT_MODEL,
+    settings: ServeSettings | None = None,
+    choices: Sequence[str | os.PathLike] = (),
+    name: str | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving one model: a :class:`BackgroundRemover` (or anything with its
+    """The FastAPI app serving a model: a :class:`BackgroundRemover` (or anything with its
     ``remove`` and ``mask``), or a checkpoint / ``.pth`` / ``.onnx`` path or pretrained tag, loaded
-    here once (default: :data:`~u2net.models.pretrained.DEFAULT_MODEL`, shipped with the package). The
-    model file's SHA-256 is computed here too."""
+    here once (default: :data:`~u2net.models.pretrained.DEFAULT_MODEL`, shipped with the package), and
+    the ``choices`` beside it (paths or tags a request may pick with its ``model`` field, by tag or file
+    stem; ``name`` names the default model, else its tag or file stem). The model files' SHA-256 is computed
+    here too."""
     settings = settings or ServeSettings()
-    service = Service.load(remover_or_model_path, settings)
+    service = Service.load(remover_or_model_path, settings, choices, name)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -38,6 +38,9 @@ class ErrorBody(BaseModel):
     detail: Any = Field(None, description="machine-readable details (limits, sizes, validation errors)")
 
 
+MODEL_HELP = "which of the server's models (GET /model-info: choices); empty for its default"
+
+
 class PathRequest(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
@@ -50,6 +53,7 @@ class PathRequest(BaseModel):
     threshold: float | None = Field(
         DEFAULTS.threshold, ge=0.0, le=1.0, description="binarise the mask at this probability"
     )
+    model: str | None = Field(None, max_length=200, description=MODEL_HELP)
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -126,6 +130,7 @@ def form_options(
 ServiceDep = Annotated[Service, Depends(get_service)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 Options = Annotated[RemovalOptions, Depends(form_options)]
+ModelName = Annotated[str | None, Form(max_length=200, description=MODEL_HELP)]
 
 
 # -- endpoints ---------------------------------------------------------------------------------
@@ -134,12 +139,14 @@ async def remove_background(
     admission: AdmissionDep,
     file: Annotated[UploadFile, File(description="the image (PNG, JPEG, WebP, BMP, TIFF, GIF)")],
     options: Options,
+    model: ModelName = None,
 ) -> Response:
     started = time.perf_counter()
     settings = service.settings
+    service.remover_for(model)  # an unknown name is a 400 before the upload is read
     name = file.filename or "upload"
     img = open_upload(await read_upload(file, settings), name, options, settings)  # header only: cheap
-    png = await service.run(admission, service.cutout, img, name, options, service.deadline())
+    png = await service.run(admission, service.cutout, img, name, options, service.deadline(), model)
     headers = {
         "Content-Disposition": f'inline; filename="{safe_stem(name)}.png"',
         "X-Image-Size": f"{png.size[0]}x{png.size[1]}",
@@ -155,9 +162,11 @@ async def batch_remove_background(
     admission: AdmissionDep,
     files: Annotated[list[UploadFile], File(description="the images")],
     options: Options,
+    model: ModelName = None,
 ) -> Response:
     settings = service.settings
     _check_batch_size(len(files), settings)
+    service.remover_for(model)
     admission.need(len(files))  # 503 now, before any upload is read into memory
     errors: list[dict] = []
     jobs: list[tuple[int, str, Image.Image]] = []
@@ -168,7 +177,7 @@ async def batch_remove_background(
         except ApiError as exc:
             errors.append({"index": index, "filename": name, "status": exc.status, "error": exc.message})
     deadline = service.deadline()
-    args = [(img, name, options, deadline) for _, name, img in jobs]
+    args = [(img, name, options, deadline, model) for _, name, img in jobs]
     members = _batch_members(jobs, await service.run_many(admission, service.cutout, args), errors)
     archive, nbytes = await asyncio.to_thread(zip_file, members, errors)  # off the event loop
     headers = {
@@ -234,8 +243,9 @@ async def remove_background_path(service: ServiceDep, admission: AdmissionDep, b
             400, "outputImagePath: the output is a PNG file; name it '.png'", {"path": body.output_image_path}
         )
     started = time.perf_counter()
+    service.remover_for(body.model)
     options = RemovalOptions(threshold=body.threshold)
-    args = (source, output, body.source_image_path, options, service.deadline())
+    args = (source, output, body.source_image_path, options, service.deadline(), body.model)
     written = await service.run(admission, service.cutout_file, *args)
     return {
         "sourceImagePath": body.source_image_path,

@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +48,28 @@ class Admission:
         self.held = 0
 
 
-class Service:
-    """The shared model, its thread pool, the matting processes and what the endpoints report."""
+def model_key(model: str | os.PathLike) -> str:
+    """What a request names a model by: a pretrained tag as it is, a file by its stem."""
+    return str(model) if str(model) in PRETRAINED else Path(model).stem
 
-    def __init__(self, remover: BackgroundRemover, settings: ServeSettings, model_file: Path | None) -> None:
+
+class Service:
+    """The shared model, its thread pool, the matting processes and what the endpoints report.
+
+    ``choices``: further models a request may pick by name (the ``model`` field), each a remover and its
+    file; the default is ``remover``, named ``default_name``."""
+
+    def __init__(
+        self,
+        remover: BackgroundRemover,
+        settings: ServeSettings,
+        model_file: Path | None,
+        choices: Mapping[str, tuple[BackgroundRemover, Path | None]] | None = None,
+        default_name: str = "default",
+    ) -> None:
         self.remover = remover
+        self.default_name = default_name
+        self.choices = {default_name: (remover, model_file), **(choices or {})}
         self.settings = settings
         self.root = Path(settings.storage_root).expanduser().resolve() if settings.storage_root is not None else None
         if self.root is not None and not self.root.is_dir():
@@ -67,14 +85,40 @@ class Service:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, remover_or_model_path: BackgroundRemover | str | os.PathLike, settings: ServeSettings) -> Service:
+    def load(
+        cls,
+        remover_or_model_path: BackgroundRemover | str | os.PathLike,
+        settings: ServeSettings,
+        choices: Sequence[str | os.PathLike] = (),
+        name: str | None = None,
+    ) -> Service:
         """The service of a remover, or of a checkpoint / ``.pth`` / ``.onnx`` path or pretrained tag loaded
-        here; the SHA-256 of the model's file (when there is one on disk) is computed here too."""
+        here, with the ``choices`` (paths or tags) loaded beside it; the SHA-256 of the model's file (when
+        there is one on disk) is computed here too. ``name``: what requests call the default model (its tag or
+        file stem unless given)."""
         if isinstance(remover_or_model_path, (str, os.PathLike)):
             remover = BackgroundRemover.from_path(remover_or_model_path, device=settings.device)
-            return cls(remover, settings, _model_file(remover_or_model_path))
-        info = getattr(getattr(remover_or_model_path, "predictor", None), "info", None)
-        return cls(remover_or_model_path, settings, _model_file(getattr(info, "source", None)))
+            source, name = remover_or_model_path, model_key(remover_or_model_path)
+        else:
+            remover = remover_or_model_path
+            source = getattr(getattr(getattr(remover, "predictor", None), "info", None), "source", None)
+            name = name or (model_key(source) if source else "default")
+        loaded = {
+            model_key(choice): (BackgroundRemover.from_path(choice, device=settings.device), _model_file(choice))
+            for choice in choices
+            if model_key(choice) != name
+        }
+        return cls(remover, settings, _model_file(source), loaded, name)
+
+    def remover_for(self, model: str | None) -> BackgroundRemover:
+        """The remover a request names (``None``: the default); an unknown name is a 400."""
+        if model is None or model == "":
+            return self.remover
+        if model not in self.choices:
+            raise ApiError(
+                400, f"unknown model {model!r}; this server offers {', '.join(self.choices)}", {"model": model}
+            )
+        return self.choices[model][0]
 
     # -- pool --------------------------------------------------------------------------------
     @property
@@ -158,19 +202,30 @@ class Service:
         """When a request starting now times out (``time.monotonic``)."""
         return time.monotonic() + self.settings.request_timeout_s
 
-    def remove(self, image: Image.Image, options: RemovalOptions, deadline: float) -> tuple[Image.Image, np.ndarray]:
-        """The cut-out and its alpha mask (see ``BackgroundRemover.cutout``)."""
+    def remove(
+        self, image: Image.Image, options: RemovalOptions, deadline: float, model: str | None = None
+    ) -> tuple[Image.Image, np.ndarray]:
+        """The cut-out and its alpha mask (see ``BackgroundRemover.cutout``), by the ``model`` chosen."""
+        remover = self.remover_for(model)
         if options.alpha_matting:
             matte = lambda rgb, alpha: self.matting.matte(rgb, alpha, options, deadline)  # noqa: E731
-            return remove_with_matting(self.remover, image, options, matte)
-        return self.remover.cutout(image, options)
+            return remove_with_matting(remover, image, options, matte)
+        return remover.cutout(image, options)
 
-    def cutout(self, img: Image.Image, name: str, options: RemovalOptions, deadline: float) -> Png:
-        result, alpha = self.remove(decode_image(img, name), options, deadline)
+    def cutout(
+        self, img: Image.Image, name: str, options: RemovalOptions, deadline: float, model: str | None = None
+    ) -> Png:
+        result, alpha = self.remove(decode_image(img, name), options, deadline, model)
         return png_file(result, self.settings.max_output_bytes, name)._replace(quality=assess_mask(alpha))
 
     def cutout_file(
-        self, source: tuple[str, ...], output: tuple[str, ...], name: str, options: RemovalOptions, deadline: float
+        self,
+        source: tuple[str, ...],
+        output: tuple[str, ...],
+        name: str,
+        options: RemovalOptions,
+        deadline: float,
+        model: str | None = None,
     ) -> dict:
         """Read ``source``, write the cut-out to ``output`` atomically, both under the root and opened
         here, with no link followed; nothing is written once the request has timed out (``deadline``),
@@ -178,7 +233,7 @@ class Service:
         data, source_id = storage.read_file(self.root, source, "sourceImagePath", self.settings.max_upload_bytes)
         img = open_image(data, name, self.settings.max_pixels)
         with storage.OutputFile(self.root, output, "outputImagePath", source_id) as out:  # checked, held
-            result, _ = self.remove(decode_image(img, name), options, deadline)
+            result, _ = self.remove(decode_image(img, name), options, deadline, model)
             if time.monotonic() > deadline:
                 raise ApiError(504, f"the request timed out after {self.settings.request_timeout_s:g} s")
             try:
@@ -189,32 +244,43 @@ class Service:
 
     def warm_up(self) -> None:
         started = time.perf_counter()
-        self.remover.remove(Image.new("RGB", (64, 64), (128, 128, 128)))
-        log.info("model warmed up in %.2f s", time.perf_counter() - started)
+        for remover, _ in self.choices.values():
+            remover.remove(Image.new("RGB", (64, 64), (128, 128, 128)))
+        log.info("%d model(s) warmed up in %.2f s", len(self.choices), time.perf_counter() - started)
 
     # -- reports -----------------------------------------------------------------------------
     def model_info(self) -> dict:
-        predictor = getattr(self.remover, "predictor", None)
-        info = getattr(predictor, "info", None)
-        extra = dict(getattr(info, "extra", {}) or {})
-        providers = extra.get("providers")
-        device = extra.get("device")
-        try:
-            input_size = int(predictor.input_size)
-        except (AttributeError, TypeError, ValueError, KeyError):
-            input_size = None
+        """The default model's facts, its name (``model``) and the names a request may pick (``choices``)."""
         return {
-            "name": getattr(info, "name", None) or type(predictor).__name__,
-            "parameters": getattr(info, "parameters", None),
-            "input_size": input_size,
-            "backend": getattr(info, "backend", None),
-            "execution_providers": list(providers) if providers else ([device] if device else []),
-            "device": device,
-            "precision": extra.get("precision"),
-            "size_mb": round(info.size_mb, 3) if getattr(info, "size_mb", None) is not None else None,
-            "file": self.model_file.name if self.model_file is not None else None,
-            "sha256": self.sha256,
+            **_remover_info(self.remover, self.model_file, self.sha256),
+            "model": self.default_name,
+            "choices": list(self.choices),
         }
+
+
+def _remover_info(remover: BackgroundRemover, model_file: Path | None, sha256: str | None) -> dict:
+    """What /model-info says of one model."""
+    predictor = getattr(remover, "predictor", None)
+    info = getattr(predictor, "info", None)
+    extra = dict(getattr(info, "extra", {}) or {})
+    providers = extra.get("providers")
+    device = extra.get("device")
+    try:
+        input_size = int(predictor.input_size)
+    except (AttributeError, TypeError, ValueError, KeyError):
+        input_size = None
+    return {
+        "name": getattr(info, "name", None) or type(predictor).__name__,
+        "parameters": getattr(info, "parameters", None),
+        "input_size": input_size,
+        "backend": getattr(info, "backend", None),
+        "execution_providers": list(providers) if providers else ([device] if device else []),
+        "device": device,
+        "precision": extra.get("precision"),
+        "size_mb": round(info.size_mb, 3) if getattr(info, "size_mb", None) is not None else None,
+        "file": model_file.name if model_file is not None else None,
+        "sha256": sha256,
+    }
 
 
 def _model_file(source: str | os.PathLike | None) -> Path | None:

@@ -84,6 +84,7 @@ async function run() {
   if ($("post-process").checked) form.append("post_process", "true");
   if (!$("stretch").checked) form.append("stretch", "false");
   form.append("quality", $("quality").value);
+  if ($("model").value) form.append("model", $("model").value);
   if ($("decontaminate").checked) form.append("decontaminate", "true");
 
   clearError();
@@ -147,6 +148,16 @@ async function loadModelInfo() {
     const size = info.input_size ? `, ${info.input_size} px input` : "";
     const backend = info.backend ? ` on ${info.backend}` : "";
     $("model-info").textContent = `Model: ${info.name}${params}${size}${backend}`;
+    const choices = info.choices || [];
+    const select = $("model");
+    select.replaceChildren(...choices.map((name) => {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      option.selected = name === info.model;
+      return option;
+    }));
+    $("model-choice").hidden = choices.length < 2;
     if (info.limits) {
       state.maxUploadMb = info.limits.max_upload_mb;
       $("limits").textContent = `, up to ${info.limits.max_upload_mb} MB and ${(info.limits.max_pixels / 1e6).toFixed(0)} MP`;
@@ -185,7 +196,7 @@ function init() {
   $("use-threshold").addEventListener("change", (event) => { threshold.disabled = !event.target.checked; run(); });
   $("use-bg").addEventListener("change", (event) => { $("bg-color").disabled = !event.target.checked; run(); });
   $("bg-color").addEventListener("input", () => rerunSoon());
-  ["mask-only", "crop", "post-process", "stretch", "quality", "decontaminate"]
+  ["model", "mask-only", "crop", "post-process", "stretch", "quality", "decontaminate"]
     .forEach((id) => $(id).addEventListener("change", () => run()));
   setBusy(false);
   loadModelInfo();
