@@ -155,3 +155,21 @@ def test_evaluation_scores_against_label_maps(tmp_path) -> None:
     assert perfect.summary["n_images"] == 3 and perfect.summary["mae"] == 0.0
     only_bags = score_folders(tmp_path / "pred", tmp_path / "gt", gt_labels=[5], progress=False)
     assert only_bags.summary["mae"] > 0.2
+
+
+def test_evaluate_py_scores_a_folder_of_label_maps(tmp_path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from evaluate import dataset_pairs
+
+    from .conftest import REPO
+
+    _ccp_layout(tmp_path, n=3)
+    images, masks = tmp_path / "photos", tmp_path / "annotations" / "pixel-level"
+    folders = [f"data.images={images}", f"data.masks={masks}", f"data.val_images={images}", f"data.val_masks={masks}"]
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"paths.data_dir={tmp_path}", "progress=false"])
+        cfg.dataset_overrides = [*folders, "data.labels=nonzero"]
+        pairs, read_gt = dataset_pairs("folder", cfg)
+    assert [image.stem for image, _ in pairs] == ["0001", "0002", "0003"]
+    np.testing.assert_array_equal(read_gt(pairs[0][1]), LabelRule(None).apply(LABELS))
