@@ -14,9 +14,11 @@ selection on any validation set) is scored on the held-out block at the model's 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import subprocess
 import sys
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ import numpy as np
 from u2net.data import SourceSpec, collect_pairs
 from u2net.evaluation.runner import score_model
 from u2net.inference import Predictor
-from u2net.inference.mining import RANKINGS, rank_photos
+from u2net.inference.mining import RANKINGS, MinedPhoto, PhotoUncertainty, rank_photos
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +76,25 @@ def fine_tune(images: Path, masks: Path, val: tuple[Path, Path], run_dir: Path, 
     return last
 
 
+def pool_signals(predictor: Predictor, photos: list[Path], cache: Path) -> list[MinedPhoto]:
+    """Every pool photo's signals (:func:`rank_photos`), kept in ``cache`` so that a rerun skips them."""
+    if cache.exists():
+        with open(cache, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if [row["path"] for row in rows] == [str(p) for p in photos]:
+            fields = ("band", "flip", "entropy")
+            signals = [PhotoUncertainty(*(float(row[k]) for k in fields), int(row["parts"])) for row in rows]
+            return [MinedPhoto(Path(row["path"]), s, s.combined) for row, s in zip(rows, signals)]
+    print(f"ranking the pool of {len(photos)} photos", file=sys.stderr, flush=True)
+    ranked = sorted(rank_photos(predictor, photos, by="combined"), key=lambda item: str(item.path))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "band", "flip", "entropy", "parts"])
+        writer.writerows([str(m.path), *astuple(m.signals)] for m in ranked)
+    return ranked
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "real" / "ccp_dev")
@@ -92,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     val = link_folder(id_block(args.data, *args.val), args.work / "val")
     masks_of = dict(pool)
     predictor = Predictor.from_path(args.model)
-    print(f"ranking the pool of {len(pool)} photos with {args.model}", file=sys.stderr, flush=True)
-    signals = rank_photos(predictor, [image for image, _ in pool], by="combined")
+    signals = pool_signals(predictor, [image for image, _ in pool], args.work / "pool_signals.csv")
     start = score_model(predictor, test, "start", progress=False).summary
     rows = [("start", "-", "-", start)]
     for k in args.k:

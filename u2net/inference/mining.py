@@ -30,6 +30,7 @@ from ..errors import one_line
 from ..fileio import atomic_write, write_image
 from .predictor import Predictor
 from .qa import COMPONENT_SHARE
+from .refine import resize_probability
 
 RANKINGS = ("combined", "band", "flip", "entropy", "random")
 UNCERTAIN = (0.1, 0.9)  # probabilities between these count as unsure
@@ -74,14 +75,12 @@ def uncertainty_of(plain: np.ndarray, mirrored: np.ndarray) -> PhotoUncertainty:
 
 
 def photo_uncertainty(predictor: Predictor, image: np.ndarray) -> tuple[PhotoUncertainty, np.ndarray]:
-    """Run ``image`` (H×W×3 uint8) as it is and mirrored; returns its signals and the mean probability
-    map at the photo's size (H×W float32, the mask written for correction)."""
-    from .refine import resize_probability
-
+    """Run ``image`` (H×W×3 uint8) as it is and mirrored; returns its signals and the mean of the two
+    probability maps at the model's input size (S×S float32)."""
     x = predictor.preprocess(image)
     plain, mirrored = predictor.predict_batch(np.stack([x, np.ascontiguousarray(x[:, :, ::-1])]))
     mirrored = np.ascontiguousarray(mirrored[:, ::-1])
-    return uncertainty_of(plain, mirrored), resize_probability((plain + mirrored) / 2, image.shape[:2])
+    return uncertainty_of(plain, mirrored), (plain + mirrored) / 2
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,8 @@ def write_selection(
     for item, (image_path, mask_path) in tqdm(
         list(zip(chosen, targets)), desc="writing", unit="photo", disable=not progress
     ):
-        _, mask = photo_uncertainty(predictor, read_image(item.path))
+        image = read_image(item.path)
+        mask = resize_probability(photo_uncertainty(predictor, image)[1], image.shape[:2])
         shutil.copy2(item.path, image_path)
         write_image(mask_path, np.round(mask * 255).astype(np.uint8))
     rows = []
