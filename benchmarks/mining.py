@@ -22,8 +22,8 @@ from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
+from person import held_out_pairs  # the ID-block split, one definition (benchmarks/person.py)
 
-from u2net.data import SourceSpec, collect_pairs
 from u2net.evaluation.runner import score_model
 from u2net.inference import Predictor
 from u2net.inference.mining import RANKINGS, MinedPhoto, PhotoUncertainty, rank_photos
@@ -31,11 +31,6 @@ from u2net.inference.mining import RANKINGS, MinedPhoto, PhotoUncertainty, rank_
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 REPO = Path(__file__).resolve().parents[1]
 KEYS = (("mae", "MAE"), ("max_f", "maxF"), ("sm", "S"), ("iou", "IoU"), ("biou", "BIoU"))
-
-
-def id_block(root: Path, first: int, last: int) -> list[tuple[Path, Path]]:
-    pairs = collect_pairs([SourceSpec(root.name, str(root))], check="none", progress=False)
-    return [pair for pair in pairs if pair[0].stem.isdigit() and first <= int(pair[0].stem) <= last]
 
 
 def link_folder(pairs: list[tuple[Path, Path]], folder: Path) -> tuple[Path, Path]:
@@ -50,7 +45,9 @@ def link_folder(pairs: list[tuple[Path, Path]], folder: Path) -> tuple[Path, Pat
     return images, masks
 
 
-def fine_tune(images: Path, masks: Path, val: tuple[Path, Path], run_dir: Path, seed: int, steps: int) -> Path:
+def fine_tune(
+    images: Path, masks: Path, val: tuple[Path, Path], run_dir: Path, seed: int, steps: int, threads: int = 0
+) -> Path:
     """``train.py experiment=person`` on the folder pair; returns its last.pt (made once: reruns reuse it)."""
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists():
@@ -70,6 +67,7 @@ def fine_tune(images: Path, masks: Path, val: tuple[Path, Path], run_dir: Path, 
         "trainer.progress=false",
         "data.progress=false",
         "logger=none",
+        f"trainer.num_threads={threads}",
         f"hydra.run.dir={run_dir}",
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -105,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--rankings", nargs="+", default=["combined", "random"], choices=RANKINGS)
     parser.add_argument("--steps", type=int, default=50, help="fine-tuning steps of 8 photos, the same for every K")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of each run (0: torch's default)")
     parser.add_argument("--model", default="u2netp.duts", help="the start model: mines and is fine-tuned")
     parser.add_argument("--work", type=Path, default=Path("runs/mining"), help="links and runs (reused when rerun)")
     args = parser.parse_args(argv)
 
-    pool, test = id_block(args.data, *args.pool), id_block(args.data, *args.test)
-    val = link_folder(id_block(args.data, *args.val), args.work / "val")
+    pool, test = held_out_pairs(args.data, *args.pool), held_out_pairs(args.data, *args.test)
+    val = link_folder(held_out_pairs(args.data, *args.val), args.work / "val")
     masks_of = dict(pool)
     predictor = Predictor.from_path(args.model)
     signals = pool_signals(predictor, [image for image, _ in pool], args.work / "pool_signals.csv")
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"k{k}_{ranking}_seed{seed}"
                 images, masks = link_folder(picked, args.work / name / "data")
                 print(f"{name}: fine-tuning on {len(picked)} photos", file=sys.stderr, flush=True)
-                last = fine_tune(images, masks, val, args.work / name / "run", seed, args.steps)
+                last = fine_tune(images, masks, val, args.work / name / "run", seed, args.steps, args.threads)
                 summary = score_model(Predictor.from_path(last), test, name, progress=False).summary
                 rows.append((k, ranking, seed, summary))
     print(f"\n{len(test)} held-out photos (IDs {args.test[0]}-{args.test[1]}), model input size; last.pt of each run")
