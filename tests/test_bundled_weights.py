@@ -88,10 +88,51 @@ def test_bundled_file_is_in_the_installed_package_and_intact() -> None:
     assert all(s in notice for s in ("Apache", "github.com/xuebinqin/U-2-Net", "rembg", BUNDLED_MD5, cfg.sha256))
 
 
-def test_only_u2netp_duts_is_bundled() -> None:
+def test_the_general_and_the_person_model_are_bundled() -> None:
     assert DEFAULT_MODEL == "u2netp.duts"
-    assert {tag for tag, cfg in pretrained.PRETRAINED.items() if cfg.bundled} == {"u2netp.duts"}
+    assert pretrained.bundled_tags() == ["u2netp.duts", "u2netp.person"]  # the default first
     assert bundled_weights_path("u2net.duts") is None
+
+
+def test_the_person_model_is_intact_with_its_notice_and_model_card() -> None:
+    cfg = get_pretrained_cfg("u2netp.person")
+    installed = resources.files("u2net.models") / "bundled" / cfg.bundled.name
+    data = installed.read_bytes()
+    assert hashlib.md5(data).hexdigest() == cfg.bundled.md5 and hashlib.sha256(data).hexdigest() == cfg.bundled.sha256
+    assert (
+        cfg.architecture == "u2netp"
+        and cfg.urls == ()
+        and cfg.preprocessing == get_pretrained_cfg(DEFAULT_MODEL).preprocessing
+    )
+    notice = (resources.files("u2net.models") / "bundled" / "NOTICE").read_text(encoding="utf-8")
+    card = (REPO / "docs" / "models" / "u2netp.person.md").read_text(encoding="utf-8")
+    for text in (notice, card):
+        assert cfg.bundled.md5 in text and "Clothing Co-Parsing" in text
+
+
+def test_the_person_model_works_offline_everywhere(tmp_path, offline, fresh_checks, capsys) -> None:
+    from u2net.cli import main
+    from u2net.inference import Predictor
+
+    bundled = download_weights("u2netp.person")
+    assert bundled.parent == pretrained.BUNDLED_DIR and bundled.name != "u2netp.onnx"
+    photo = _photo(tmp_path / "photo.png")
+    assert main(["remove", str(photo), str(tmp_path / "out.png"), "-q", "--model", "u2netp.person"]) == 0
+    with Image.open(tmp_path / "out.png") as cutout:
+        assert (cutout.mode, cutout.size) == ("RGBA", (64, 48))
+    person, general = Predictor.from_path("u2netp.person", "cpu"), Predictor.from_path(DEFAULT_MODEL, "cpu")
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    assert (
+        person.info.backend == general.info.backend and np.abs(person.predict(rgb) - general.predict(rgb)).max() > 0.01
+    )
+    imported = Predictor.from_path("u2netp.person", "cpu", backend="pytorch")  # what evaluate.py and train.py load
+    assert np.abs(imported.predict(rgb) - person.predict(rgb)).max() < 1e-3
+    import u2net
+    from u2net.export import export_onnx
+
+    exported = export_onnx(u2net.load_model("u2netp.person"), tmp_path / "person.onnx")  # what export_onnx.py does
+    assert np.abs(Predictor.from_path(exported, "cpu").predict(rgb) - person.predict(rgb)).max() < 1e-3
+    assert not offline.exists()
 
 
 # -- resolution without the network ------------------------------------------------------------
@@ -260,6 +301,7 @@ def test_serve_without_model_serves_the_bundled_file_offline(offline, monkeypatc
     assert main(["serve", "--device", "cpu", "--workers", "1"]) == 0
     info = seen["info"]
     assert info["name"] == "u2netp" and info["file"] == "u2netp.onnx" and info["precision"] == "fp32"
+    assert info["model"] == DEFAULT_MODEL and info["choices"] == ["u2netp.duts", "u2netp.person"]
     assert info["sha256"] == get_pretrained_cfg("u2netp.duts").bundled.sha256
 
 
@@ -280,4 +322,5 @@ def test_wheel_carries_the_weights_and_notice(tmp_path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         assert {"u2net/models/bundled/u2netp.onnx", "u2net/models/bundled/NOTICE"} <= names
+        assert "u2net/models/bundled/u2netp_person.onnx" in names
         assert hashlib.md5(archive.read("u2net/models/bundled/u2netp.onnx")).hexdigest() == BUNDLED_MD5

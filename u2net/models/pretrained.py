@@ -4,8 +4,9 @@ Kept apart from the architecture (as in timm): a tag names an architecture plus 
 trained on. ``download_weights(tag)`` fetches a file once into the cache folder
 (``$U2NET_HOME``, default ``~/.cache/u2net``) and returns its path.
 
-``u2netp.duts`` (:data:`DEFAULT_MODEL`) ships inside the package (``u2net/models/bundled/``, see the
-``NOTICE`` there): its tag resolves to that file, MD5-checked, without any network access.
+``u2netp.duts`` (:data:`DEFAULT_MODEL`) and ``u2netp.person`` (the same architecture fine-tuned on photos of
+people by ``experiment=person``) ship inside the package (``u2net/models/bundled/``, see the ``NOTICE`` there):
+their tags resolve to those files, MD5-checked, without any network access.
 
 The official ``.pth`` files live on Google Drive, which refuses downloads when a file's daily quota
 is spent. Where rembg publishes an ONNX export of the same weights on GitHub, that file (checked
@@ -105,6 +106,18 @@ PRETRAINED: dict[str, PretrainedCfg] = {
             "u2netp.onnx",
             md5="8e83ca70e441ab06c318d82300c84806",
             sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+        ),
+    ),
+    "u2netp.person": PretrainedCfg(
+        "u2netp",
+        "u2netp_person.onnx",
+        (),  # ships with the package only
+        description="U²-Net† fine-tuned on photos of people by experiment=person (4.7 MB, bundled; "
+        "docs/models/u2netp.person.md)",
+        bundled=BundledFile(
+            "u2netp_person.onnx",
+            md5="185d4fcfb11379180a4ca708afa8ff8b",
+            sha256="f12c430f6f9baa17c6c9641370d91e0ae18f36dbbc615921fc27237089e601d3",
         ),
     ),
     "u2net.human_seg": PretrainedCfg(
