@@ -219,6 +219,7 @@ def test_onnx_export_of_the_same_weights_is_the_fallback(tmp_path, monkeypatch) 
         "u2netp.duts": True,
         "u2net.human_seg": True,
         "u2net.portrait": False,  # rembg does not publish it
+        "u2netp.person": False,  # ours: ships with the package only
     }
 
 
