@@ -98,7 +98,7 @@ class Service:
         file stem unless given)."""
         if isinstance(remover_or_model_path, (str, os.PathLike)):
             remover = BackgroundRemover.from_path(remover_or_model_path, device=settings.device)
-            source, name = remover_or_model_path, model_key(remover_or_model_path)
+            source, name = remover_or_model_path, name or model_key(remover_or_model_path)
         else:
             remover = remover_or_model_path
             source = getattr(getattr(getattr(remover, "predictor", None), "info", None), "source", None)
