@@ -212,8 +212,9 @@ class SaliencyDataModule:
                     raise DatasetCheckError(f"dataset {source.name} has weight {weight} but no training pairs left")
         self.train_set = SaliencyDataset(list(train_pairs), self.train_transform, True, self.mask_reader)
         self.train_sizes = list(train_sizes) if train_sizes is not None else []
-        val_set = SaliencyDataset(list(val_pairs), self.val_transform, False, self.mask_reader)
-        self.val_set = val_set if val_pairs else None
+        self.val_set = (
+            SaliencyDataset(list(val_pairs), self.val_transform, False, self.mask_reader) if val_pairs else None
+        )
         self._val_loader = None
 
     def setup(self, seed: int = 0, check: str | None = None) -> None:

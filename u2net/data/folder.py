@@ -129,10 +129,10 @@ def scan_source(source: SourceSpec) -> PairScan:
 def _check_pair(pair: tuple[Path, Path], decode: bool, mask_fn: MaskFn) -> list[Problem]:
     sizes = []
     problems = []
-    for path, reader in ((pair[0], read_image), (pair[1], mask_fn)):
+    # A label map (any mask_fn but read_mask) is always read whole: its header does not show that it holds labels.
+    for path, reader, header_says_enough in ((pair[0], read_image, True), (pair[1], mask_fn, mask_fn is read_mask)):
         try:
-            # A label map is always read whole: its header alone does not show that it holds labels.
-            if decode or (reader is not read_image and reader is not read_mask):
+            if decode or not header_says_enough:
                 array = reader(path)
                 sizes.append((array.shape[1], array.shape[0]))
             else:
@@ -193,7 +193,8 @@ def collect_source_pairs(
     all_problems: list[Problem] = []
     for source in sources:
         scan = scan_source(source)
-        problems = scan.problems + check_pairs(scan.pairs, check, workers, progress, source.name, source.mask_reader)
+        mask_fn = read_mask if source.labels is None else source.mask_reader  # plain masks: headers suffice
+        problems = scan.problems + check_pairs(scan.pairs, check, workers, progress, source.name, mask_fn)
         bad = {Path(p.path) for p in problems}
         per_source.append([pair for pair in scan.pairs if pair[0] not in bad and pair[1] not in bad])
         all_problems.extend(problems)

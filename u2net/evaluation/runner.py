@@ -19,7 +19,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.folder import Problem, index_by_stem
-from ..data.io import list_images, read_image, read_mask
+from ..data.io import IMAGE_EXTENSIONS, list_images, read_image, read_mask
 from ..data.labels import LABEL_MAP_EXTENSIONS, LabelsOption, MaskReader
 from ..fileio import write_image
 from ..inference.predictor import Predictor
@@ -175,7 +175,10 @@ def _finish(result: DatasetResult, metrics: SaliencyMetrics, worst: _WorstImages
 
 
 def pair_predictions(
-    pred_dir: str | Path, gt_dir: str | Path, keep_missing: bool = False, gt_extensions: tuple[str, ...] | None = None
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    keep_missing: bool = False,
+    gt_extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
 ) -> tuple[list[tuple[Path | None, Path]], list[str]]:
     """Pair prediction and ground-truth files by stem; returns (pairs, messages about unpaired files).
     With ``keep_missing``, ground truth without a prediction is paired with ``None``."""
@@ -186,8 +189,7 @@ def pair_predictions(
     problems: list[Problem] = []
     # Recursive: predictions saved for datasets of several folders are nested (see score_model).
     preds = index_by_stem(list_images(pred_dir, recursive=True), pred_dir, problems)
-    gt_files = list_images(gt_dir, recursive=True, **({"extensions": gt_extensions} if gt_extensions else {}))
-    gts = index_by_stem(gt_files, gt_dir, problems)
+    gts = index_by_stem(list_images(gt_dir, recursive=True, extensions=gt_extensions), gt_dir, problems)
     pairs = [(preds.get(stem), gts[stem]) for stem in sorted(gts) if stem in preds or keep_missing]
     messages = [str(problem) for problem in problems]
     unpaired = [stem for stem in sorted(gts) if stem not in preds]
@@ -220,7 +222,7 @@ def score_folders(
     from tqdm import tqdm
 
     read_gt = MaskReader({gt_dir: gt_labels})
-    gt_extensions = LABEL_MAP_EXTENSIONS if gt_labels is not None else None
+    gt_extensions = LABEL_MAP_EXTENSIONS if gt_labels is not None else IMAGE_EXTENSIONS
     pairs, messages = pair_predictions(pred_dir, gt_dir, missing_as_empty, gt_extensions)
     metrics, worst = SaliencyMetrics(), _WorstImages(worst_count)
     result = DatasetResult(name, {}, failures=messages)
