@@ -160,6 +160,7 @@ def test_model_info(client, checkpoint):
         "max_output_mb": 64.0,
         "max_batch": 10,
         "request_timeout_s": 60,
+        "upload_timeout_s": 30,
     }
 
 

@@ -12,12 +12,13 @@ Endpoints (OpenAPI docs at ``/docs``):
 - ``GET /health``, ``GET /model-info``, and the web page at ``/``.
 
 Inference runs off the event loop in a bounded thread pool (``workers`` threads, at most
-``max_queue`` more images waiting: beyond that 503, answered before an upload is read); alpha
-matting runs in a child process killed at the request's deadline. Outputs are spooled (memory, then
-a temporary file) and streamed. Every error is JSON ``{"error": message, "detail": data}`` with its
-status: 400 bad request or corrupt image, 413 upload, pixels or output too large, 415 not an image,
-422 invalid parameters, 503 busy, 504 request timeout; except a ``Host`` header that is not allowed
-(DNS rebinding), answered 400 in plain text by Starlette's ``TrustedHostMiddleware``.
+``max_queue`` more images waiting: beyond that 503, answered before an upload is read; a request holds
+a slot per upload's worth of body); alpha matting runs in a child process killed at the request's
+deadline. Outputs are spooled (memory, then a temporary file) and streamed. Every error is JSON
+``{"error": message, "detail": data}`` with its status: 400 bad request or corrupt image, 408 upload
+body too slow (``upload_timeout_s``), 413 upload, pixels or output too large, 415 not an image, 422
+invalid parameters or unknown form fields, 503 busy, 504 request timeout; except a ``Host`` header that
+is not allowed (DNS rebinding), answered 400 in plain text by Starlette's ``TrustedHostMiddleware``.
 """
 
 from __future__ import annotations
@@ -92,7 +93,15 @@ def _add_middleware(app: FastAPI, service: Service) -> None:
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=["Content-Disposition", "X-Image-Size", "X-Processing-Ms", "X-Files-Done", "X-Files-Failed"],
+            expose_headers=[
+                "Content-Disposition",
+                "X-Image-Size",
+                "X-Processing-Ms",
+                "X-Confidence",
+                "X-QA-Flags",
+                "X-Files-Done",
+                "X-Files-Failed",
+            ],
         )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, www_redirect=False)
 

@@ -1,6 +1,9 @@
-"""The ASGI middleware in front of the endpoints: pool admission (503 before a body is read) and body limits (413)."""
+"""The ASGI middleware in front of the endpoints: pool admission (503 before a body is read, or as it
+outgrows the free slots; 408 for a body too slow) and body limits (413)."""
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.responses import JSONResponse
 
@@ -15,10 +18,27 @@ SMALL_BODY = 64 * 1024  # JSON requests and anything else
 WORK_PATHS = ("/remove-background", "/batch-remove-background", "/remove-background/path")
 
 
+def content_length(scope) -> int | None:
+    """The request's ``Content-Length``, when it gives a plain number."""
+    length = dict(scope["headers"]).get(b"content-length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
+def upload_slots(received: int, settings: ServeSettings) -> int:
+    """Pool slots a work request holds once ``received`` bytes of its body arrived: one per upload's
+    worth beyond the form slack, at least one; so the bodies held never pass capacity × upload limit
+    (plus one form slack a request), however they are split into batches."""
+    return max(1, -(-(received - FORM_SLACK) // settings.max_upload_bytes))
+
+
 class AdmissionMiddleware:
-    """503 for a work request while every pool slot is taken, before its body is read (an upload
-    is not even received); an admitted request holds one slot (``request.state.admission``) until
-    its jobs take it over or it ends."""
+    """503 for a work request while the pool lacks free slots, before its body is read (an upload is
+    not even received). An admitted request holds slots (``request.state.admission``) for its body:
+    one per upload's worth of bytes (:func:`upload_slots`), reserved from ``Content-Length`` up front,
+    else as it streams in (503 mid-stream when they are not free); and its body must arrive within
+    ``upload_timeout_s`` of admission (408 beyond). Either refusal frees the slots and stops the
+    reading; the app's own later answer is dropped. The slots pass to the request's jobs or are freed
+    when it ends."""
 
     def __init__(self, app, service: Service) -> None:
         self.app = app
@@ -28,14 +48,64 @@ class AdmissionMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(WORK_PATHS):
             await self.app(scope, receive, send)
             return
+        settings = self.service.settings
         try:
-            admission = self.service.admit()
+            admission = self.service.admit(upload_slots(content_length(scope) or 0, settings))
         except ApiError as exc:
             await error_response(exc.status, exc.message, exc.detail, exc.headers)(scope, receive, send)
             return
         scope.setdefault("state", {})["admission"] = admission
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.upload_timeout_s
+        received = 0
+        complete = False
+        refused = False
+        started = False
+
+        async def refuse(exc: ApiError) -> dict:
+            nonlocal refused
+            refused = True
+            admission.close()  # now, not when the app has unwound
+            if not started:
+                # The rest of the body is never read: the connection cannot carry another request.
+                headers = {**(exc.headers or {}), "Connection": "close"}
+                await error_response(exc.status, exc.message, exc.detail, headers)(scope, receive, send)
+            return {"type": "http.disconnect"}
+
+        async def admitted_receive() -> dict:
+            nonlocal received, complete
+            if refused:
+                return {"type": "http.disconnect"}
+            if complete:  # only the body is under the deadline, not a later wait for the disconnect
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                timeout = settings.upload_timeout_s
+                message = f"the upload took too long: a request body must arrive within {timeout:g} s"
+                return await refuse(ApiError(408, message, {"upload_timeout_s": timeout}))
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+                try:
+                    admission.need(upload_slots(received, settings))
+                except ApiError as exc:  # 503: the body outgrew the free slots
+                    return await refuse(exc)
+            return message
+
+        async def guarded_send(message) -> None:
+            nonlocal started
+            if refused:  # the 408 or 503 went out already: the app's own answer is dropped
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, admitted_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
         finally:
             admission.close()
 
@@ -43,15 +113,15 @@ class AdmissionMiddleware:
 class BodyLimitMiddleware:
     """413 for a request body larger than its endpoint accepts, from ``Content-Length`` when given,
     else while the body streams in (the rest is not read): one upload for ``/remove-background``,
-    ``max_batch`` of them for the batch, 64 KiB for anything else."""
+    ``max_batch`` of them for the batch (at most the pool's capacity), 64 KiB for anything else."""
 
     def __init__(self, app, settings: ServeSettings) -> None:
         self.app = app
         self.settings = settings
 
     def limit(self, path: str) -> int:
-        if path.endswith("/batch-remove-background"):
-            return self.settings.max_upload_bytes * self.settings.max_batch + FORM_SLACK
+        if path.endswith("/batch-remove-background"):  # no more than the pool could ever admit
+            return self.settings.max_upload_bytes * min(self.settings.max_batch, self.settings.capacity) + FORM_SLACK
         if path.endswith("/remove-background"):
             return self.settings.max_upload_bytes + FORM_SLACK
         return SMALL_BODY
@@ -69,8 +139,8 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.limit(scope["path"])
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        length = content_length(scope)
+        if length is not None and length > limit:
             await self.reject(limit)(scope, receive, send)
             return
         received = 0
@@ -106,4 +176,4 @@ class BodyLimitMiddleware:
                 raise
 
 
-__all__ = ["AdmissionMiddleware", "BodyLimitMiddleware"]
+__all__ = ["AdmissionMiddleware", "BodyLimitMiddleware", "content_length", "upload_slots"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import inspect
 import logging
 import time
 from pathlib import Path, PurePosixPath
@@ -60,10 +61,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         400: "bad request: corrupt image, invalid option, unsafe path, too many files, Host not allowed",
+        408: "the request body did not arrive within the upload timeout",
         413: "file too large, too many pixels (lower with alpha_matting), output too large, batch over capacity",
         415: "not an image (or an unsupported format)",
-        422: "invalid parameters",
-        503: "too many requests waiting",
+        422: "invalid parameters, unknown form fields",
+        503: "too many requests waiting (or a body larger than the free pool slots allow)",
         504: "the request timed out",
     }.items()
 }
@@ -125,6 +127,24 @@ def form_options(
         )
     except ValueError as exc:
         raise ApiError(400, str(exc), {"bg_color": bg_color, "quality": quality}) from None
+
+
+FORM_FIELDS = frozenset(inspect.signature(form_options).parameters) | {"model"}  # besides the file field
+
+
+def known_fields(file_field: str) -> Any:
+    """A dependency: 422 for a form field that neither ``file_field`` nor an option is (a misspelt option
+    would otherwise be ignored silently, where the JSON endpoint refuses it)."""
+    known = FORM_FIELDS | {file_field}
+
+    async def check(request: Request) -> None:
+        for name in await request.form():  # parsed already, before any dependency runs
+            if name not in known:
+                raise ApiError(
+                    422, f"unknown form field {name!r}; this endpoint takes {', '.join(sorted(known))}", {"field": name}
+                )
+
+    return Depends(check)
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
@@ -213,9 +233,11 @@ def _batch_members(
     used: set[str] = set()
     for (index, name, _), result in zip(jobs, results):
         if isinstance(result, BaseException):
-            status, message = (result.status, result.message) if isinstance(result, ApiError) else (500, reason(result))
-            if not isinstance(result, ApiError):
-                log.error("batch: %s failed: %s", name, message)
+            if isinstance(result, ApiError):
+                status, message = result.status, result.message
+            else:  # the details stay in the log: an exception's text may name server paths
+                status, message = 500, f"internal error ({type(result).__name__})"
+                log.error("batch: %s failed: %s", name, reason(result), exc_info=result)
             errors.append({"index": index, "filename": name, "status": status, "error": message})
             continue
         members.append((_unique(safe_stem(name, f"image{index + 1}"), used), result))
@@ -276,6 +298,7 @@ async def model_info(service: ServiceDep) -> dict:
             "max_output_mb": settings.max_output_mb,
             "max_batch": min(settings.max_batch, settings.capacity),
             "request_timeout_s": settings.request_timeout_s,
+            "upload_timeout_s": settings.upload_timeout_s,
         },
     }
 
@@ -300,6 +323,7 @@ def add_routes(app: FastAPI, settings: ServeSettings) -> None:
         "/remove-background",
         remove_background,
         summary="Remove the background of one image",
+        dependencies=[known_fields("file")],
         response_class=Response,
         responses=png,
         **post,
@@ -308,6 +332,7 @@ def add_routes(app: FastAPI, settings: ServeSettings) -> None:
         "/batch-remove-background",
         batch_remove_background,
         summary=f"Remove the background of up to {settings.max_batch} images",
+        dependencies=[known_fields("files")],
         response_class=Response,
         responses=zipped,
         **post,

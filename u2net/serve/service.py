@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.io import ImageReadError
 from ..inference.qa import assess_mask
 from ..inference.remover import BackgroundRemover, RemovalOptions
 from ..models.pretrained import PRETRAINED, local_weights, sha256_of
@@ -29,8 +30,9 @@ log = logging.getLogger("u2net.serve")
 
 
 class Admission:
-    """The pool slots one request holds: one from its admission, before its body is read, more
-    once a batch's size is known; each passes to an inference job when it is queued (freed when the
+    """The pool slots one request holds: from its admission, before its body is read, one per upload's
+    worth of body bytes (see :class:`~u2net.serve.middleware.AdmissionMiddleware`), and at least one per
+    image once a batch's size is known; each passes to an inference job when it is queued (freed when the
     job ends, even after a timeout), and what is left is freed when the request ends."""
 
     def __init__(self, service: Service) -> None:
@@ -126,9 +128,10 @@ class Service:
         """Pool slots taken: admitted requests and their images, waiting or running."""
         return self._pending
 
-    def admit(self) -> Admission:
+    def admit(self, count: int = 1) -> Admission:
+        """A request's admission, holding ``count`` slots (503 if the pool has too few free)."""
         admission = Admission(self)
-        admission.need(1)
+        admission.need(count)
         return admission
 
     def reserve(self, count: int) -> None:
@@ -203,19 +206,23 @@ class Service:
         return time.monotonic() + self.settings.request_timeout_s
 
     def remove(
-        self, image: Image.Image, options: RemovalOptions, deadline: float, model: str | None = None
+        self, image: Image.Image, options: RemovalOptions, deadline: float, model: str | None, name: str
     ) -> tuple[Image.Image, np.ndarray]:
-        """The cut-out and its alpha mask (see ``BackgroundRemover.cutout``), by the ``model`` chosen."""
+        """The cut-out and its alpha mask (see ``BackgroundRemover.cutout``), by the ``model`` chosen; pixels
+        the remover refuses (NaN in a float image, say) are a 400 naming the file ``name``."""
         remover = self.remover_for(model)
-        if options.alpha_matting:
-            matte = lambda rgb, alpha: self.matting.matte(rgb, alpha, options, deadline)  # noqa: E731
-            return remove_with_matting(remover, image, options, matte)
-        return remover.cutout(image, options)
+        try:
+            if options.alpha_matting:
+                matte = lambda rgb, alpha: self.matting.matte(rgb, alpha, options, deadline)  # noqa: E731
+                return remove_with_matting(remover, image, options, matte)
+            return remover.cutout(image, options)
+        except ImageReadError as exc:
+            raise ApiError(400, f"{name}: unusable image ({exc.reason})", {"filename": name}) from None
 
     def cutout(
         self, img: Image.Image, name: str, options: RemovalOptions, deadline: float, model: str | None = None
     ) -> Png:
-        result, alpha = self.remove(decode_image(img, name), options, deadline, model)
+        result, alpha = self.remove(decode_image(img, name), options, deadline, model, name)
         return png_file(result, self.settings.max_output_bytes, name)._replace(quality=assess_mask(alpha))
 
     def cutout_file(
@@ -233,7 +240,7 @@ class Service:
         data, source_id = storage.read_file(self.root, source, "sourceImagePath", self.settings.max_upload_bytes)
         img = open_image(data, name, self.settings.max_pixels)
         with storage.OutputFile(self.root, output, "outputImagePath", source_id) as out:  # checked, held
-            result, _ = self.remove(decode_image(img, name), options, deadline, model)
+            result, _ = self.remove(decode_image(img, name), options, deadline, model, name)
             if time.monotonic() > deadline:
                 raise ApiError(504, f"the request timed out after {self.settings.request_timeout_s:g} s")
             try:

@@ -60,6 +60,8 @@ class ServeSettings:
     - ``max_batch``: most files in one batch request (400 beyond; 413 beyond ``workers + max_queue``).
     - ``workers``: inference threads; ``max_queue``: images allowed to wait for one (503 beyond).
     - ``request_timeout_s``: longest a request may wait for and run its inference (504 beyond).
+    - ``upload_timeout_s``: longest a work request's body may take to arrive once it holds a pool slot
+      (408 beyond, and the slot is freed): slow uploads cannot hold the pool.
     - ``cors_origins``: origins allowed to call the API from a browser (``["*"]`` for any).
     - ``allowed_hosts``: ``Host`` headers answered (others: 400), against DNS rebinding; default the
       loopback names (:func:`default_allowed_hosts` gives those for a bind address); ``["*"]`` for any.
@@ -76,6 +78,7 @@ class ServeSettings:
     workers: int = 2
     max_queue: int = 64
     request_timeout_s: float = 60.0
+    upload_timeout_s: float = 30.0
     cors_origins: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_HOSTS))
     device: str = "auto"
@@ -83,7 +86,7 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         positive = ("max_upload_mb", "max_pixels", "max_matting_pixels", "max_output_mb", "max_batch", "workers")
-        for name in (*positive, "request_timeout_s"):
+        for name in (*positive, "request_timeout_s", "upload_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_queue < 0:
