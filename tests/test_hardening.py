@@ -374,7 +374,7 @@ def test_gray_palettes_and_transparent_palettes_keep_their_values(tmp_path) -> N
 def test_a_download_with_the_right_md5_but_the_wrong_sha256_is_refused(tmp_path, monkeypatch) -> None:
     import hashlib
 
-    from u2net.models.pretrained import PRETRAINED, PretrainedCfg, WeightsDownloadError, download_weights
+    from u2net.models.pretrained import PRETRAINED, PretrainedCfg, WeightsMismatchError, download_weights
 
     remote = tmp_path / "remote.pth"
     remote.write_bytes(b"pretend these are weights" * 100)
@@ -383,19 +383,19 @@ def test_a_download_with_the_right_md5_but_the_wrong_sha256_is_refused(tmp_path,
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "home"))
     cfg = PretrainedCfg("u2netp", "pinned.pth", (remote.as_uri(),), sha256="0" * 64, md5=md5)
     monkeypatch.setitem(PRETRAINED, "u2netp.pinned", cfg)
-    with pytest.raises(WeightsDownloadError, match="checksum mismatch \\(expected sha256 0{64}"):
+    with pytest.raises(WeightsMismatchError, match="checksum mismatch \\(expected sha256 0{64}"):
         download_weights("u2netp.pinned", progress=False)
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())
 
     monkeypatch.setitem(PRETRAINED, "u2netp.pinned", replace(cfg, sha256=sha256, md5="0" * 32))
-    with pytest.raises(WeightsDownloadError, match="checksum mismatch \\(expected md5 0{32}"):
+    with pytest.raises(WeightsMismatchError, match="checksum mismatch \\(expected md5 0{32}"):
         download_weights("u2netp.pinned", progress=False)
 
     monkeypatch.setitem(PRETRAINED, "u2netp.pinned", replace(cfg, sha256=sha256))
     path = download_weights("u2netp.pinned", progress=False)
     assert path.read_bytes() == remote.read_bytes()
     path.write_bytes(b"swapped")  # a cached file is checked against the pins too
-    with pytest.raises(WeightsDownloadError, match="pinned.pth: does not match the MD5"):
+    with pytest.raises(WeightsMismatchError, match="pinned.pth: does not match the MD5"):
         download_weights("u2netp.pinned", progress=False)
 
 

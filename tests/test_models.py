@@ -13,7 +13,7 @@ import u2net
 from u2net.models import (
     PretrainedCfg,
     U2Net,
-    WeightsDownloadError,
+    WeightsMismatchError,
     download_weights,
     infer_architecture,
     load_model,
@@ -200,7 +200,7 @@ def test_onnx_export_of_the_same_weights_is_the_fallback(tmp_path, monkeypatch) 
     quota_page = (tmp_path / "quota.html").as_uri()  # Drive's "quota exceeded" page (not found here)
     cfg = PretrainedCfg("u2netp", "u2netp_test.pth", (quota_page,), onnx_mirror=(remote.as_uri(), "0" * 32))
     monkeypatch.setitem(PRETRAINED, "u2netp.test", cfg)
-    with pytest.raises(WeightsDownloadError, match="quota.html.*u2netp.onnx: checksum mismatch \\(expected md5"):
+    with pytest.raises(WeightsMismatchError, match="quota.html.*u2netp.onnx: checksum mismatch \\(expected md5"):
         download_weights("u2netp.test", progress=False)
     monkeypatch.setitem(PRETRAINED, "u2netp.test", replace(cfg, onnx_mirror=(remote.as_uri(), md5)))
     path = download_weights("u2netp.test", progress=False)
@@ -211,7 +211,7 @@ def test_onnx_export_of_the_same_weights_is_the_fallback(tmp_path, monkeypatch) 
         torch.testing.assert_close(model(x)[0], source(x)[0], rtol=1e-4, atol=1e-4)
     assert download_weights("u2netp.test", progress=False) == path  # cached: no second download
     path.write_bytes(path.read_bytes()[:-1])  # a cached file that is not that export is refused, kept
-    with pytest.raises(WeightsDownloadError, match="u2netp_test.onnx: does not match the MD5"):
+    with pytest.raises(WeightsMismatchError, match="u2netp_test.onnx: does not match the MD5"):
         download_weights("u2netp.test", progress=False)
     assert path.exists()
     assert {tag: cfg.onnx_mirror is not None for tag, cfg in PRETRAINED.items() if tag != "u2netp.test"} == {

@@ -107,10 +107,16 @@ def scan_source(source: SourceSpec) -> PairScan:
     for folder, what in ((source.image_dir, "image"), (source.mask_dir, "mask")):
         if not folder.is_dir():
             raise DatasetCheckError(f"dataset {source.name}: {what} folder {folder} does not exist")
-    images = index_by_stem(list_images(source.image_dir, source.recursive), source.image_dir, scan.problems)
+    # Links to folders are followed (datasets are often put together from links), each folder once; what is
+    # left out (a link loop, a broken link, a folder that cannot be listed) is named, never dropped silently.
+    left_out: list[tuple[Path, str]] = []
+    image_files = list_images(source.image_dir, source.recursive, left_out, follow_links=True)
+    images = index_by_stem(image_files, source.image_dir, scan.problems)
     mask_types = IMAGE_EXTENSIONS if source.labels is None else LABEL_MAP_EXTENSIONS
-    mask_files = list_images(source.mask_dir, source.recursive, extensions=mask_types)
+    mask_files = list_images(source.mask_dir, source.recursive, left_out, mask_types, follow_links=True)
     masks = index_by_stem(mask_files, source.mask_dir, scan.problems)
+    for path, why in left_out:
+        warnings.warn(f"dataset {source.name}: left out {path}: {why}", stacklevel=2)
     for key, image in images.items():
         if key in masks:
             scan.pairs.append((image, masks[key]))

@@ -210,23 +210,44 @@ def list_images(
     recursive: bool = False,
     skipped: list[tuple[Path, str]] | None = None,
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    follow_links: bool = False,
 ) -> list[Path]:
     """Image files in ``folder`` (by extension, case-insensitive: ``extensions``), sorted.
 
-    Symbolic links to files are followed; links to folders are not (no loops, nothing outside the
-    tree), and neither are broken links. With a ``skipped`` list, what was left out that way is
-    appended to it as (path, reason): broken links with an image extension, links to folders and
-    sub-folders that cannot be listed (when ``recursive``).
+    Symbolic links to files are followed; broken links cannot be. Links to folders are not followed (no
+    loops, nothing outside the tree) unless ``follow_links`` (with ``recursive``): then each folder is listed
+    once, by its real identity (device and inode), under the first path that reaches it, real folders before
+    links; a link back to a folder above it (a loop) or to one listed already is left out. With a ``skipped``
+    list, what was left out is appended to it as (path, reason): broken links with an image extension (with
+    ``follow_links``: any broken link or link loop), links to folders not followed and sub-folders that
+    cannot be listed (when ``recursive``).
     """
     found: list[Path] = []
     left_out: list[tuple[Path, str]] = []
     top = Path(folder)
     pending = [top]
-    while pending:
+    links: list[Path] = []  # links to folders (follow_links): followed once every real folder is listed
+    listed: dict[tuple[int, int], Path] = {}  # (st_dev, st_ino) of each folder listed -> the path it was listed as
+    while pending or links:
+        if not pending:
+            link = links.pop(0)
+            try:
+                info = link.stat()
+            except OSError as exc:  # gone, or its target is, since it was seen
+                left_out.append((link, f"symbolic link that cannot be followed ({type(exc).__name__})"))
+                continue
+            first = listed.get((info.st_dev, info.st_ino))
+            if first is not None:
+                loop = first in link.parents
+                why = f"leads back to {first}, a folder above it" if loop else f"leads to {first}, listed already"
+                left_out.append((link, f"symbolic link loop ({why})" if loop else f"symbolic link that {why}"))
+                continue
+            pending.append(link)
         current = pending.pop()
         try:
+            info = current.stat()
             with os.scandir(current) as scan:
-                entries = list(scan)
+                entries = sorted(scan, key=lambda entry: entry.name)  # links followed in a fixed order
         except (FileNotFoundError, NotADirectoryError):
             if current != top:  # gone while we were listing; a missing top folder simply holds no images
                 left_out.append((current, "disappeared while listing"))
@@ -234,6 +255,7 @@ def list_images(
         except OSError as exc:
             left_out.append((current, f"cannot list this folder ({type(exc).__name__})"))
             continue
+        listed.setdefault((info.st_dev, info.st_ino), current)
         for entry in entries:
             path = Path(entry.path)
             try:
@@ -243,15 +265,19 @@ def list_images(
             if is_dir:
                 if not recursive:
                     continue
-                if is_link:
-                    left_out.append((path, "symbolic link to a folder (not followed)"))
-                else:
+                if not is_link:
                     pending.append(path)
+                elif follow_links:
+                    links.append(path)
+                else:
+                    left_out.append((path, "symbolic link to a folder (not followed)"))
             elif path.suffix.lower() in extensions:
                 if is_file:
                     found.append(path)
                 elif is_link:
                     left_out.append((path, "broken symbolic link"))
+            elif is_link and not is_file and recursive and follow_links:  # might have led to a folder
+                left_out.append((path, "broken symbolic link, or a link loop"))
     if skipped is not None:
         skipped.extend(sorted(left_out))
     return sorted(found)

@@ -23,7 +23,7 @@ from ..metrics import SaliencyMetrics, evaluate_batch
 from ..metrics.saliency import PER_IMAGE_KEYS
 from ..models.batchnorm import folded_batchnorms, restore_batchnorm
 from ..models.checkpoint import Checkpoint, load_checkpoint
-from .checkpoint import rng_state, save_checkpoint, set_rng_state
+from .checkpoint import check_rng_state, rng_state, save_checkpoint, set_rng_state
 from .distributed import any_rank, barrier, broadcast_object, broadcast_tensors, gather_objects, setup_distributed
 from .ema import WeightEMA
 from .precision import MIN_GRADIENT_AGREEMENT, gradient_agreement
@@ -169,10 +169,12 @@ class Trainer:
         return the last validation metrics. Ctrl-C saves ``last.pt`` and returns early."""
         cfg, ctx = self.cfg, self.dist
         self._refuse_overwriting(ckpt_path)
+        # Read and checked before the data check, which can take minutes: a damaged file fails at once.
+        resume = self._read_resume_state(ckpt_path) if ckpt_path else None  # every rank reads the same file
         seed_everything(cfg.seed + ctx.rank)  # per-rank seeds; DDP broadcasts rank 0's initial weights
         self._setup_data()
-        if ckpt_path:
-            self.restore(ckpt_path)  # every rank reads the same checkpoint
+        if resume is not None:
+            self._apply_resume_state(resume)
         elif cfg.restore_bn:
             self._restore_folded_batchnorm()
         if cfg.precision == "auto" and self.precision != "fp32":
@@ -416,8 +418,14 @@ class Trainer:
         return path
 
     def restore(self, path: str | Path) -> None:
-        """Resume from a checkpoint written by :meth:`save`."""
-        from ..models.state_dict import load_state_dict
+        """Resume from a checkpoint written by :meth:`save` (checked whole before anything of it is applied)."""
+        self._apply_resume_state(self._read_resume_state(path))
+
+    def _read_resume_state(self, path: str | Path) -> Checkpoint:
+        """The checkpoint at ``path`` when this run can resume from it; a ``ValueError`` naming the file and its
+        first problem otherwise (the weights, the training counters, the optimizer's moments, RNG and EMA
+        states), so that a damaged file never starts a run (nor saves a ``last.pt`` with step -5)."""
+        from ..models.state_dict import check_state_dict
 
         state = load_checkpoint(path)
         if not state.has_training_state:
@@ -427,6 +435,46 @@ class Trainer:
                 f"{path}: holds the {state.weights_source} weights, not the run's own; resume from last.pt "
                 f"beside it, or fine-tune from these with model.weights={path}"
             )
+        state.check_training_state()
+        check_state_dict(self.module, state.model, source=str(path))
+        self._check_optimizer_state(state.optimizer, path)
+        if state.rng is not None:
+            try:
+                check_rng_state(state.rng)
+            except ValueError as exc:
+                raise ValueError(f"{path}: cannot resume from it: {exc}") from None
+        if self.ema is not None and state.ema:
+            check_state_dict(self.ema.module, state.ema["model"], source=f"{path} (its EMA weights)")
+        return state
+
+    def _check_optimizer_state(self, saved: Mapping, path: str | Path) -> None:
+        """Refuse an optimizer state of another grouping of the parameters, or whose moments have other shapes
+        than the parameters they belong to (``load_state_dict`` takes them, and the first step crashes)."""
+        groups, own = saved["param_groups"], self.optimizer.param_groups
+        sizes = [len(g.get("params", ())) if isinstance(g, Mapping) else -1 for g in groups]
+        if sizes != [len(g["params"]) for g in own]:  # params.encoder_lr_scale 0 vs not: another grouping
+            raise ValueError(
+                f"{path}: its optimizer state does not fit this run's parameter groups (groups of {sizes} "
+                f"parameters, this run's {[len(g['params']) for g in own]}); resume with the "
+                "params.encoder_lr_scale the run was started with (0 freezes the encoder: another grouping)"
+            )
+        params = {index: p for g, mine in zip(groups, own) for index, p in zip(g["params"], mine["params"])}
+        for index, entry in saved["state"].items():
+            param = params.get(index)
+            if param is None or not isinstance(entry, Mapping):
+                raise ValueError(f"{path}: its optimizer state has an entry {index!r} for no parameter of the run")
+            for key, value in entry.items():
+                if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != param.shape:
+                    raise ValueError(
+                        f"{path}: its optimizer state does not fit the model: {key} of parameter {index} has shape "
+                        f"{tuple(value.shape)}, the parameter {tuple(param.shape)}"
+                    )
+
+    def _apply_resume_state(self, state: Checkpoint) -> None:
+        """Load what :meth:`_read_resume_state` checked into the model, optimizer, scaler, EMA and RNGs."""
+        from ..models.state_dict import load_state_dict
+
+        path = state.source
         load_state_dict(self.module, state.model, source=str(path))
         try:
             self.optimizer.load_state_dict(state.optimizer)

@@ -11,7 +11,15 @@ import torch
 
 from ..fileio import write_text
 from ..inference import Predictor
-from .report import console_table, markdown_table, write_gallery, write_per_image, write_plots, write_tables
+from .report import (
+    console_table,
+    markdown_table,
+    shown,
+    write_gallery,
+    write_per_image,
+    write_plots,
+    write_tables,
+)
 from .runner import DatasetResult, score_folders, score_model
 
 # dataset name -> its (image, mask) pairs to score and the reader of their masks (DatasetConfigs.scoring_set)
@@ -50,15 +58,14 @@ def write_reports(results: list, out_dir: Path, label: str, model_info: dict | N
     write_per_image(results, out_dir / "per_image.csv")
     write_plots([(f"{label} · {r.name}", r.summary) for r in results], out_dir)
     write_gallery(results, out_dir / "gallery.png", gallery_count)
-    if model_info:
-        print("  ".join(f"{k}={v}" for k, v in model_info.items()))
-    print(console_table(results))
+    lines = ["  ".join(f"{k}={v}" for k, v in model_info.items())] if model_info else []
+    lines.append(console_table(results))
     for r in results:
-        print(f"{r.name}: {r.summary['n_images']} image(s) scored, {len(r.failures)} problem(s)")
-        for message in r.failures[:20]:
-            print(f"  {message}")
+        lines.append(f"{r.name}: {r.summary['n_images']} image(s) scored, {len(r.failures)} problem(s)")
+        lines += [f"  {message}" for message in r.failures[:20]]
         if len(r.failures) > 20:
-            print(f"  ... and {len(r.failures) - 20} more")
+            lines.append(f"  ... and {len(r.failures) - 20} more")
+    print(shown("\n".join(lines)))  # a name that is not UTF-8 as \xff: a strict UTF-8 stdout cannot print it
     return table
 
 
@@ -84,15 +91,15 @@ def evaluate_models(cfg: Any, out_dir: Path, scoring_set_of: ScoringSetOf) -> di
             table, curves, rows = {}, [], []
             for i, path in enumerate(weights):
                 label = f"{i + 1}_{Path(path).stem}"
-                print(f"== {label}")
+                print(shown(f"== {label}"))
                 results, info = score_weights(path, cfg, out_dir / label, scoring_set_of)
                 table[label] = write_reports(results, out_dir / label, label, info, cfg.gallery_count)
                 curves += [(f"{label} · {r.name}", r.summary) for r in results]
                 rows += [replace(r, name=f"{label} · {r.name}") for r in results]
             write_plots(curves, out_dir)
-            write_text(out_dir / "comparison.md", markdown_table(rows))
-            print(console_table(rows))
+            write_text(out_dir / "comparison.md", shown(markdown_table(rows)))
+            print(shown(console_table(rows)))
     else:
         raise ValueError("nothing to score: give weights=PATH (a model) or pred_dir=DIR gt_dir=DIR (saved predictions)")
-    print(f"results in {out_dir}")
+    print(shown(f"results in {out_dir}"))
     return table

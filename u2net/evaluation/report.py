@@ -26,6 +26,42 @@ TABLE_COLUMNS = (
 )  # fmt: skip
 
 
+# What a spreadsheet reads as the start of a formula (OWASP's "CSV injection" list): a cell beginning so is a
+# file or dataset name, never a number of ours (those are never negative), and gets a leading apostrophe.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """``value`` as a CSV cell that a spreadsheet shows as text: a string that would start a formula (a file named
+    ``=HYPERLINK(...).png``) gets a leading ``'``; anything else is kept."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def shown(text: str) -> str:
+    """``text`` as valid Unicode: the bytes of a file name that is not UTF-8 (which ``os.fsdecode`` keeps as lone
+    surrogates) as ``\xff``, so a Markdown table, a plot or the gallery can hold it."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence]) -> Path:
+    """Write a CSV report atomically, every cell through :func:`csv_cell`. File names are written as they are on
+    disk, the bytes of a name that is not UTF-8 too, so a report never fails on one (nor mangles it)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows([csv_cell(cell) for cell in row] for row in rows)
+    text = buffer.getvalue()
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file name holds (from a hand-written name): shown escaped
+        data = text.encode("utf-8", "backslashreplace")
+    with atomic_write(path) as f:
+        f.write(data)
+    return Path(path)
+
+
 def summary_row(result: DatasetResult) -> dict:
     """The results.json object of one dataset (scalars only, in ``REPORT_KEYS`` order)."""
     row = {}
@@ -39,17 +75,13 @@ def write_tables(results: Sequence[DatasetResult], out_dir: str | Path, model: d
     """results.json, results.csv and results.md in ``out_dir``; returns the JSON object."""
     out_dir = Path(out_dir)
     table = {r.name: summary_row(r) for r in results}
-    write_text(out_dir / "results.json", json.dumps(table, indent=2) + "\n")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["dataset", *REPORT_KEYS])
-    for name, row in table.items():
-        writer.writerow([name, *(_plain(row[k]) for k in REPORT_KEYS)])
-    write_text(out_dir / "results.csv", buffer.getvalue())
+    write_text(out_dir / "results.json", json.dumps(table, indent=2) + "\n")  # ASCII: surrogates as \udcff
+    rows = [[name, *(_plain(row[k]) for k in REPORT_KEYS)] for name, row in table.items()]
+    write_csv(out_dir / "results.csv", ["dataset", *REPORT_KEYS], rows)
     markdown = markdown_table(results)
     if model:
         markdown = "\n".join(f"- **{k}**: {v}" for k, v in model.items()) + "\n\n" + markdown
-    write_text(out_dir / "results.md", markdown)
+    write_text(out_dir / "results.md", shown(markdown))
     return table
 
 
@@ -87,12 +119,12 @@ def write_per_image(results: Sequence[DatasetResult], path: str | Path) -> Path:
     """One row per image and dataset, sorted worst MAE first, to find failure cases."""
     rows = sorted((row for r in results for row in r.per_image), key=lambda row: -row["mae"])
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_write(path, "w") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    return Path(path)
+    cells = [[_cell(row.get(k, "")) for k in keys] for row in rows]
+    return write_csv(path, keys, cells)
+
+
+def _cell(value: object) -> object:
+    return f"{value:.6f}" if isinstance(value, float) else value
 
 
 def write_plots(curves: Sequence[tuple[str, dict]], out_dir: str | Path) -> list[Path]:
@@ -111,7 +143,7 @@ def write_plots(curves: Sequence[tuple[str, dict]], out_dir: str | Path) -> list
     ):
         fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
         for label, summary in curves:
-            draw(ax, summary)[0].set_label(label)
+            draw(ax, summary)[0].set_label(shown(label))
         if file_name == "pr_curve.png":
             ax.set(xlabel="recall", ylabel="precision", title="Precision–recall", xlim=(0, 1), ylim=(0, 1.02))
         else:
@@ -140,7 +172,7 @@ def write_gallery(
         tiles = [] if item["image"] is None else [_thumb(item["image"], height)]
         tiles += [_thumb(np.repeat(gt[..., None], 3, 2), height), _thumb(np.repeat(pred[..., None], 3, 2), height)]
         row = np.concatenate([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles], axis=1)
-        label = f"{dataset}/{item['name']}  MAE {item['mae']:.3f}"
+        label = shown(f"{dataset}/{item['name']}  MAE {item['mae']:.3f}")
         banner = np.full((20, row.shape[1], 3), 255, np.uint8)
         cv2.putText(banner, label, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         rows.append(np.concatenate([banner, row], axis=0))

@@ -15,9 +15,10 @@ from torch import nn
 
 from ..data import read_image, read_mask
 from ..data.transforms import Preprocessing, eval_transform
-from ..models import PRETRAINED, download_weights, load_checkpoint
+from ..models import load_checkpoint
+from ..models.checkpoint import resolve_weights
 from ..models.onnx_format import read_onnx_metadata
-from ..models.pretrained import sha256_of
+from ..models.pretrained import pretrained_tag, sha256_of
 from .onnx import export_onnx
 from .quantize import compare_accuracy, quantize_dynamic_int8, quantize_static_int8
 from .verify import verify_onnx
@@ -47,7 +48,7 @@ def check_arguments(cfg: Any) -> Path:
         raise ValueError("choose fp16=true or int8=..., not both")
     if int(cfg.input_size) < 1:
         raise ValueError(f"input_size must be positive, got {cfg.input_size}")
-    if not Path(cfg.weights).expanduser().exists() and str(cfg.weights) not in PRETRAINED:
+    if pretrained_tag(cfg.weights) is None and not Path(cfg.weights).expanduser().exists():
         raise FileNotFoundError(f"{cfg.weights}: weights file not found")
     return output
 
@@ -57,9 +58,7 @@ def load_for_export(weights: str) -> tuple[nn.Module, Preprocessing, dict]:
     checkpoint = load_checkpoint(weights)  # a pretrained tag: downloaded into the cache, its catalogue preprocessing
     model = checkpoint.build_model()
     preprocessing = checkpoint.preprocessing or Preprocessing()
-    path = Path(weights).expanduser()
-    if not path.exists():  # a pretrained tag: the cached file
-        path = download_weights(weights, progress=False)
+    path = resolve_weights(weights)  # the file load_checkpoint read: a tag's cached or bundled one
     metadata = {k: v for k, v in preprocessing.to_dict().items() if k != "image_size"}
     metadata.update(model_name=model.model_name, source_weights=path.name, weights_sha256=sha256_of(path))
     return model, preprocessing, metadata

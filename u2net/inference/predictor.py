@@ -19,8 +19,9 @@ import numpy as np
 # Nothing here imports torch (nor albumentations): the PyTorch backend and checkpoint reading are imported on
 # the PyTorch path only, so that ONNX Runtime inference starts without them.
 from ..data.preprocessing import Preprocessing
+from ..errors import one_line
 from ..models.onnx_format import decode_metadata
-from ..models.pretrained import PRETRAINED, local_weights
+from ..models.pretrained import PRETRAINED, local_weights, pretrained_tag
 from .refine import resize_probability
 from .runtime import median_seconds, onnx_session, pick_providers
 
@@ -28,12 +29,13 @@ BACKENDS = ("auto", "pytorch", "onnxruntime")
 
 
 def _onnx_file(path: str | os.PathLike) -> Path:
-    """The ONNX file ``onnxruntime`` runs: ``path`` itself, or the local file of a pretrained tag."""
-    if str(path).lower().endswith(".onnx"):
-        return Path(path)
-    if str(path) not in PRETRAINED:
+    """The ONNX file ``onnxruntime`` runs: the local file of a pretrained tag, or ``path`` itself."""
+    tag = pretrained_tag(path)  # the one rule of tags and files, PyTorch's too
+    if tag is None:
+        if str(path).lower().endswith(".onnx"):
+            return Path(path)
         raise ValueError(f"{path}: ONNX Runtime needs an .onnx file; use the PyTorch backend for this one")
-    local = local_weights(str(path))
+    local = local_weights(tag)
     if local is None or local.suffix.lower() != ".onnx":
         found = f"its weights here are {local.name}" if local is not None else "its weights are not on this machine"
         raise ValueError(f"{path}: ONNX Runtime needs an .onnx file and {found}; use the PyTorch backend")
@@ -43,9 +45,10 @@ def _onnx_file(path: str | os.PathLike) -> Path:
 def _has_local_onnx(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a pretrained tag whose weights on this machine (no download) are an ONNX file. Its
     digests are not checked here: whichever backend loads the file checks them, once."""
-    if str(path) not in PRETRAINED:
+    tag = pretrained_tag(path)
+    if tag is None:
         return False
-    local = local_weights(str(path), verify=False)
+    local = local_weights(tag, verify=False)
     return local is not None and local.suffix.lower() == ".onnx"
 
 
@@ -90,13 +93,18 @@ class OnnxBackend:
         if not wanted:
             raise ValueError(f"none of the ONNX Runtime providers {', '.join(providers or ())} is available here")
         model_bytes = Path(path).read_bytes()
-        batch_name = symbolic_batch_dim(model_bytes)
+        graph = _parse_onnx(model_bytes, path)  # external data (if any) is not read here
+        dims = _image_input_dims(graph, path)
+        batch_name = dims[0].dim_param or None
         on_cpu = wanted[:1] == ["CPUExecutionProvider"]
         # On the CPU a batch runs no faster than its images one after another, and a symbolic batch
         # dimension keeps ONNX Runtime from folding the graph's shape arithmetic and from running the
         # up-sampling in its blocked (NCHWc) layout: with it fixed to 1, U²-Net runs 6–10 % faster.
         fixed = {batch_name: 1} if batch_name and on_cpu else None
-        self.session = onnx_session(model_bytes, wanted, precision=precision, fixed_dims=fixed)
+        # Weights in files beside the model (external data) are found relative to the model's own path: ONNX
+        # Runtime refuses them for a model given as bytes, so such a file is opened by path.
+        model = str(path) if _has_external_data(graph) else model_bytes
+        self.session = onnx_session(model, wanted, precision=precision, fixed_dims=fixed)
         self.precision = precision
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
@@ -118,14 +126,50 @@ class OnnxBackend:
         return probs
 
 
-def symbolic_batch_dim(model_bytes: bytes) -> str | None:
-    """The name of an ONNX model's symbolic batch dimension (first input, first axis), if it has one."""
+def _parse_onnx(model_bytes: bytes, source: str | os.PathLike):
+    """The ONNX model in ``model_bytes`` (read from ``source``), without any external data."""
     import onnx
 
-    model = onnx.load_model_from_string(model_bytes)
+    try:
+        return onnx.load_model_from_string(model_bytes)
+    except Exception as exc:
+        raise ValueError(f"{source}: not a readable ONNX file ({type(exc).__name__}: {one_line(exc)})") from None
+
+
+def _has_external_data(model) -> bool:
+    """Whether any initializer keeps its values in a file beside the model (``save_as_external_data=True``)."""
+    import onnx
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _graph_inputs(model) -> list:
+    """The model's inputs that are fed (old exporters list the initializers among the inputs too)."""
     initializers = {t.name for t in model.graph.initializer}
-    first = next(i for i in model.graph.input if i.name not in initializers)
-    dims = first.type.tensor_type.shape.dim
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def _image_input_dims(model, source: str | os.PathLike) -> list:
+    """The dimensions of the model's image input (its first input that is no initializer), when it takes
+    N×3×H×W (symbolic sizes allowed); one line naming ``source`` and what the file takes otherwise."""
+    inputs = _graph_inputs(model)
+    if not inputs:
+        raise ValueError(f"{source}: expects an image input N×3×H×W; this file has no input")
+    first = inputs[0]
+    dims = list(first.type.tensor_type.shape.dim)
+    shown = "×".join(d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?") for d in dims)
+    if len(dims) != 4 or (dims[1].HasField("dim_value") and dims[1].dim_value != 3):
+        raise ValueError(
+            f"{source}: expects an image input N×3×H×W; this file's input {first.name!r} is "
+            f"{shown or 'a tensor of unknown rank'}"
+        )
+    return dims
+
+
+def symbolic_batch_dim(model_bytes: bytes) -> str | None:
+    """The name of an ONNX model's symbolic batch dimension (first input, first axis), if it has one."""
+    inputs = _graph_inputs(_parse_onnx(model_bytes, "model"))
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else ()
     return (dims[0].dim_param or None) if dims else None
 
 
@@ -177,23 +221,26 @@ class Predictor:
         # the cheap test first: only a tag's local ONNX file needs ONNX Runtime imported to decide
         if backend == "auto" and _has_local_onnx(path) and _onnx_runtime_suits(device, precision):
             backend = "onnxruntime"  # the same weights, about twice as fast on a CPU as PyTorch, and no torch import
-        source = str(_onnx_file(path) if backend == "onnxruntime" else path)
+        tag = pretrained_tag(path)  # one rule for both backends: a tag means the tag, ./name a file
         overrides = {"image_size": image_size} if image_size else {}
-        if source.lower().endswith(".onnx") and backend != "pytorch":
+        onnx_path = tag is None and str(path).lower().endswith(".onnx")
+        if backend == "onnxruntime" or (backend == "auto" and onnx_path):
+            source = str(_onnx_file(path))
             if not Path(source).is_file():
                 raise FileNotFoundError(f"{source}: ONNX file not found")
             if providers is None and device == "cpu":
                 providers = ["CPUExecutionProvider"]  # not CUDA first, where onnxruntime-gpu has it
             backend = OnnxBackend(source, providers, precision)
             meta = backend.metadata
-            tag = PRETRAINED.get(str(path))  # a tag's file may name no preprocessing (rembg's do not): its config does
-            fallback = tag.preprocessing if tag is not None else Preprocessing()
+            # a tag's file may name no preprocessing (rembg's do not): its catalogue entry does
+            fallback = PRETRAINED[tag].preprocessing if tag is not None else Preprocessing()
             preprocessing = Preprocessing.from_metadata(decode_metadata(meta)) or fallback
             info = ModelInfo(meta.get("model_name", Path(source).stem), source, "onnxruntime", size_mb=_file_mb(source))
             info.extra["providers"] = backend.providers
             info.extra["precision"] = backend.precision
             return cls(backend, replace(preprocessing, **overrides), info)
 
+        source = tag if tag is not None else path  # a path keeps its type: a Path named like a tag names the file
         if providers:
             raise ValueError(f"{source}: runs on PyTorch; execution providers are for ONNX Runtime (an .onnx model)")
         from ..models.checkpoint import load_checkpoint
@@ -205,7 +252,7 @@ class Predictor:
         parameters = sum(p.numel() for p in model.parameters())
         # The weights themselves (float32 state dict), not the file: checkpoints also hold optimizer state.
         size = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
-        info = ModelInfo(getattr(model, "model_name", "u2net"), source, "pytorch", parameters, size)
+        info = ModelInfo(getattr(model, "model_name", "u2net"), str(source), "pytorch", parameters, size)
         backend = TorchBackend(model, device, precision)
         info.extra["device"] = str(backend.device)
         info.extra["precision"] = backend.precision

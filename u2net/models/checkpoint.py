@@ -12,6 +12,7 @@ tags (downloaded on first use; the tag's :class:`~u2net.models.PretrainedCfg` gi
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from collections.abc import Mapping
@@ -24,9 +25,9 @@ from torch import nn
 from ..data.preprocessing import Preprocessing
 from ..fileio import atomic_write
 from .onnx_import import read_onnx_checkpoint
-from .pretrained import PRETRAINED, PretrainedCfg, download_weights, looks_like_html
+from .pretrained import PRETRAINED, PretrainedCfg, download_weights, looks_like_html, pretrained_tag
 from .registry import model_factory
-from .state_dict import infer_architecture, load_state_dict
+from .state_dict import check_state_dict, infer_architecture, load_state_dict
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "load_checkpoint"]
 
@@ -73,6 +74,40 @@ class Checkpoint:
         """Whether a run can resume from this checkpoint (the trainer wrote it)."""
         return self.optimizer is not None
 
+    def check_training_state(self) -> None:
+        """Refuse, in one line naming the file, training state no run can resume from (a damaged or hand-made
+        file: a step of ``"abc"`` or -5, a history that is not a list ...), before anything of it is applied.
+        The RNG states and the optimizer's moments are checked by the trainer, which knows the parameters."""
+        problems = []
+        for key in ("step", "epoch"):
+            value = getattr(self, key)
+            if not _is_int(value) or value < 0:
+                problems.append(f"{key} {value!r} is not a whole number >= 0")
+        if not _is_number(self.train_seconds) or not 0 <= self.train_seconds < math.inf:
+            problems.append(f"train_seconds {self.train_seconds!r} is not a number of seconds >= 0")
+        if self.best is not None and not _is_number(self.best):
+            problems.append(f"best {self.best!r} is not a number")
+        for key in ("metrics", "best_metrics", "initial_metrics"):
+            value = getattr(self, key)
+            if not isinstance(value, Mapping) or not all(_is_number(v) for v in value.values()):
+                problems.append(f"{key} is not a dict of numbers")
+        if not isinstance(self.history, list) or not all(isinstance(row, Mapping) for row in self.history):
+            problems.append("history is not a list of dicts")
+        optimizer = self.optimizer
+        if not isinstance(optimizer, Mapping) or not isinstance(optimizer.get("state"), Mapping):
+            problems.append("its optimizer state is not an optimizer's state_dict()")
+        elif not isinstance(optimizer.get("param_groups"), list):
+            problems.append("its optimizer state has no list of param_groups")
+        for key in ("scaler", "rng", "ema"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), Mapping):
+                problems.append(f"{key} is not a dict")
+        if isinstance(self.ema, Mapping) and self.ema:
+            updates = self.ema.get("updates")
+            if not isinstance(self.ema.get("model"), Mapping) or not _is_int(updates) or updates < 0:
+                problems.append("ema is not an EMA's state (weights under 'model', a count of 'updates' >= 0)")
+        if problems:
+            raise ValueError(f"{self.source}: cannot resume from it: {'; '.join(problems)}")
+
     def to_dict(self) -> dict:
         """What the file stores: a plain dict, ``preprocessing`` as a dict of lists (``weights_only`` loading)."""
         state = {key: value for key, value in self.extra.items() if key not in _STORED}
@@ -97,7 +132,10 @@ class Checkpoint:
             raise ValueError(f"{source}: holds no state dict under 'model'")
         known = {key: state[key] for key in _FIELDS if key in state and state[key] is not None}
         known["model"] = dict(known["model"])
-        known["model_args"] = dict(known.get("model_args") or {})
+        args = known.get("model_args") or {}
+        if not isinstance(args, Mapping) or not all(isinstance(key, str) for key in args):
+            raise ValueError(f"{source}: its model_args are not a dict of named arguments ({type(args).__name__})")
+        known["model_args"] = dict(args)
         if "preprocessing" in known:
             try:
                 known["preprocessing"] = Preprocessing.from_dict(known["preprocessing"])
@@ -114,11 +152,32 @@ class Checkpoint:
         return Path(path)
 
     def build_model(self, map_location: str | torch.device = "cpu") -> nn.Module:
-        """The model these weights belong to, rebuilt and loaded (strict), in eval mode on ``map_location``."""
-        name = self.model_name or infer_architecture(self.model)
-        model = model_factory(name)(**self.model_args)
+        """The model these weights belong to, rebuilt and loaded (strict), in eval mode on ``map_location``.
+
+        The model is first built on the meta device (shapes, no memory) and compared with the weights: arguments
+        that do not fit them (a few bytes asking for thousands of channels) fail here, before any allocation."""
+        try:
+            name = self.model_name or infer_architecture(self.model)
+        except ValueError as exc:
+            raise ValueError(f"{self.source}: {exc}") from None
+        factory = model_factory(name)
+        try:
+            with torch.device("meta"):
+                skeleton = factory(**self.model_args)
+        except (TypeError, ValueError) as exc:  # bounds or keys of the arguments: see u2net.models.u2net
+            raise ValueError(f"{self.source}: its model_args do not build a {name} ({exc})") from None
+        check_state_dict(skeleton, self.model, source=self.source)
+        model = factory(**self.model_args)  # the arguments now fit weights that exist: memory as the file's
         load_state_dict(model, self.model, source=self.source)
         return model.to(map_location).eval()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # The stored keys: every field but ``extra`` and ``source``; all but ``format_version`` are read back as given.
@@ -127,17 +186,18 @@ _FIELDS = tuple(key for key in _STORED if key != "format_version")
 
 
 def pretrained_cfg_of(path_or_tag: str | os.PathLike) -> PretrainedCfg | None:
-    """The catalogue entry when ``path_or_tag`` is a pretrained tag (and no file of that name exists)."""
-    if Path(path_or_tag).expanduser().exists():
-        return None
-    return PRETRAINED.get(str(path_or_tag))
+    """The catalogue entry when ``path_or_tag`` is a pretrained tag (:func:`~u2net.models.pretrained.pretrained_tag`:
+    a tag means the tag even where a file of that name exists; ``./u2netp.duts`` names the file)."""
+    tag = pretrained_tag(path_or_tag)
+    return PRETRAINED[tag] if tag is not None else None
 
 
 def resolve_weights(path_or_tag: str | os.PathLike) -> Path:
     """The file behind a path or a pretrained tag (the bundled file, the cache, or a download)."""
+    tag = pretrained_tag(path_or_tag)
+    if tag is not None:
+        return download_weights(tag)
     path = Path(path_or_tag).expanduser()
-    if pretrained_cfg_of(path_or_tag) is not None:
-        return download_weights(str(path_or_tag))
     if not path.exists():
         tags = f" (or a pretrained tag: {', '.join(PRETRAINED)})" if len(path.parts) == 1 else ""
         raise FileNotFoundError(f"{path}: weights file not found{tags}")

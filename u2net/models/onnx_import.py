@@ -327,8 +327,12 @@ def read_onnx_checkpoint(path: str | os.PathLike) -> dict:
     for name, args in candidates:
         # The registry, not create_model, whose weights= loading comes through this module. The registry
         # defines the built-in architectures itself, so they are there however this module was reached.
-        with torch.device("meta"):  # structure only: no memory, no initialisation
-            model = model_factory(name)(**args)
+        try:
+            with torch.device("meta"):  # structure only: no memory, no initialisation
+                model = model_factory(name)(**args)
+        except (TypeError, ValueError) as exc:  # the metadata's model_args: unknown keys, out of bounds
+            errors.append(f"{name}: its model_args do not build ({exc})")
+            continue
         key = (name, json.dumps(getattr(model, "model_args", args), sort_keys=True))
         if key in tried:
             continue

@@ -146,6 +146,13 @@ def list_pretrained(architecture: str | None = None) -> list[str]:
     return sorted(t for t, cfg in PRETRAINED.items() if architecture is None or cfg.architecture == architecture)
 
 
+def pretrained_tag(path_or_tag: str | os.PathLike) -> str | None:
+    """The pretrained tag ``path_or_tag`` names, or ``None`` where it names a file: the one rule every loader and
+    backend follows. A ``str`` spelled exactly as a tag is that tag, even where a file of that name exists in the
+    current folder; ``./u2netp.duts`` (or a ``Path``, which cannot keep the ``./``) names the file."""
+    return path_or_tag if isinstance(path_or_tag, str) and path_or_tag in PRETRAINED else None
+
+
 def get_pretrained_cfg(tag: str) -> PretrainedCfg:
     """The :class:`PretrainedCfg` for ``tag`` (e.g. ``"u2net.human_seg"``)."""
     try:
@@ -231,9 +238,9 @@ def download_file(
         if bar is not None:
             bar.close()
         if sha256 is not None and digest.hexdigest() != sha256:
-            raise ValueError(f"{url}: checksum mismatch (expected sha256 {sha256}, got {digest.hexdigest()})")
+            raise WeightsMismatchError(f"{url}: checksum mismatch (expected sha256 {sha256}, got {digest.hexdigest()})")
         if md5 is not None and md5_digest.hexdigest() != md5:
-            raise ValueError(f"{url}: checksum mismatch (expected md5 {md5}, got {md5_digest.hexdigest()})")
+            raise WeightsMismatchError(f"{url}: checksum mismatch (expected md5 {md5}, got {md5_digest.hexdigest()})")
         if looks_like_html(head):
             raise ValueError(f"{url}: the server returned a web page instead of a weights file")
     return dest
@@ -247,6 +254,11 @@ def looks_like_html(head: bytes) -> bool:
 
 class WeightsDownloadError(RuntimeError):
     """No mirror of a pretrained tag's weights could be downloaded (offline, or every mirror failed)."""
+
+
+class WeightsMismatchError(ValueError):
+    """A downloaded or cached weights file does not match the digest pinned for it: corrupt, or another file.
+    Not a :class:`WeightsDownloadError`: the network worked, and retrying offline advice would mislead."""
 
 
 def _cached_path(cfg: PretrainedCfg, directory: str | os.PathLike | None) -> Path:
@@ -277,9 +289,10 @@ def local_weights(tag: str, directory: str | os.PathLike | None = None, verify: 
 
 def _check_cached(path: Path, tag: str, what: str, md5: str | None, sha256: str | None) -> None:
     for algorithm, expected in (("md5", md5), ("sha256", sha256)):
-        if expected is not None and file_digest(path, algorithm) != expected:
-            raise WeightsDownloadError(
-                f"{path}: does not match the {algorithm.upper()} of {tag!r}'s {what}; move it away"
+        if expected is not None and (actual := file_digest(path, algorithm)) != expected:
+            raise WeightsMismatchError(
+                f"{path}: does not match the {algorithm.upper()} of {tag!r}'s {what}: corrupt, or another file "
+                f"({algorithm} {actual}, expected {expected}); move it away to download it again"
             )
 
 
@@ -293,18 +306,25 @@ def download_weights(tag: str, directory: str | os.PathLike | None = None, progr
     cfg = get_pretrained_cfg(tag)
     dest = _cached_path(cfg, directory)
     onnx = dest.with_suffix(".onnx")
-    errors = []
+    errors, mismatched = [], False
     for url in cfg.urls:
         try:
             return download_file(url, dest, cfg.sha256, progress=progress, md5=cfg.md5)
         except Exception as exc:  # try the next mirror
-            errors.append(f"{url}: {exc}")
+            errors.append(str(exc) if isinstance(exc, WeightsMismatchError) else f"{url}: {exc}")  # names the url
+            mismatched |= isinstance(exc, WeightsMismatchError)
     if cfg.onnx_mirror is not None:
         url, md5 = cfg.onnx_mirror
         try:
             return download_file(url, onnx, cfg.onnx_mirror_sha256, progress=progress, md5=md5)
         except Exception as exc:
-            errors.append(f"{url}: {exc}")
+            errors.append(str(exc) if isinstance(exc, WeightsMismatchError) else f"{url}: {exc}")  # names the url
+            mismatched |= isinstance(exc, WeightsMismatchError)
+    if mismatched:  # a server answered with other bytes than the pinned ones: not a network problem
+        raise WeightsMismatchError(
+            f"could not get {cfg.file_name} for {tag!r}: what was downloaded is corrupt or not the published "
+            "file (its digest does not match the pin; nothing was kept): " + "; ".join(errors)
+        )
     raise WeightsDownloadError(
         f"could not download {cfg.file_name} for {tag!r} (offline? download it elsewhere and pass the local "
         f"file, or put it in {dest.parent}): " + "; ".join(errors)

@@ -30,7 +30,19 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], so
 
     Raises ``ValueError`` naming ``source`` and the first offending keys on any other mismatch.
     """
+    model.load_state_dict(check_state_dict(model, state_dict, source), strict=True)
+
+
+def check_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state dict"
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` cleaned (see :func:`load_state_dict`) when its keys and shapes are exactly ``model``'s;
+    ``ValueError`` naming ``source`` otherwise. Compares shapes only, so ``model`` may be built on the meta
+    device: a file's model arguments are checked against its weights before any real memory is taken."""
     state_dict = clean_state_dict(state_dict)
+    odd = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
+    if odd:
+        raise ValueError(f"{source}: its weights hold values that are not tensors ({', '.join(map(str, odd[:3]))})")
     own = model.state_dict()
     for key, value in own.items():
         if key.endswith("num_batches_tracked") and key not in state_dict:
@@ -50,7 +62,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], so
                 parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
         name = getattr(model, "model_name", type(model).__name__)
         raise ValueError(f"{source}: does not fit model {name!r}: " + "; ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
+    return state_dict
 
 
 def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:

@@ -10,6 +10,7 @@ The forward pass returns logits; apply ``torch.sigmoid`` for probabilities.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -133,15 +134,47 @@ U2NETP_STAGES: dict[str, list[tuple]] = {
 }
 
 
-def _as_specs(rows: list) -> list[StageSpec]:
+# Bounds on a stage table and the channel counts, checked before any layer is made: the arguments come from files
+# (a checkpoint's ``model_args``, an ONNX file's metadata), and a few bytes asking for 10⁶ channels or an RSU of
+# height 10⁶ would otherwise take gigabytes, or minutes of building modules even on the meta device. The published
+# tables stay far inside them (at most 1024 channels, height 7, 6 encoder rows).
+MAX_CHANNELS = 16384
+MAX_HEIGHT = 16
+MAX_DEPTH = 16
+
+
+def _bounded(what: str, value: object, low: int, high: int) -> int:
+    """``value`` when it is an int in [low, high]; a ``ValueError`` naming ``what`` otherwise."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{what} must be a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
+def _as_specs(rows: object, part: str) -> list[StageSpec]:
+    is_list = isinstance(rows, Sequence) and not isinstance(rows, (str, bytes))
+    if not is_list or len(rows) > MAX_DEPTH:  # too few rows: U2Net says how many it needs
+        got = f"{len(rows)} rows" if is_list else f"a {type(rows).__name__}"
+        raise ValueError(f"stage table: {part} must be a list of at most {MAX_DEPTH} rows, got {got}")
     specs = []
-    for row in rows:
-        if isinstance(row, StageSpec):
-            specs.append(row)
-        elif isinstance(row, dict):
-            specs.append(StageSpec(**row))
-        else:
-            specs.append(StageSpec(*row))
+    for number, row in enumerate(rows, start=1):
+        try:
+            if isinstance(row, StageSpec):
+                spec = row
+            elif isinstance(row, Mapping):
+                spec = StageSpec(**row)
+            else:
+                spec = StageSpec(*row)
+        except TypeError:
+            raise ValueError(
+                f"stage table: {part} row {number} is not (height, in_ch, mid_ch, out_ch, dilated): {row!r}"
+            ) from None
+        where = f"stage table: {part} row {number}"
+        _bounded(f"{where} height", spec.height, 2, MAX_HEIGHT)
+        for name in ("in_ch", "mid_ch", "out_ch"):
+            _bounded(f"{where} {name}", getattr(spec, name), 1, MAX_CHANNELS)
+        if not isinstance(spec.dilated, (bool, int)):
+            raise ValueError(f"{where} dilated must be true or false, got {spec.dilated!r}")
+        specs.append(spec)
     return specs
 
 
@@ -159,8 +192,12 @@ class U2Net(nn.Module):
 
     def __init__(self, stages: dict, in_ch: int = 3, out_ch: int = 1) -> None:
         super().__init__()
-        encoder = _as_specs(stages["encoder"])
-        decoder = _as_specs(stages["decoder"])
+        if not isinstance(stages, Mapping) or not {"encoder", "decoder"} <= stages.keys():
+            raise ValueError("stage table must be a dict with 'encoder' and 'decoder' rows")
+        _bounded("in_ch", in_ch, 1, MAX_CHANNELS)
+        _bounded("out_ch", out_ch, 1, MAX_CHANNELS)
+        encoder = _as_specs(stages["encoder"], "encoder")
+        decoder = _as_specs(stages["decoder"], "decoder")
         depth = len(encoder)
         if depth < 2 or len(decoder) != depth - 1:
             raise ValueError(
