@@ -6,8 +6,9 @@
     u2net remove photos/ cutouts/ --format webp --batch-size 8 --providers CUDA,CPU --model best.onnx
     cat photo.jpg | u2net remove - - > cutout.png           # stdin to stdout
 
-Exit status: 0 when everything was processed (or skipped), 1 when some file failed, 2 for usage
-errors (bad arguments, missing input or model).
+Exit status: 0 when everything was processed (or skipped), 1 when some file failed (or the --qa-csv
+table could not be written), 2 for usage errors (bad arguments, missing input or model, an output folder
+where nothing can be written), 130 after Ctrl-C and 143 after SIGTERM (both stop ``remove`` cleanly).
 
 Each subcommand is one ``Command``: a name, a help line, a function adding its arguments and one
 running it (``args -> exit status``); add a new one to ``COMMANDS``.
@@ -16,12 +17,15 @@ running it (``args -> exit status``); add a new one to ``COMMANDS``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import io
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,7 +227,7 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="write each output's confidence (0-1) and QA flags (empty, touches_frame, several_components, "
-        "uncertain_band) to this CSV",
+        "uncertain_band) to this CSV, one row per output: a re-run keeps the rows of outputs it skips as done",
     )
     output.add_argument("--crop", action="store_true", help="crop to the subject's bounding box")
     output.add_argument(
@@ -433,10 +437,13 @@ def _output_format(args: argparse.Namespace, options):
 
 
 def _check_paths(args: argparse.Namespace, output_format) -> None:
-    """Bad input/output combinations fail here, before the model loads."""
+    """Bad input/output combinations, an output folder where nothing can be written and a --qa-csv that
+    cannot be kept or written fail here, before the model loads."""
+    from .fileio import folder_write_problem
     from .inference.batch import format_of_suffix
     from .inference.remover import plan_outputs
 
+    folder = None  # where outputs are to be written, if any are
     if args.output == "-":
         if Path(args.input).is_dir():
             raise UsageError(f"{_shown(args.input)}: a folder's outputs cannot go to stdout; give an output folder")
@@ -446,18 +453,81 @@ def _check_paths(args: argparse.Namespace, output_format) -> None:
                 f"{_shown(args.output)}: reading stdin, the output is one {output_format.name} file: name it "
                 f"'{output_format.suffix}' (or - for stdout)"
             )
+        if args.overwrite or not Path(args.output).exists():
+            folder = Path(args.output).parent
     else:
         try:
-            plan_outputs(args.input, args.output, format=output_format.name)
+            pairs = plan_outputs(args.input, args.output, format=output_format.name)
         except (ValueError, FileNotFoundError) as exc:
             raise UsageError(_shown(exc)) from None
+        if any(args.overwrite or not output.exists() for _, output in pairs):
+            folder = Path(args.output) if Path(args.input).is_dir() else pairs[0][1].parent
+    problem = None if folder is None else folder_write_problem(folder)
+    if problem:
+        raise UsageError(f"output: {_shown(problem)}")
+    if args.qa_csv is not None:
+        _check_qa_csv(args.qa_csv)
+
+
+def _check_qa_csv(path: Path) -> None:
+    """--qa-csv must be a QA table of ours or a new file, in a folder where it can be written: found out now,
+    not after the whole batch."""
+    from .fileio import folder_write_problem
+    from .inference.remover import read_qa_csv
+
+    try:
+        read_qa_csv(path)  # a table of an earlier run is kept and extended; anything else is the user's
+    except ValueError as exc:
+        raise UsageError(f"--qa-csv {_shown(exc)}") from None
+    problem = folder_write_problem(path.parent)
+    if problem:
+        raise UsageError(f"--qa-csv: {_shown(problem)}")
+
+
+# Beyond this, stdin is refused rather than read into memory (180 MP photos are far smaller compressed).
+MAX_STDIN_BYTES = 256 * 2**20
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread while a command runs, so that ``kill`` stops it as Ctrl-C does:
+    work under way finishes, temporary files are removed, what was done is reported."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` in the main thread (Python's default for it
+    is to die at once, leaving temporary files); the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def terminate(signum, frame) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _run_remove(args: argparse.Namespace) -> int:
+    with _sigterm_as_interrupt():
+        return _remove(args)
+
+
+def _remove(args: argparse.Namespace) -> int:
     from .inference.remover import remove_batch
 
-    if args.input != "-" and not Path(args.input).exists():
-        raise UsageError(f"{_shown(args.input)}: no such file or folder")
+    if args.input != "-":
+        source = Path(args.input)
+        if not source.exists():
+            raise UsageError(f"{_shown(source)}: no such file or folder")
+        if not source.is_file() and not source.is_dir():  # a FIFO listed as a folder would hold "no images"
+            raise UsageError(
+                f"{_shown(source)}: not a file or folder (a pipe, socket or device); to read a stream, give - and "
+                "redirect it: u2net remove - OUTPUT < STREAM"
+            )
     try:
         options = _removal_options(args)
         output_format = _output_format(args, options)
@@ -467,59 +537,112 @@ def _run_remove(args: argparse.Namespace) -> int:
     remover = _load_remover(args)
     if "-" in (args.input, args.output):
         return _remove_streamed(remover, args, options, output_format)
-    report = remove_batch(
-        remover,
-        args.input,
-        args.output,
-        options,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        format=output_format.name,
-        quality=output_format.quality,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        qa_csv=args.qa_csv,
-    )
+    try:
+        report = remove_batch(
+            remover,
+            args.input,
+            args.output,
+            options,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            format=output_format.name,
+            quality=output_format.quality,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            qa_csv=args.qa_csv,
+        )
+    except ValueError as exc:  # its checks before any work, as _check_paths' (the files may change meanwhile)
+        raise UsageError(_shown(exc)) from None
     return _print_report(report)
+
+
+def _read_stdin() -> bytes:
+    """stdin, up to :data:`MAX_STDIN_BYTES`; an empty or larger input is an :class:`ImageReadError`."""
+    from .data.io import ImageReadError
+
+    data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
+    if not data:
+        raise ImageReadError("-", "empty input")
+    if len(data) > MAX_STDIN_BYTES:
+        raise ImageReadError(
+            "-", f"more than {MAX_STDIN_BYTES // 2**20} MB on stdin; save it to a file and give the file's path"
+        )
+    return data
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null: Python's own flush at exit would print a traceback."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no file descriptor (a test's buffer)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
 
 
 def _remove_streamed(remover, args: argparse.Namespace, options, output_format) -> int:
     """One image from stdin (``-``) or a file, to stdout (``-``) or a file; the summary goes to stderr when
-    stdout carries the image."""
-    from .data.io import read_problem
+    stdout carries the image. --qa-csv gets its one row (input and output ``-`` for the streams)."""
+    from .data.io import ImageReadError, open_image, read_problem
+    from .errors import reason
     from .fileio import atomic_write
-    from .inference.remover import BatchReport
+    from .inference.qa import assess_mask
+    from .inference.remover import BatchReport, output_size_problem, save_qa_table
 
     out = None if args.output == "-" else Path(args.output)
+    pair = (Path(args.input), Path(args.output))
     report = BatchReport()
+    qualities = {}
     if out is not None and out.exists() and not args.overwrite:
         report.skipped = 1
-        return _print_report(report)
-    try:
-        source = sys.stdin.buffer.read() if args.input == "-" else Path(args.input)
-        encoded = io.BytesIO()
-        output_format.save(remover.remove(source, options), encoded)
-    except Exception as exc:  # a bad image is a failure, reported like a batch's
-        report.failures.append((Path(args.input), read_problem(exc)))
-        return _print_report(report, sys.stderr if out is None else None)
-    if out is None:
-        sys.stdout.buffer.write(encoded.getvalue())
-        sys.stdout.buffer.flush()
     else:
-        with atomic_write(out) as f:
-            f.write(encoded.getvalue())
-    report.done = 1
+        try:
+            source = _read_stdin() if args.input == "-" else Path(args.input)
+            if not options.crop:  # the output's size is the input's: refuse before the model runs
+                with open_image(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                    problem = output_size_problem(output_format.name, img.size)
+                if problem:
+                    raise ImageReadError(args.input, problem)
+            image, alpha = remover.cutout(source, options)
+            problem = output_size_problem(output_format.name, image.size)
+            if problem:
+                raise ImageReadError(args.input, problem)
+            encoded = io.BytesIO()
+            output_format.save(image, encoded)
+        except Exception as exc:  # a bad image is a failure, reported like a batch's
+            report.failures.append((pair[0], read_problem(exc)))
+        else:
+            try:
+                if out is None:
+                    sys.stdout.buffer.write(encoded.getvalue())
+                    sys.stdout.buffer.flush()
+                else:
+                    with atomic_write(out) as f:
+                        f.write(encoded.getvalue())
+            except OSError as exc:  # a closed pipe, a full disk: one line, not a traceback
+                if out is None:
+                    _quiet_stdout()
+                report.failures.append((pair[0], f"cannot write {'stdout' if out is None else out}: {reason(exc)}"))
+            else:
+                report.done = 1
+                qualities[pair] = assess_mask(alpha)
+    if args.qa_csv is not None:
+        save_qa_table(args.qa_csv, [pair], qualities, options, report)
     return _print_report(report, sys.stderr if out is None else None)
 
 
 def _print_report(report, stream=None) -> int:
-    """Print the summary and the names of what was left out or failed; the exit status."""
+    """Print the summary and the names of what was left out or failed, then (on stderr) a QA table that could
+    not be written; the exit status."""
     _say(report.summary(), stream)
     for path, reason in report.left_out:
         _say(f"  skipped: {_shown(path)}: {_shown(reason)}", stream)
     for path, reason in report.failures:
         _say(f"  failed: {_shown(path)}: {_shown(reason)}", stream)
-    return 1 if report.failed else 0
+    if report.qa_csv_error:
+        (stream or sys.stdout).flush()  # the error comes after the summary, also where both streams are one
+        _say(f"error: {_shown(report.qa_csv_error)}", sys.stderr)
+    return 1 if report.failed or report.qa_csv_error else 0
 
 
 REMOVE = Command(
@@ -672,11 +795,12 @@ _LIMITS = {
     "--max-output-mb": ("max_output_mb", _positive_float, "MB", "largest PNG produced per image"),
     "--max-batch": ("max_batch", _positive_int, "N", "files per batch request"),
     "--timeout": ("request_timeout_s", _positive_float, "S", "per request, seconds"),
+    "--upload-timeout": ("upload_timeout_s", _positive_float, "S", "for a request body to arrive, seconds; more: 408"),
 }
 
 
 def _add_limit_arguments(group: argparse._ArgumentGroup) -> None:
-    """The limits of :class:`~u2net.serve.ServeSettings`, with its defaults (413, 503 or 504 beyond)."""
+    """The limits of :class:`~u2net.serve.ServeSettings`, with its defaults (408, 413, 503 or 504 beyond)."""
     from .serve.settings import ServeSettings  # no FastAPI needed for the defaults
 
     defaults = ServeSettings()
@@ -768,9 +892,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during `remove` (Terminated)
+        terminated = isinstance(exc, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    except BrokenPipeError:  # e.g. the summary piped into `head`
+        _quiet_stdout()
+        print("error: stdout was closed (broken pipe)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -124,6 +124,43 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+def folder_write_problem(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written in ``folder`` (created where missing, as :func:`atomic_write` does), on one
+    line naming the folder at fault; ``None`` when they can.
+
+    The nearest existing folder is tried by creating and removing a temporary file of our naming: unlike
+    ``os.access``, that also sees a read-only file system, ACLs and root's limits. Checking before a long job
+    starts turns a failure of every write at its end into one message at its start."""
+    existing = Path(folder)
+    # os.path's tests, unlike Path's, answer False rather than raise where a parent cannot be searched.
+    while not os.path.exists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not os.path.isdir(existing):
+        return f"{existing}: exists and is not a folder"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-check.", suffix=TEMP_SUFFIX, dir=existing)
+    except OSError as exc:
+        return f"{existing}: cannot create files there ({exc.strerror or type(exc).__name__})"
+    os.close(fd)
+    with contextlib.suppress(OSError):  # a leftover is a stale temp file of ours, removed by a later write
+        os.unlink(name)
+    return None
+
+
+# What a spreadsheet reads as the start of a formula (OWASP's "CSV injection" list), and the quote that escapes
+# it: a cell of ours beginning so is a file or dataset name, never a number (ours are never negative).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_cell(value: object) -> object:
+    """``value`` as a CSV cell that a spreadsheet shows as text: a string that would start a formula (a file named
+    ``=HYPERLINK(...).png``), or starts with the escaping quote itself, gets a leading ``'`` (so that reading the
+    cell back, one leading quote dropped, is exact); anything else is kept."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomically write ``text`` (UTF-8) to ``path``."""
     with atomic_write(path, "w") as f:

@@ -20,10 +20,20 @@ from .report import (
     write_plots,
     write_tables,
 )
-from .runner import DatasetResult, score_folders, score_model
+from .runner import DatasetResult, SoftTruth, score_folders, score_model
 
 # dataset name -> its (image, mask) pairs to score and the reader of their masks (DatasetConfigs.scoring_set)
 ScoringSetOf = Callable[[str], tuple[list, Callable]]
+
+
+def soft_truth(cfg: Any) -> SoftTruth | None:
+    """Whether the ground truth is scored as alpha mattes (``soft_gt``; unset: when ``trimap_dir`` is given)."""
+    trimap_dir, soft = cfg.get("trimap_dir"), cfg.get("soft_gt")
+    if soft is None:
+        soft = trimap_dir is not None
+    if trimap_dir is not None and not soft:
+        raise ValueError("trimap_dir needs soft_gt: trimaps score the band of soft ground truth (alpha mattes)")
+    return SoftTruth(trimap_dir) if soft else None
 
 
 def score_weights(
@@ -31,12 +41,13 @@ def score_weights(
 ) -> tuple[list[DatasetResult], dict]:
     """Score one model on every dataset of ``cfg.datasets``; returns the results and the model's facts."""
     predictor = Predictor.from_path(weights, cfg.device, cfg.precision, cfg.image_size)
+    soft = soft_truth(cfg)
     results = []
     for name in cfg.datasets:
         save_dir = out_dir / "predictions" / name if cfg.save_predictions else None
         options = (cfg.batch_size, cfg.num_workers, save_dir, cfg.gallery_count, cfg.progress)
         pairs, read_gt = scoring_set_of(name)
-        results.append(score_model(predictor, pairs, name, *options, read_gt=read_gt))
+        results.append(score_model(predictor, pairs, name, *options, read_gt=read_gt, soft=soft))
     info = predictor.info
     model_info = {"model": info.name, "weights": info.source, "backend": info.backend, **info.extra}
     if info.parameters is not None:
@@ -80,7 +91,7 @@ def evaluate_models(cfg: Any, out_dir: Path, scoring_set_of: ScoringSetOf) -> di
         if not cfg.gt_dir:
             raise ValueError("pred_dir needs gt_dir (the ground-truth masks to score against)")
         options = (cfg.image_dir, cfg.gallery_count, cfg.progress, cfg.missing_as_empty, cfg.get("gt_labels"))
-        result = score_folders(cfg.pred_dir, cfg.gt_dir, "pred_dir", *options)
+        result = score_folders(cfg.pred_dir, cfg.gt_dir, "pred_dir", *options, soft=soft_truth(cfg))
         table = write_reports([result], out_dir, Path(cfg.pred_dir).name, None, cfg.gallery_count)
     elif cfg.weights:
         weights = [cfg.weights] if isinstance(cfg.weights, str) else list(cfg.weights)

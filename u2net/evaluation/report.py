@@ -12,8 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..fileio import atomic_write, write_image, write_text
+from ..fileio import atomic_write, csv_cell, write_image, write_text
 from ..metrics import RESULT_KEYS
+from ..metrics.matting import MATTING_KEYS
 from .runner import DatasetResult
 
 # The keys of results.json, in the order of the tables: the metrics' scalars less the curve means of IoU and
@@ -24,19 +25,23 @@ TABLE_COLUMNS = (
     ("max_f", "maxFβ↑"), ("mae", "MAE↓"), ("wfm", "Fwβ↑"), ("sm", "Sα↑"), ("max_em", "Emξ↑"),
     ("relax_bf", "relaxFβb↑"), ("iou", "IoU↑"), ("biou", "BIoU↑"),
 )  # fmt: skip
+# Against soft ground truth (alpha mattes), the matting errors follow: in the trimap's unknown band, then whole.
+MATTING_COLUMNS = tuple(
+    (f"{key}{suffix}", f"{key.upper() if key in ('sad', 'mse') else key.title()}{label}↓")
+    for suffix, label in (("_band", " band"), ("", ""))
+    for key in MATTING_KEYS
+)
 
 
-# What a spreadsheet reads as the start of a formula (OWASP's "CSV injection" list): a cell beginning so is a
-# file or dataset name, never a number of ours (those are never negative), and gets a leading apostrophe.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+def report_keys(results: Sequence[DatasetResult]) -> tuple[str, ...]:
+    """The keys of the tables: :data:`REPORT_KEYS`, then the matting errors any of ``results`` has."""
+    extra = tuple(key for key, _ in MATTING_COLUMNS if any(key in r.summary for r in results))
+    return REPORT_KEYS + extra
 
 
-def csv_cell(value: object) -> object:
-    """``value`` as a CSV cell that a spreadsheet shows as text: a string that would start a formula (a file named
-    ``=HYPERLINK(...).png``) gets a leading ``'``; anything else is kept."""
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
+def table_columns(results: Sequence[DatasetResult]) -> tuple[tuple[str, str], ...]:
+    """(key, label) of the printed tables' metric columns: :data:`TABLE_COLUMNS`, then the matting errors."""
+    return TABLE_COLUMNS + tuple(column for column in MATTING_COLUMNS if any(column[0] in r.summary for r in results))
 
 
 def shown(text: str) -> str:
@@ -63,9 +68,9 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence])
 
 
 def summary_row(result: DatasetResult) -> dict:
-    """The results.json object of one dataset (scalars only, in ``REPORT_KEYS`` order)."""
+    """The results.json object of one dataset (scalars only, in :func:`report_keys` order)."""
     row = {}
-    for key in REPORT_KEYS:
+    for key in report_keys([result]):
         value = result.summary.get(key)
         row[key] = int(value) if key == "n_images" else (None if value is None else float(value))
     return row
@@ -76,8 +81,9 @@ def write_tables(results: Sequence[DatasetResult], out_dir: str | Path, model: d
     out_dir = Path(out_dir)
     table = {r.name: summary_row(r) for r in results}
     write_text(out_dir / "results.json", json.dumps(table, indent=2) + "\n")  # ASCII: surrogates as \udcff
-    rows = [[name, *(_plain(row[k]) for k in REPORT_KEYS)] for name, row in table.items()]
-    write_csv(out_dir / "results.csv", ["dataset", *REPORT_KEYS], rows)
+    keys = report_keys(results)
+    rows = [[name, *(_plain(row.get(k)) for k in keys)] for name, row in table.items()]
+    write_csv(out_dir / "results.csv", ["dataset", *keys], rows)
     markdown = markdown_table(results)
     if model:
         markdown = "\n".join(f"- **{k}**: {v}" for k, v in model.items()) + "\n\n" + markdown
@@ -90,21 +96,21 @@ def _plain(value) -> str:
 
 
 def markdown_table(results: Sequence[DatasetResult]) -> str:
-    """Datasets × metrics, as in the paper."""
-    header = "| dataset | images | " + " | ".join(label for _, label in TABLE_COLUMNS) + " |"
-    lines = [header, "|---|---:|" + "---:|" * len(TABLE_COLUMNS)]
+    """Datasets × metrics, as in the paper (and the matting errors, against soft ground truth)."""
+    columns = table_columns(results)
+    header = "| dataset | images | " + " | ".join(label for _, label in columns) + " |"
+    lines = [header, "|---|---:|" + "---:|" * len(columns)]
     for r in results:
-        cells = [_fmt(r.summary.get(key)) for key, _ in TABLE_COLUMNS]
+        cells = [_fmt(r.summary.get(key)) for key, _ in columns]
         lines.append(f"| {r.name} | {r.summary['n_images']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def console_table(results: Sequence[DatasetResult]) -> str:
     """A fixed-width text table for the terminal."""
-    labels = ["dataset", "images", *(label for _, label in TABLE_COLUMNS)]
-    rows = [
-        [r.name, str(r.summary["n_images"]), *(_fmt(r.summary.get(key)) for key, _ in TABLE_COLUMNS)] for r in results
-    ]
+    columns = table_columns(results)
+    labels = ["dataset", "images", *(label for _, label in columns)]
+    rows = [[r.name, str(r.summary["n_images"]), *(_fmt(r.summary.get(key)) for key, _ in columns)] for r in results]
     widths = [max(len(labels[i]), *(len(row[i]) for row in rows)) for i in range(len(labels))]
     line = "  ".join(label.rjust(w) if i else label.ljust(w) for i, (label, w) in enumerate(zip(labels, widths)))
     body = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]

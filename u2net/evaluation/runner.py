@@ -1,7 +1,9 @@
 """Scoring: a model on image/mask pairs, or saved predictions against ground-truth folders.
 
 Both paths feed the same streaming :class:`~u2net.metrics.SaliencyMetrics` (also used by training
-validation), keep per-image scores for the report, and keep the worst images for a gallery.
+validation), keep per-image scores for the report, and keep the worst images for a gallery. Against
+soft ground truth (alpha mattes, :class:`SoftTruth`) they also give the matting errors of
+:mod:`u2net.metrics.matting`, over the whole image and over each trimap's unknown band.
 A file that cannot be read is reported and skipped; the batch goes on.
 """
 
@@ -24,6 +26,7 @@ from ..data.labels import LABEL_MAP_EXTENSIONS, LabelsOption, MaskReader
 from ..fileio import write_image
 from ..inference.predictor import Predictor
 from ..metrics import SaliencyMetrics, probabilities_to_uint8
+from ..metrics.matting import MattingMetrics
 
 
 @dataclass
@@ -61,11 +64,52 @@ def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
     return np.round(mask * 255).astype(np.uint8)
 
 
+@dataclass
+class SoftTruth:
+    """The ground truth is alpha mattes: score the matting errors too (SAD, MSE, gradient, connectivity; see
+    :mod:`u2net.metrics.matting`), over the whole image and, where ``trimap_dir`` has a trimap of the ground
+    truth's stem (0 background, 128 unknown, 255 foreground), over its unknown band."""
+
+    trimap_dir: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        self.trimaps: dict[str, Path] = {}
+        if self.trimap_dir is not None:
+            if not Path(self.trimap_dir).is_dir():
+                raise FileNotFoundError(f"{self.trimap_dir}: trimap folder does not exist")
+            self.trimaps = index_by_stem(list_images(self.trimap_dir, recursive=True), self.trimap_dir, [])
+
+    def trimap(self, gt_path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+        """The trimap of ``gt_path`` (H×W uint8), ``None`` without one; ValueError if unreadable or of another size."""
+        path = self.trimaps.get(Path(gt_path).stem)
+        if path is None:
+            return None
+        try:
+            trimap = mask_to_uint8(read_mask(path))
+        except Exception as exc:
+            raise ValueError(f"{path}: unreadable trimap ({type(exc).__name__}: {exc})") from None
+        if trimap.shape != shape:
+            raise ValueError(f"{path}: trimap size {trimap.shape[::-1]} differs from its ground truth {shape[::-1]}")
+        return trimap
+
+
+class _Scores:
+    """The accumulators of one dataset: the salient-object metrics, the matting errors against soft ground truth
+    (with ``soft``) and the worst images."""
+
+    def __init__(self, worst_count: int, soft: SoftTruth | None) -> None:
+        self.metrics = SaliencyMetrics()
+        self.matting = MattingMetrics() if soft is not None else None
+        self.worst = _WorstImages(worst_count)
+
+
 class _ScoringSet(Dataset):
     """Images preprocessed for the model, with their ground truth at full size; failures are returned, not raised."""
 
-    def __init__(self, pairs: Sequence[tuple[Path, Path]], predictor: Predictor, read_gt: Callable) -> None:
-        self.pairs, self.predictor, self.read_gt = list(pairs), predictor, read_gt
+    def __init__(
+        self, pairs: Sequence[tuple[Path, Path]], predictor: Predictor, read_gt: Callable, soft: SoftTruth | None
+    ) -> None:
+        self.pairs, self.predictor, self.read_gt, self.soft = list(pairs), predictor, read_gt, soft
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -82,7 +126,11 @@ class _ScoringSet(Dataset):
             return {"error": f"{gt_path}: unreadable mask ({type(exc).__name__}: {exc})"}
         if gt.shape != image.shape[:2]:
             return {"error": f"{gt_path}: mask size {gt.shape[::-1]} differs from its image {image.shape[1::-1]}"}
-        return {"input": self.predictor.preprocess(image), "gt": gt, "index": index}
+        try:
+            trimap = self.soft.trimap(gt_path, gt.shape) if self.soft is not None else None
+        except ValueError as exc:
+            return {"error": str(exc)}
+        return {"input": self.predictor.preprocess(image), "gt": gt, "trimap": trimap, "index": index}
 
 
 def _collate(items: list[dict]) -> list[dict]:
@@ -99,22 +147,23 @@ def score_model(
     worst_count: int = 12,
     progress: bool = True,
     read_gt: Callable[[Path], np.ndarray] = read_mask,
+    soft: SoftTruth | None = None,
 ) -> DatasetResult:
     """Predict every pair's image, resize the prediction to the image's own size, and score it.
 
     Images are named by their path below the images' common folder, without suffix (``0001``, or
     ``sub/0001`` for nested or several sources). With ``save_dir``, each prediction is written there
     as ``<name>.png`` (8-bit, atomically). A model output that is not finite fails that image only.
-    ``read_gt`` reads the ground truth (a :class:`~u2net.data.labels.MaskReader` for label maps).
+    ``read_gt`` reads the ground truth (a :class:`~u2net.data.labels.MaskReader` for label maps); with
+    ``soft`` it is alpha mattes, and the matting errors are scored too.
     """
     from tqdm import tqdm
 
-    metrics, worst = SaliencyMetrics(), _WorstImages(worst_count)
+    scores = _Scores(worst_count, soft)
     result = DatasetResult(name, {})
     names = image_names([image for image, _ in pairs])
-    loader = DataLoader(
-        _ScoringSet(pairs, predictor, read_gt), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
-    )
+    dataset = _ScoringSet(pairs, predictor, read_gt, soft)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     with tqdm(total=len(pairs), desc=f"scoring {name}", unit="img", disable=not progress) as bar:
         for items in loader:
             good = [item for item in items if "error" not in item]
@@ -131,9 +180,9 @@ def score_model(
                     name_ = names[item["index"]]
                     if save_dir is not None:
                         write_image(Path(save_dir) / f"{name_}.png", pred)
-                    _record(result, metrics, worst, name_, image_path, pred, item["gt"])
+                    _record(result, scores, name_, image_path, pred, item["gt"], item["trimap"])
             bar.update(len(items))
-    return _finish(result, metrics, worst)
+    return _finish(result, scores)
 
 
 def image_names(paths: Sequence[str | Path]) -> list[str]:
@@ -150,8 +199,12 @@ def image_names(paths: Sequence[str | Path]) -> list[str]:
     return names
 
 
-def _record(result, metrics, worst, name: str, image_path, pred: np.ndarray, gt: np.ndarray) -> None:
-    scores = metrics.update(pred, gt)
+def _record(
+    result, accumulators: _Scores, name: str, image_path, pred: np.ndarray, gt: np.ndarray, trimap=None
+) -> None:
+    scores = accumulators.metrics.update(pred, gt)
+    if accumulators.matting is not None:
+        scores.update(accumulators.matting.update(pred, gt, trimap))
     result.per_image.append({"dataset": result.name, "name": name, "image": str(image_path or ""), **scores})
 
     def payload() -> dict:
@@ -163,14 +216,16 @@ def _record(result, metrics, worst, name: str, image_path, pred: np.ndarray, gt:
                 result.failures.append(f"{image_path}: unreadable image ({type(exc).__name__}: {exc})")
         return {"name": name, "mae": scores["mae"], "image": image, "gt": gt, "pred": pred}
 
-    worst.offer(scores["mae"], payload)
+    accumulators.worst.offer(scores["mae"], payload)
 
 
-def _finish(result: DatasetResult, metrics: SaliencyMetrics, worst: _WorstImages) -> DatasetResult:
-    if metrics.n_images == 0:
+def _finish(result: DatasetResult, scores: _Scores) -> DatasetResult:
+    if scores.metrics.n_images == 0:
         raise ValueError(f"{result.name}: no image could be scored ({len(result.failures)} failed)")
-    result.summary = metrics.results()
-    result.worst = worst.sorted()
+    result.summary = scores.metrics.results()
+    if scores.matting is not None:
+        result.summary.update(scores.matting.results())
+    result.worst = scores.worst.sorted()
     return result
 
 
@@ -212,19 +267,21 @@ def score_folders(
     progress: bool = True,
     missing_as_empty: bool = False,
     gt_labels: LabelsOption = None,
+    soft: SoftTruth | None = None,
 ) -> DatasetResult:
     """Score saved predictions (any tool's: grayscale masks, or RGBA cut-outs by their alpha) against
     ground truth. A prediction of another size is resized to the ground truth's, with a warning.
 
     Missing or unreadable predictions are reported and left out, or with ``missing_as_empty`` scored
     as empty masks, so that a tool which fails on hard images is not flattered by skipping them.
-    ``gt_labels`` reads the ground truth as label maps (``"nonzero"`` or foreground indices)."""
+    ``gt_labels`` reads the ground truth as label maps (``"nonzero"`` or foreground indices); with ``soft``
+    it is alpha mattes, and the matting errors are scored too."""
     from tqdm import tqdm
 
     read_gt = MaskReader({gt_dir: gt_labels})
     gt_extensions = LABEL_MAP_EXTENSIONS if gt_labels is not None else IMAGE_EXTENSIONS
     pairs, messages = pair_predictions(pred_dir, gt_dir, missing_as_empty, gt_extensions)
-    metrics, worst = SaliencyMetrics(), _WorstImages(worst_count)
+    scores = _Scores(worst_count, soft)
     result = DatasetResult(name, {}, failures=messages)
     images = index_by_stem(list_images(image_dir), image_dir, []) if image_dir else {}
     resized = 0
@@ -233,6 +290,11 @@ def score_folders(
             gt = mask_to_uint8(read_gt(gt_path))
         except Exception as exc:
             result.failures.append(f"{gt_path}: unreadable ground truth ({type(exc).__name__}: {exc})")
+            continue
+        try:
+            trimap = soft.trimap(gt_path, gt.shape) if soft is not None else None
+        except ValueError as exc:
+            result.failures.append(str(exc))
             continue
         try:
             pred = read_mask(pred_path) if pred_path is not None else np.zeros(gt.shape, np.float32)
@@ -245,8 +307,8 @@ def score_folders(
         if pred.shape != gt.shape:
             resized += 1
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-        _record(result, metrics, worst, gt_path.stem, images.get(gt_path.stem), mask_to_uint8(pred), gt)
+        _record(result, scores, gt_path.stem, images.get(gt_path.stem), mask_to_uint8(pred), gt, trimap)
     if resized:
         message = f"{name}: {resized} prediction(s) had another size than their ground truth and were resized"
         warnings.warn(message, stacklevel=2)
-    return _finish(result, metrics, worst)
+    return _finish(result, scores)

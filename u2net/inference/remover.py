@@ -17,6 +17,7 @@ range: an image without a subject then stays transparent rather than becoming a 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -29,9 +30,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
-from ..data.io import list_images, open_image, read_image, read_problem, to_rgb, to_uint8
+from ..data.io import ImageReadError, list_images, open_image, read_image, read_problem, to_rgb, to_uint8
 from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, RESIZE_METHODS, resize_image
-from ..fileio import atomic_write
+from ..errors import reason
+from ..fileio import atomic_write, csv_cell, folder_write_problem
 from .batch import DEFAULT_WORKERS, OUTPUT_FORMATS, OutputFormat, default_batch_size, format_of_suffix, run_pipeline
 from .qa import MaskQuality, assess_mask
 from .refine import (
@@ -553,13 +555,15 @@ def _check_color(color, text=None) -> tuple[int, ...]:
 class BatchReport:
     """What :func:`remove_batch` did: outputs written, skipped (already there), failures, and inputs
     left out of the folder listing (``left_out``: broken links, links to folders; see
-    :func:`~u2net.data.io.list_images`), each with its reason."""
+    :func:`~u2net.data.io.list_images`), each with its reason. ``qa_csv_error``: why the QA table could not
+    be written (one line naming the file), when it could not."""
 
     done: int = 0
     skipped: int = 0
     failures: list[tuple[Path, str]] = field(default_factory=list)
     left_out: list[tuple[Path, str]] = field(default_factory=list)
     flagged: int = 0  # outputs with a QA flag (see u2net.inference.qa)
+    qa_csv_error: str | None = None
 
     @property
     def failed(self) -> int:
@@ -574,6 +578,18 @@ class BatchReport:
         left_out = f"; {len(self.left_out)} link(s)/folder(s) skipped" if self.left_out else ""
         flagged = f"; {self.flagged} flagged by QA" if self.flagged else ""
         return f"{self.total} image(s): {self.done} written, {skipped}, {self.failed} failed{left_out}{flagged}"
+
+
+# The largest side each lossy-capable format holds (libwebp's and libjpeg's limits); PNG's is 2³¹ - 1.
+MAX_OUTPUT_SIDE = {"webp": 16383, "jpeg": 65500}
+
+
+def output_size_problem(format: str, size: tuple[int, int]) -> str | None:
+    """Why an output of ``size`` = (width, height) px cannot be written as ``format``, or ``None``."""
+    limit = MAX_OUTPUT_SIDE.get(format)
+    if limit is None or max(size) <= limit:
+        return None
+    return f"{size[0]}×{size[1]} px: {OUTPUT_FORMATS[format][1]} holds at most {limit} px a side; write png instead"
 
 
 def output_format_for(src: str | os.PathLike, dst: str | os.PathLike, format: str | None = None) -> str:
@@ -599,6 +615,7 @@ def plan_outputs(
     dst: str | os.PathLike,
     skipped: list[tuple[Path, str]] | None = None,
     format: str = "png",
+    refused: list[tuple[Path, str]] | None = None,
 ) -> list[tuple[Path, Path]]:
     """(input, output) pairs for a file or a folder, outputs named for ``format`` (see
     :data:`~u2net.inference.batch.OUTPUT_FORMATS`: ``.png``, ``.webp``, ``.jpg``).
@@ -608,11 +625,22 @@ def plan_outputs(
     stem (``b.jpg``, ``b.png``) keep their full names (``b.jpg.png``, ``b.png.png``). A ``dst`` inside
     ``src`` is not searched. For a file, ``dst`` is the output file if its suffix is the format's
     (``.jpeg`` too for JPEG), else a folder that gets ``<stem>.<suffix>``. Links to folders and broken
-    links are not followed; with a ``skipped`` list they are appended to it with the reason.
+    links are not followed; with a ``skipped`` list they are appended to it with the reason. A pipe,
+    socket or device is refused (``ValueError``): it is no folder of images.
+
+    Some names cannot be given stably: ``b.jpg.png`` (output ``b.jpg.png``) beside ``b.jpg`` and ``b.png``
+    (whose clash gives ``b.jpg`` the output ``b.jpg.png`` too), or names differing only in case. Which input
+    an existing output belongs to would then depend on the other files present, and a re-run could skip an
+    input as done on another's output. With a ``refused`` list such inputs get no output and are appended to
+    it with the reason; without one they get numbered names (``b.jpg.png.png``, ``b.jpg.2.png``).
     """
     src, dst, suffix = Path(src), Path(dst), OutputFormat(format).suffix
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder")
+    if not src.is_file() and not src.is_dir():  # listing a FIFO would find "no images" and succeed
+        raise ValueError(
+            f"{src}: not a file or folder (a pipe, socket or device); to read a stream, give - and redirect it"
+        )
     if src.is_file():
         if format_of_suffix(dst.suffix) == format and not dst.is_dir():
             out = dst
@@ -630,32 +658,107 @@ def plan_outputs(
     inside = dst.resolve().is_relative_to(src.resolve())
     listed = list_images(src, recursive=True, skipped=skipped)
     files = [p for p in listed if not (inside and p.resolve().is_relative_to(dst.resolve()))]
-    names = _output_names([path.relative_to(src) for path in files], suffix)
-    return [(path, dst / name) for path, name in zip(files, names)]
+    clashes: dict[Path, str] | None = None if refused is None else {}
+    names = _output_names([path.relative_to(src) for path in files], suffix, clashes)
+    if refused is not None:
+        refused.extend((src / rel, why) for rel, why in clashes.items())
+    return [(path, dst / names[path.relative_to(src)]) for path in files if path.relative_to(src) in names]
 
 
-def _output_names(rels: list[Path], suffix: str = ".png") -> list[Path]:
-    """``a/b.jpg`` -> ``a/b.png`` (for ``suffix`` ``.png``); inputs whose outputs would clash (``b.jpg``
-    and ``b.png``, also ``b.jpg.png``, or names differing only in case) keep their full names, then get
-    numbers."""
-    names = {rel: rel.parent / f"{rel.stem}{suffix}" for rel in rels}
-    full: set[Path] = set()
-    for _ in range(len(rels) + 2):
-        groups: dict[str, list[Path]] = {}
-        for rel in rels:
-            groups.setdefault(names[rel].as_posix().lower(), []).append(rel)
-        clashes = [group for group in groups.values() if len(group) > 1]
-        if not clashes:
-            return [names[rel] for rel in rels]
-        widened = [rel for group in clashes for rel in group if rel not in full]
-        for rel in widened:
-            full.add(rel)
-            names[rel] = rel.parent / f"{rel.name}{suffix}"
-        if not widened:
-            for group in clashes:
-                for number, rel in enumerate(group[1:], 2):
-                    names[rel] = rel.parent / f"{rel.name}.{number}{suffix}"
-    raise ValueError(f"cannot give {len(rels)} outputs distinct names")
+def _output_names(rels: list[Path], suffix: str = ".png", refused: dict[Path, str] | None = None) -> dict[Path, Path]:
+    """Each input's output name: ``a/b.jpg`` -> ``a/b.png`` (for ``suffix`` ``.png``); inputs whose stems
+    clash (``b.jpg`` and ``b.png``, or names differing only in case) keep their full names (``b.jpg.png``).
+
+    A name depends only on the input's own path and whether another input shares its stem, never on a
+    chain of renames. An input whose name is one another input could have (its short or full name,
+    compared without case) is ambiguous: which of the two an existing output belongs to would depend on
+    the other files present. With ``refused``, such inputs are put there with the reason and get no name;
+    without it, they get that name where still free, else their full name or a numbered one."""
+
+    def key(name: Path) -> str:
+        return name.as_posix().lower()
+
+    short = {rel: rel.parent / f"{rel.stem}{suffix}" for rel in rels}
+    full = {rel: rel.parent / f"{rel.name}{suffix}" for rel in rels}
+    stems: dict[str, int] = {}
+    claims: dict[str, list[Path]] = {}  # a name -> the inputs that could be written to it
+    for rel in rels:
+        stems[key(short[rel])] = stems.get(key(short[rel]), 0) + 1
+        for name in {key(short[rel]), key(full[rel])}:
+            claims.setdefault(name, []).append(rel)
+    names: dict[Path, Path] = {}
+    ambiguous: list[tuple[Path, Path]] = []
+    for rel in rels:
+        name = full[rel] if stems[key(short[rel])] > 1 else short[rel]
+        rivals = [other for other in claims[key(name)] if other != rel]
+        if not rivals:
+            names[rel] = name
+            continue
+        ambiguous.append((rel, name))
+        if refused is not None:
+            refused[rel] = (
+                f"ambiguous output name: {rel.name} and {rivals[0].name} may both be written to {name.name}; "
+                "rename one of them"
+            )
+    if refused is None:
+        taken = {key(name) for name in names.values()}
+        for rel, name in ambiguous:
+            candidates = [name, full[rel]] + [rel.parent / f"{rel.name}.{n}{suffix}" for n in range(2, len(rels) + 3)]
+            names[rel] = next(c for c in candidates if key(c) not in taken)
+            taken.add(key(names[rel]))
+    return names
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link loop
+        return None
+
+
+def _inputs_overwritten(pairs: list[tuple[Path, Path]]) -> dict[tuple[Path, Path], str]:
+    """The pairs whose output is an input of the same run (an output folder that holds the input folder, a
+    linked sub-folder, a hard link), with the reason: writing them would destroy that input."""
+    by_path: dict[Path, Path] = {}
+    by_inode: dict[tuple[int, int], Path] = {}
+    for source, _ in pairs:
+        by_path.setdefault(_resolved(source), source)
+        with contextlib.suppress(OSError):
+            info = source.stat()
+            by_inode.setdefault((info.st_dev, info.st_ino), source)
+    problems = {}
+    for pair in pairs:
+        target = _resolved(pair[1])
+        victim = by_path.get(target) if target is not None else None
+        if victim is None:
+            with contextlib.suppress(OSError):  # the same file under another name (a case-insensitive disk)
+                info = pair[1].stat()
+                victim = by_inode.get((info.st_dev, info.st_ino))
+        if victim is not None:
+            problems[pair] = f"its output {pair[1]} is the input {victim} of this run: not written"
+    return problems
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the header; ``None`` when unreadable (the run then reports why)."""
+    try:
+        with open_image(path) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - any decoder error is the pipeline's to report, with its reason
+        return None
+
+
+# The most memory an image takes per pixel on its way through remove_batch with the default options: the decoded
+# RGB array, the full-size float32 map and its temporaries, the alpha and the RGBA output (19 B/px measured on a
+# 24 MP JPEG, by peak RSS).
+PIPELINE_BYTES_PER_PIXEL = 20
+
+
+def _pipeline_bytes(pair: tuple[Path, Path]) -> int:
+    """About the most bytes ``pair``'s input holds in :func:`remove_batch` (run_pipeline's ``cost``), from its
+    header; 0 when that is unreadable: decoding then fails the image with the reason."""
+    size = _header_size(pair[0])
+    return size[0] * size[1] * PIPELINE_BYTES_PER_PIXEL if size else 0
 
 
 def remove_batch(
@@ -681,13 +784,17 @@ def remove_batch(
     (``None``: see :func:`output_format_for`); ``quality`` 1–100 for lossy WebP or JPEG (WebP without it
     is lossless). JPEG has no alpha: it needs ``mask_only``, an opaque ``bg_color`` or a ``bg_image``.
 
-    With ``qa_csv``, each output's :func:`~u2net.inference.qa.assess_mask` (confidence and QA flags) is
-    written to that CSV (input, output, confidence, flags), in input order, and the report counts the
-    flagged outputs.
+    With ``qa_csv``, the CSV gets one row per output (input, output, confidence, flags; see
+    :func:`save_qa_table`), those of outputs skipped as done included, also when the run is interrupted,
+    and the report counts the flagged outputs. A file there that is not such a table is refused
+    (``ValueError``) before any work; a failure to write it is ``report.qa_csv_error``.
 
     Existing outputs are skipped unless ``overwrite``. Each output is written to a temporary file and
     renamed, so an interrupted run leaves no half-written file. An unreadable or corrupt input (or any
-    other error on one image) is recorded in the report with its reason and the batch goes on.
+    other error on one image) is recorded in the report with its reason and the batch goes on; so are
+    inputs whose output would be another input of the run, inputs whose output name is ambiguous (see
+    :func:`plan_outputs`), and images larger than the format holds (from their header, before the model
+    runs). An output folder where nothing can be written is a ``ValueError`` before any work.
     """
     from tqdm import tqdm
 
@@ -695,14 +802,28 @@ def remove_batch(
     output_format = OutputFormat(output_format_for(src, dst, format), quality)
     if not output_format.has_alpha and needs_alpha(options):
         raise ValueError("JPEG has no transparency: give an opaque bg_color or a bg_image, or mask_only")
+    previous = None if qa_csv is None else read_qa_csv(qa_csv)
     report = BatchReport()
-    pairs = plan_outputs(src, dst, report.left_out, output_format.name)
-    todo = [pair for pair in pairs if overwrite or not pair[1].exists()]
-    report.skipped = len(pairs) - len(todo)
-    problems: dict[tuple[Path, Path], str] = {}
+    refused: list[tuple[Path, str]] = []
+    pairs = plan_outputs(src, dst, report.left_out, output_format.name, refused)
+    problems = _inputs_overwritten(pairs)
+    own = [pair for pair in pairs if pair not in problems]  # the outputs that are these inputs' own
+    todo = [pair for pair in own if overwrite or not pair[1].exists()]
+    report.skipped = len(own) - len(todo)
+    if todo:
+        problem = folder_write_problem(Path(dst) if Path(src).is_dir() else todo[0][1].parent)
+        if problem:
+            raise ValueError(problem)
+    if output_format.name in MAX_OUTPUT_SIDE and not options.crop:  # a crop's size is known only after the model
+        for pair in todo:
+            size = _header_size(pair[0])
+            problem = size and output_size_problem(output_format.name, size)
+            if problem:
+                problems[pair] = problem
+        todo = [pair for pair in todo if pair not in problems]
     bar = tqdm(
-        total=len(pairs),
-        initial=report.skipped,
+        total=len(pairs) + len(refused),
+        initial=report.skipped + len(problems) + len(refused),
         unit="img",
         desc="remove",
         disable=not progress,
@@ -720,32 +841,154 @@ def remove_batch(
 
     qualities: dict[tuple[Path, Path], MaskQuality] | None = None if qa_csv is None else {}
     prepare, finish = _cutout_stages(remover, options, output_format, qualities)
-    with bar:
-        run_pipeline(
-            todo,
-            prepare,
-            lambda batch: remover.model_output(batch, options),
-            finish,
-            on_result,
-            batch_size=batch_size or default_batch_size(remover.predictor),
-            workers=DEFAULT_WORKERS if workers is None else workers,
-        )
-    report.failures = [(pair[0], problems[pair]) for pair in todo if pair in problems]  # in input order
+    try:
+        with bar:
+            run_pipeline(
+                todo,
+                prepare,
+                lambda batch: remover.model_output(batch, options),
+                finish,
+                on_result,
+                batch_size=batch_size or default_batch_size(remover.predictor),
+                workers=DEFAULT_WORKERS if workers is None else workers,
+                cost=_pipeline_bytes,
+            )
+    except KeyboardInterrupt:
+        if qualities is not None:  # keep what was done: a re-run starts from this table (no slow re-reads now)
+            save_qa_table(qa_csv, own, qualities, options, report, previous, assess_existing=False)
+            if report.qa_csv_error:
+                warnings.warn(report.qa_csv_error, stacklevel=2)
+        raise
+    # in input order (the listing is sorted)
+    report.failures = sorted(refused + [(pair[0], problems[pair]) for pair in pairs if pair in problems])
     if qualities is not None:
-        report.flagged = sum(not quality.ok for quality in qualities.values())
-        write_qa_csv(qa_csv, [(pair, qualities[pair]) for pair in todo if pair in qualities])
+        save_qa_table(qa_csv, own, qualities, options, report, previous)
     return report
 
 
-def write_qa_csv(path: str | os.PathLike, rows: list[tuple[tuple[Path, Path], MaskQuality]]) -> None:
-    """The QA table of a batch (input, output, confidence, flags), written atomically."""
+# -- the QA table ------------------------------------------------------------------------------
+QA_COLUMNS = ("input", "output", "confidence", "flags")
+NOT_ASSESSED = "not_assessed"  # the flags of an output on disk whose mask cannot be read back (a composite)
+
+QARow = tuple[tuple[str, str], MaskQuality | None]  # ((input, output), quality; None: not assessed)
+
+
+def _csv_value(cell: str) -> str:
+    """A name cell as written before :func:`~u2net.fileio.csv_cell` escaped it."""
+    return cell[1:] if cell.startswith("'") else cell
+
+
+def write_qa_csv(
+    path: str | os.PathLike, rows: list[tuple[tuple[str | os.PathLike, str | os.PathLike], MaskQuality | None]]
+) -> None:
+    """The QA table of a batch (input, output, confidence, flags), written atomically.
+
+    Names that are not UTF-8 keep their bytes (surrogate escapes, as ``os.fsdecode`` gives them); cells a
+    spreadsheet would run as a formula (``= + - @``) get a leading quote; a quality of ``None`` (a mask that
+    could not be read back) is an empty confidence with the flag ``not_assessed``."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["input", "output", "confidence", "flags"])
+    writer.writerow(QA_COLUMNS)
     for (source, output), quality in rows:
-        writer.writerow([source, output, f"{quality.confidence:.4f}", quality.header_value()])
+        if quality is None:
+            confidence, flags = "", NOT_ASSESSED
+        else:
+            confidence, flags = f"{quality.confidence:.4f}", quality.header_value()
+        writer.writerow([csv_cell(os.fspath(source)), csv_cell(os.fspath(output)), confidence, flags])
     with atomic_write(Path(path)) as f:
-        f.write(text.getvalue().encode("utf-8"))
+        f.write(text.getvalue().encode("utf-8", "surrogateescape"))
+
+
+def read_qa_csv(path: str | os.PathLike) -> list[QARow]:
+    """The rows of a table :func:`write_qa_csv` wrote (none when there is no file), for a later run to keep.
+
+    A file that is not such a table (another CSV, a folder, a pipe) raises ``ValueError`` with one line naming
+    it: it is the user's, and must not be replaced."""
+    path = Path(path)
+    if not os.path.exists(path):  # unlike Path.exists, never raises (an unsearchable parent)
+        return []
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: is a folder or a special file, not a QA table; give a file name")
+    not_a_table = f"{path}: exists and is not a QA table of u2net remove ({','.join(QA_COLUMNS)}); give another file"
+    rows: list[QARow] = []
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:  # an empty file holds nothing to keep
+                return []
+            if tuple(header) != QA_COLUMNS:
+                raise ValueError(not_a_table)
+            for cells in reader:
+                if len(cells) != len(QA_COLUMNS):
+                    raise ValueError(not_a_table)
+                source, output, confidence, flags = cells
+                try:
+                    quality = MaskQuality(float(confidence), () if flags == "ok" else tuple(flags.split(",")))
+                except ValueError:  # empty: not assessed
+                    quality = None
+                rows.append(((_csv_value(source), _csv_value(output)), quality))
+    except csv.Error:  # e.g. a binary file: one huge "field"
+        raise ValueError(not_a_table) from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the QA table ({exc.strerror or type(exc).__name__})") from None
+    return rows
+
+
+def _assess_output(path: Path, options: RemovalOptions) -> MaskQuality | None:
+    """:func:`assess_mask` of an output already on disk: a mask output itself, a cut-out's alpha channel;
+    ``None`` for a composite on a background (its alpha is not the mask) or a file that cannot be read."""
+    if not options.mask_only and (options.bg_color is not None or options.bg_image is not None):
+        return None
+    try:
+        with open_image(path) as img:
+            if options.mask_only:
+                alpha = np.asarray(img.convert("L"))
+            elif "A" in img.getbands() or "transparency" in img.info:
+                alpha = np.asarray(img.convert("RGBA").getchannel("A"))
+            else:
+                return None
+    except Exception:  # noqa: BLE001 - an unreadable output is "not assessed", never a failed run
+        return None
+    return assess_mask(alpha)
+
+
+def save_qa_table(
+    path: str | os.PathLike,
+    pairs: list[tuple[Path, Path]],
+    qualities: dict[tuple[Path, Path], MaskQuality],
+    options: RemovalOptions,
+    report: BatchReport,
+    previous: list[QARow] | None = None,
+    assess_existing: bool = True,
+) -> None:
+    """Write the QA table of a run's ``pairs``: one row per output there is, in input order.
+
+    A row is this run's assessment (``qualities``); else, for an output already there (skipped as done,
+    or left by an earlier run), the row ``previous`` (default: the table at ``path``) has for the same
+    input and output, else (``assess_existing``) :func:`assess_mask` of the file's alpha (of a cropped
+    cut-out: the crop's). Earlier rows about other outputs follow, as they were. ``report.flagged`` counts
+    this run's flagged rows; a write error becomes ``report.qa_csv_error`` (one line), not an exception."""
+    if previous is None:
+        previous = read_qa_csv(path)
+    earlier = dict(previous)
+    planned = {os.fspath(output) for _, output in pairs}
+    rows: list[QARow] = []
+    for pair in pairs:
+        key = (os.fspath(pair[0]), os.fspath(pair[1]))
+        if pair in qualities:
+            rows.append((key, qualities[pair]))
+        elif key[1] != "-" and pair[1].exists():
+            if key in earlier:
+                rows.append((key, earlier[key]))
+            elif assess_existing:
+                rows.append((key, _assess_output(pair[1], options)))
+    report.flagged = sum(quality is not None and not quality.ok for _, quality in rows)
+    others = [row for row in previous if row[0][1] not in planned]
+    try:
+        write_qa_csv(path, rows + others)
+    except OSError as exc:
+        report.qa_csv_error = f"{path}: the QA table was not written ({exc.strerror or reason(exc)})"
 
 
 def _cutout_stages(remover: BackgroundRemover, options: RemovalOptions, output_format: OutputFormat, qualities: dict):
@@ -761,6 +1004,9 @@ def _cutout_stages(remover: BackgroundRemover, options: RemovalOptions, output_f
         rgb, source_alpha = state
         alpha, foreground = remover.alpha_from_output(rgb, raw, options)
         image = remover.output_image(source_alpha, alpha, foreground, options)
+        problem = output_size_problem(output_format.name, image.size)  # a crop's size is known only now
+        if problem:  # reported as the planning check's are, without an exception type
+            raise ImageReadError(os.fspath(pair[1]), problem)
         with atomic_write(pair[1]) as f:
             output_format.save(image, f)
         if qualities is not None:
@@ -782,8 +1028,12 @@ __all__ = [
     "mask_bbox",
     "needs_alpha",
     "output_format_for",
+    "output_size_problem",
     "parse_color",
     "plan_outputs",
     "rembg_mask",
+    "read_qa_csv",
     "remove_batch",
+    "save_qa_table",
+    "write_qa_csv",
 ]

@@ -18,7 +18,7 @@ from PIL import Image
 from ..data.io import ImageReadError
 from ..inference.qa import assess_mask
 from ..inference.remover import BackgroundRemover, RemovalOptions
-from ..models.pretrained import PRETRAINED, local_weights, sha256_of
+from ..models.pretrained import local_weights, pretrained_tag, sha256_of
 from . import storage
 from .errors import ApiError, os_reason
 from .images import decode_image, open_image
@@ -52,7 +52,7 @@ class Admission:
 
 def model_key(model: str | os.PathLike) -> str:
     """What a request names a model by: a pretrained tag as it is, a file by its stem."""
-    return str(model) if str(model) in PRETRAINED else Path(model).stem
+    return pretrained_tag(model) or Path(model).stem
 
 
 class Service:
@@ -294,10 +294,11 @@ def _model_file(source: str | os.PathLike | None) -> Path | None:
     """The weights file behind a path or pretrained tag (for its hash), if there is one on disk."""
     if source is None or str(source) == "":
         return None
+    tag = pretrained_tag(source)  # the loaders' rule: a tag is the tag, even beside a file of its name
+    if tag is not None:
+        return local_weights(tag)  # bundled or cached, never fetched
     path = Path(source).expanduser()
-    if path.is_file():
-        return path
-    return local_weights(str(source)) if str(source) in PRETRAINED else None  # bundled or cached, never fetched
+    return path if path.is_file() else None
 
 
 __all__ = ["Admission", "Service"]
