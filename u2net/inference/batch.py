@@ -51,9 +51,10 @@ CPU_BATCH_SIZE = 4  # on a CPU a batch is no faster per image; a few keep the mo
 GPU_BATCH_SIZE = 8  # a GPU runs a batch of 8 320² inputs in about the time of 2 single images
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)  # threads per side of the model (decode ahead, encode behind)
 # Bytes of items in flight at once, where the items have a cost. A 24 MP photo takes about 0.45 GB on its own
-# in remove_batch: 1 GiB lets two of them overlap (one decoding while one is encoded), four 12 MP ones, and
-# ordinary photos as many as the queues hold: only folders of large images are held back.
-DEFAULT_MEMORY_BUDGET = 1 << 30
+# in remove_batch: 512 MiB runs such photos one at a time (about the memory of --workers 0: with 1 GiB two
+# overlapped and the peak was 1.93 GB against 1.16 GB, benchmarks/folder_memory.py), lets two 12 MP ones and
+# ordinary photos as many as the queues hold overlap: only folders of large images are held back.
+DEFAULT_MEMORY_BUDGET = 512 << 20
 
 Prepare = Callable[[Any], tuple[np.ndarray, Any]]
 Predict = Callable[[np.ndarray], Sequence[Any]]
