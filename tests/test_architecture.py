@@ -22,6 +22,7 @@ LAYERS = {
     "metrics": 0,  # scoring; imports nothing of ours
     "models": 1,  # architectures, weights, the pretrained catalogue, ONNX import
     "losses": 1,
+    "device": 1,  # where PyTorch runs and at what precision (shared by engine and inference); imports torch only
     "engine": 2,  # training
     "inference": 2,  # prediction, background removal, ONNX Runtime sessions, timing
     "tasks": 2,  # the entry scripts' shared error handling (task_wrapper); reads engine's and models' errors

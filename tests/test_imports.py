@@ -6,6 +6,7 @@ The import checks run in a fresh interpreter each (``sys.executable -c``): this 
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import os
@@ -23,6 +24,7 @@ from u2net.inference.predictor import _onnx_runtime_suits
 from .conftest import REPO
 
 BUNDLED_ONNX = REPO / "u2net" / "models" / "bundled" / "u2netp.onnx"
+INFERENCE_DIR = REPO / "u2net" / "inference"
 HEAVY = ("torch", "albumentations", "torchvision")
 
 # Each snippet ends by printing the heavy modules it imported, as JSON, on its last line.
@@ -174,3 +176,74 @@ def test_device_cpu_keeps_onnx_runtime_on_its_cpu_provider(monkeypatch) -> None:
     predictor.Predictor.from_path(BUNDLED_ONNX)
     predictor.Predictor.from_path(BUNDLED_ONNX, device="cpu", providers=["CPUExecutionProvider"])
     assert asked == [["CPUExecutionProvider"], None, ["CPUExecutionProvider"]]
+
+
+# -- inference does not depend on the training package ---------------------------------------------------------
+# test_architecture.py lets layer-2 packages import each other; inference must not import engine even so:
+# prediction would then depend on training (the device and precision helpers they share live in u2net.device).
+FORBIDDEN = "u2net.engine"
+
+
+def _names_forbidden(name: str) -> bool:
+    return name == FORBIDDEN or name.startswith(f"{FORBIDDEN}.")
+
+
+def _engine_imports(source: str, module: str, is_package: bool = False) -> list[int]:
+    """Lines of ``source`` (the code of u2net module ``module``) that import ``u2net.engine`` or anything in it,
+    at any depth (inside functions too): ``import``, ``from ... import`` (relative ones resolved) and
+    ``importlib.import_module`` / ``__import__`` of a literal name."""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            named = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level > len(package):
+                continue  # above the top-level package: Python refuses it
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+            target = ".".join(part for part in (base, node.module or "") if part)
+            # ``from u2net import engine`` names the package in its alias, not in the module
+            named = [target, *(f"{target}.{alias.name}" for alias in node.names)]
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            named = [node.args[0].value]
+        else:
+            continue
+        if any(_names_forbidden(name) for name in named):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_inference_never_imports_engine() -> None:
+    found = {}
+    for path in sorted(INFERENCE_DIR.rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        is_package = parts[-1] == "__init__"
+        module = ".".join(parts[:-1] if is_package else parts)
+        if lines := _engine_imports(path.read_text(encoding="utf-8"), module, is_package):
+            found[str(path.relative_to(REPO))] = lines
+    assert not found, f"u2net.inference imports u2net.engine (file: lines): {found}"
+
+
+def test_the_engine_import_check_finds_every_form() -> None:
+    source = (
+        "import importlib\n"
+        "def backend():\n"
+        "    from ..engine.utils import pick_device\n"  # 3: inside a function, relative
+        "import u2net.engine\n"  # 4
+        "from .. import engine\n"  # 5
+        "from u2net import engine as training\n"  # 6
+        "importlib.import_module('u2net.engine.trainer')\n"  # 7
+        "from ..device import pick_device\n"  # 8: the shared helpers, allowed
+        "from .engine_room import x\n"  # 9: u2net.inference.engine_room, allowed
+        "import u2net.engines\n"  # 10: another name, allowed
+    )
+    assert _engine_imports(source, "u2net.inference.torch_backend") == [3, 4, 5, 6, 7]
+    # in a package's __init__, "." is the package itself
+    assert _engine_imports("from .engine import x\n", "u2net", is_package=True) == [1]
+    assert _engine_imports("from ..engine import x\n", "u2net.inference", is_package=True) == [1]

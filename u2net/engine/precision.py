@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .utils import autocast_context
+from ..device import autocast_context
 
 __all__ = ["MIN_GRADIENT_AGREEMENT", "gradient_agreement"]
 

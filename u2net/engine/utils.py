@@ -1,29 +1,19 @@
-"""Device choice, seeding and mixed-precision settings."""
+"""Seeding, and the device and precision helpers under their old names.
+
+The device and precision helpers live in :mod:`u2net.device` (shared with PyTorch inference); they are
+re-exported here because the trainer, ``train.py``, the benchmarks and tests still import them from here.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import random
 
 import numpy as np
 import torch
 
+from ..device import PRECISIONS, autocast_context, pick_device, resolve_precision
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is passed to ``torch.device``."""
-    if requested != "auto":
-        device = torch.device(requested)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"device {requested!r} requested but CUDA is not available; "
-                "use the CPU (trainer.device=cpu, --device cpu)"
-            )
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+__all__ = ["PRECISIONS", "autocast_context", "pick_device", "resolve_precision", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -31,33 +21,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` becomes bf16 where the hardware runs it fast (CUDA with bf16 support, CPUs with
-    AVX512-BF16/AMX through oneDNN) and fp32 elsewhere; other values are returned unchanged."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        try:
-            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-        except (AttributeError, RuntimeError):
-            return "fp32"
-    return "fp32"
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context for ``precision``: bf16 on CPU and GPU, fp16 on CUDA only."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"precision=fp16 needs CUDA (device is {device.type}); use bf16 instead")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -7,6 +7,7 @@ from ..lazy import lazy_exports
 __all__ = [
     "BackgroundRemover",
     "BatchReport",
+    "InferenceBackend",
     "ModelInfo",
     "OnnxBackend",
     "OutputFormat",
@@ -27,8 +28,9 @@ __all__ = [
 _SOURCES = {
     "OutputFormat": "batch",
     "run_pipeline": "batch",
+    "InferenceBackend": "predictor",
     "ModelInfo": "predictor",
-    "OnnxBackend": "predictor",
+    "OnnxBackend": "onnx_backend",
     "Predictor": "predictor",
     "resize_probability": "refine",
     "mask_bbox": "refine",
@@ -42,8 +44,8 @@ _SOURCES = {
     "TorchBackend": "torch_backend",
 }
 # Submodules that were attributes of the package once it was imported (it used to import them, and with them
-# refine and qa).
-_SUBMODULES = frozenset(_SOURCES.values()) - {"torch_backend"} | {"qa"}
+# refine and qa; the two backends' modules came later).
+_SUBMODULES = frozenset(_SOURCES.values()) - {"torch_backend", "onnx_backend"} | {"qa"}
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _SOURCES, _SUBMODULES, __all__)

@@ -11,19 +11,21 @@ import os
 import platform
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 # Nothing here imports torch (nor albumentations): the PyTorch backend and checkpoint reading are imported on
 # the PyTorch path only, so that ONNX Runtime inference starts without them.
 from ..data.preprocessing import Preprocessing
-from ..errors import one_line
 from ..models.onnx_format import decode_metadata
 from ..models.pretrained import PRETRAINED, local_weights, pretrained_tag
+from .onnx_backend import OnnxBackend
+from .onnx_backend import symbolic_batch_dim as symbolic_batch_dim  # re-exported: its callers import it from here
 from .refine import resize_probability
-from .runtime import median_seconds, onnx_session, pick_providers
+from .runtime import median_seconds, pick_providers
 
 BACKENDS = ("auto", "pytorch", "onnxruntime")
 
@@ -67,110 +69,51 @@ def _onnx_runtime_suits(device: str, precision: str) -> bool:
     return device == "auto" and not (os.path.exists("/dev/nvidiactl") or apple_silicon)
 
 
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """What :class:`Predictor` and the code around it use of a backend: PyTorch's
+    (:class:`~u2net.inference.torch_backend.TorchBackend`) and ONNX Runtime's
+    (:class:`~u2net.inference.onnx_backend.OnnxBackend`) both have it."""
+
+    fixed_size: int | None  # the square input side the model requires, or None: any size
+    max_batch: int | None  # most images the model runs at once (a call splits larger batches), or None: any
+    precision: str  # what it computes in, resolved (never "auto")
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether it computes on a GPU (decides, e.g., how many images to batch)."""
+        ...
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """N×3×S×S float32 normalised images -> N×S×S float32 probabilities of the fused output."""
+        ...
+
+
 @dataclass
 class ModelInfo:
-    """What a report says about the model being scored."""
+    """What a report says about the model being scored: its name, weights (``source``), backend and size, and
+    where and how it runs: ``device`` on PyTorch, ``providers`` (in use, first the one that computes) on ONNX
+    Runtime, ``precision`` on both; ``None`` where not known or not applicable."""
 
     name: str
     source: str
     backend: str
     parameters: int | None = None
     size_mb: float | None = None
-    extra: dict = field(default_factory=dict)
+    device: str | None = None
+    providers: list[str] | None = None
+    precision: str | None = None
 
-
-class OnnxBackend:
-    """Runs an ONNX U²-Net (ours, or rembg's u2net/u2netp/u2net_human_seg) with ONNX Runtime.
-
-    Output 0 is taken as the mask. Files that output logits instead of probabilities are detected
-    (values outside [0, 1]) and passed through a sigmoid.
-    """
-
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, precision: str = "fp32") -> None:
-        """``precision``: fp32, or fp16/bf16 on the OpenVINO provider (see
-        :func:`~u2net.inference.runtime.provider_options`)."""
-        wanted = pick_providers(providers)
-        if not wanted:
-            raise ValueError(f"none of the ONNX Runtime providers {', '.join(providers or ())} is available here")
-        model_bytes = Path(path).read_bytes()
-        graph = _parse_onnx(model_bytes, path)  # external data (if any) is not read here
-        dims = _image_input_dims(graph, path)
-        batch_name = dims[0].dim_param or None
-        on_cpu = wanted[:1] == ["CPUExecutionProvider"]
-        # On the CPU a batch runs no faster than its images one after another, and a symbolic batch
-        # dimension keeps ONNX Runtime from folding the graph's shape arithmetic and from running the
-        # up-sampling in its blocked (NCHWc) layout: with it fixed to 1, U²-Net runs 6–10 % faster.
-        fixed = {batch_name: 1} if batch_name and on_cpu else None
-        # Weights in files beside the model (external data) are found relative to the model's own path: ONNX
-        # Runtime refuses them for a model given as bytes, so such a file is opened by path.
-        model = str(path) if _has_external_data(graph) else model_bytes
-        self.session = onnx_session(model, wanted, precision=precision, fixed_dims=fixed)
-        self.precision = precision
-        model_input = self.session.get_inputs()[0]
-        self.input_name = model_input.name
-        batch_dim, _, height, width = model_input.shape
-        self.max_batch = 1 if batch_name and on_cpu else batch_dim if isinstance(batch_dim, int) else None
-        self.fixed_size = height if isinstance(height, int) and height == width else None
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.providers = self.session.get_providers()
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """N×3×S×S float32 normalised images -> N×S×S float32 probabilities."""
-        step = self.max_batch or len(batch)
-        outputs = [
-            self.session.run(None, {self.input_name: batch[i : i + step]})[0] for i in range(0, len(batch), step)
-        ]
-        probs = np.concatenate(outputs)[:, 0].astype(np.float32)
-        if probs.size and (probs.min() < 0 or probs.max() > 1):
-            probs = 1.0 / (1.0 + np.exp(-probs))
-        return probs
-
-
-def _parse_onnx(model_bytes: bytes, source: str | os.PathLike):
-    """The ONNX model in ``model_bytes`` (read from ``source``), without any external data."""
-    import onnx
-
-    try:
-        return onnx.load_model_from_string(model_bytes)
-    except Exception as exc:
-        raise ValueError(f"{source}: not a readable ONNX file ({type(exc).__name__}: {one_line(exc)})") from None
-
-
-def _has_external_data(model) -> bool:
-    """Whether any initializer keeps its values in a file beside the model (``save_as_external_data=True``)."""
-    import onnx
-
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-
-
-def _graph_inputs(model) -> list:
-    """The model's inputs that are fed (old exporters list the initializers among the inputs too)."""
-    initializers = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in initializers]
-
-
-def _image_input_dims(model, source: str | os.PathLike) -> list:
-    """The dimensions of the model's image input (its first input that is no initializer), when it takes
-    N×3×H×W (symbolic sizes allowed); one line naming ``source`` and what the file takes otherwise."""
-    inputs = _graph_inputs(model)
-    if not inputs:
-        raise ValueError(f"{source}: expects an image input N×3×H×W; this file has no input")
-    first = inputs[0]
-    dims = list(first.type.tensor_type.shape.dim)
-    shown = "×".join(d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?") for d in dims)
-    if len(dims) != 4 or (dims[1].HasField("dim_value") and dims[1].dim_value != 3):
-        raise ValueError(
-            f"{source}: expects an image input N×3×H×W; this file's input {first.name!r} is "
-            f"{shown or 'a tensor of unknown rank'}"
-        )
-    return dims
-
-
-def symbolic_batch_dim(model_bytes: bytes) -> str | None:
-    """The name of an ONNX model's symbolic batch dimension (first input, first axis), if it has one."""
-    inputs = _graph_inputs(_parse_onnx(model_bytes, "model"))
-    dims = inputs[0].type.tensor_type.shape.dim if inputs else ()
-    return (dims[0].dim_param or None) if dims else None
+    @property
+    def extra(self) -> dict[str, object]:
+        """The runtime facts that are set (``device``, ``providers``, ``precision``) as one dict, for the reports
+        and the service that read them so: a new dict each time, made from the fields."""
+        facts = {
+            "device": self.device,
+            "providers": list(self.providers) if self.providers is not None else None,
+            "precision": self.precision,
+        }
+        return {key: value for key, value in facts.items() if value is not None}
 
 
 class Predictor:
@@ -182,7 +125,10 @@ class Predictor:
     """
 
     def __init__(
-        self, backend, preprocessing: Preprocessing | Mapping | None = None, info: ModelInfo | None = None
+        self,
+        backend: InferenceBackend,
+        preprocessing: Preprocessing | Mapping | None = None,
+        info: ModelInfo | None = None,
     ) -> None:
         self.backend = backend
         preprocessing = Preprocessing.from_dict(preprocessing)
@@ -235,9 +181,14 @@ class Predictor:
             # a tag's file may name no preprocessing (rembg's do not): its catalogue entry does
             fallback = PRETRAINED[tag].preprocessing if tag is not None else Preprocessing()
             preprocessing = Preprocessing.from_metadata(decode_metadata(meta)) or fallback
-            info = ModelInfo(meta.get("model_name", Path(source).stem), source, "onnxruntime", size_mb=_file_mb(source))
-            info.extra["providers"] = backend.providers
-            info.extra["precision"] = backend.precision
+            info = ModelInfo(
+                meta.get("model_name", Path(source).stem),
+                source,
+                "onnxruntime",
+                size_mb=_file_mb(source),
+                providers=list(backend.providers),
+                precision=backend.precision,
+            )
             return cls(backend, replace(preprocessing, **overrides), info)
 
         source = tag if tag is not None else path  # a path keeps its type: a Path named like a tag names the file
@@ -252,10 +203,11 @@ class Predictor:
         parameters = sum(p.numel() for p in model.parameters())
         # The weights themselves (float32 state dict), not the file: checkpoints also hold optimizer state.
         size = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
-        info = ModelInfo(getattr(model, "model_name", "u2net"), str(source), "pytorch", parameters, size)
         backend = TorchBackend(model, device, precision)
-        info.extra["device"] = str(backend.device)
-        info.extra["precision"] = backend.precision
+        name = getattr(model, "model_name", "u2net")  # models built outside the registry may lack it
+        info = ModelInfo(
+            name, str(source), "pytorch", parameters, size, device=str(backend.device), precision=backend.precision
+        )
         return cls(backend, replace(preprocessing, **overrides), info)
 
     @property
