@@ -18,9 +18,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from u2net.device import pick_device
 from u2net.engine import Trainer
 from u2net.engine.distributed import cleanup_distributed
-from u2net.engine.utils import pick_device, seed_everything
+from u2net.engine.utils import seed_everything
 from u2net.tasks import task_wrapper
 
 
@@ -37,8 +38,9 @@ def build_and_fit(cfg: DictConfig) -> tuple[Trainer, dict]:
     groups = instantiate(cfg.params)(model, lr=cfg.optim.lr)  # per-stage rates, or a frozen encoder
     optimizer = instantiate(cfg.optim, _convert_="all", **fused)(groups)
     schedule = instantiate(cfg.sched)
-    config = instantiate(cfg.trainer, **instantiate(cfg.logger).trainer_options())
-    trainer = Trainer(model, loss_fn, optimizer, schedule, data, config, run_config)
+    logger = instantiate(cfg.logger)  # TensorBoard, or nothing
+    config = instantiate(cfg.trainer, **logger.trainer_options())  # checkpoints record the logger's settings
+    trainer = Trainer(model, loss_fn, optimizer, schedule, data, config, run_config, logger)
     return trainer, trainer.fit(ckpt_path=cfg.ckpt_path)
 
 
@@ -46,12 +48,13 @@ def report(trainer: Trainer, metrics: dict) -> None:
     """The end of a run on the console: final scores, start -> now, the summary and where the files are."""
     shown = {k: metrics[k] for k in ("mae", "max_f", "wfm", "sm", "max_em") if k in metrics}
     print(f"done at step {trainer.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
-    if trainer.initial_metrics and metrics:
+    start = trainer.selection.initial_metrics
+    if start and metrics:
         print(
-            f"validation MAE {trainer.initial_metrics['mae']:.4f} at the start -> {metrics['mae']:.4f} now "
+            f"validation MAE {start['mae']:.4f} at the start -> {metrics['mae']:.4f} now "
             f"(predicting all background: {metrics['mae_all_background']:.4f})"
         )
-    summary = trainer.summary()
+    summary = trainer.selection.summary()
     if summary:
         print(summary)
     print(f"checkpoints and TensorBoard logs in {trainer.out_dir}")

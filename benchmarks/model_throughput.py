@@ -25,8 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import u2net
 from u2net.data import SaliencyDataModule
+from u2net.device import pick_device
 from u2net.engine import Trainer, TrainerConfig, autocast_context
-from u2net.engine.utils import pick_device
 from u2net.losses import DeepSupervisionLoss
 
 TRAIN_SIZE, INFER_SIZE = 288, 320

@@ -21,8 +21,8 @@ import torch
 
 import u2net
 from u2net.data import SaliencyDataModule, ensure_synthetic_dataset
+from u2net.device import pick_device, resolve_precision
 from u2net.engine import Trainer, TrainerConfig
-from u2net.engine.utils import pick_device, resolve_precision
 from u2net.losses import DeepSupervisionLoss
 
 HERE = Path(__file__).resolve().parent

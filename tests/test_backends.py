@@ -111,10 +111,9 @@ def test_precision_auto_is_resolved_in_the_backend_and_the_info(tmp_path: Path) 
     assert predictor.info.precision == predictor.backend.precision == predictor.info.extra["precision"]
 
 
-def test_each_backend_has_its_module_and_old_import_paths_still_work() -> None:
+def test_each_backend_has_its_module_and_the_helpers_one_home() -> None:
     import u2net.device
     import u2net.engine
-    import u2net.engine.utils
     import u2net.inference.onnx_backend
     import u2net.inference.predictor
 
@@ -122,7 +121,5 @@ def test_each_backend_has_its_module_and_old_import_paths_still_work() -> None:
     assert OnnxBackend.__module__ == "u2net.inference.onnx_backend"
     assert u2net.inference.predictor.OnnxBackend is OnnxBackend
     assert u2net.inference.predictor.symbolic_batch_dim is u2net.inference.onnx_backend.symbolic_batch_dim
-    for name in ("pick_device", "resolve_precision", "autocast_context", "PRECISIONS"):
-        assert getattr(u2net.engine.utils, name) is getattr(u2net.device, name), name
     assert u2net.engine.pick_device is u2net.device.pick_device
     assert u2net.engine.autocast_context is u2net.device.autocast_context

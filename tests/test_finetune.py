@@ -84,11 +84,11 @@ def test_trainer_restores_folded_batchnorm_before_the_start_is_scored(folded_mod
     assert not folded_batchnorms(restored.module)
     # Same start, within float rounding: restoration does not change what the model computes.
     for key in ("mae", "max_f", "sm"):
-        assert restored.initial_metrics[key] == pytest.approx(plain.initial_metrics[key], abs=1e-5)
+        assert restored.selection.initial_metrics[key] == pytest.approx(plain.selection.initial_metrics[key], abs=1e-5)
     # One train-mode step at learning rate 0 only moves the BatchNorm running statistics: restored, they
     # stay about what they were; folded, they turn the model into another one.
-    assert abs(restored.metrics["mae"] - restored.initial_metrics["mae"]) < 0.002
-    assert abs(plain.metrics["mae"] - plain.initial_metrics["mae"]) > 0.01
+    assert abs(restored.metrics["mae"] - restored.selection.initial_metrics["mae"]) < 0.002
+    assert abs(plain.metrics["mae"] - plain.selection.initial_metrics["mae"]) > 0.01
 
 
 def _trained_u2netp() -> torch.nn.Module:
@@ -107,12 +107,12 @@ def test_best_is_the_start_when_every_step_makes_it_worse(tiny_synthetic, tmp_pa
     data = _data(tiny_synthetic, image_size=128, crop_size=None)
     trainer = _trainer(tiny_synthetic, tmp_path, model, 3, 1e-3, towards_inverted_masks, data, val_every=1)
     final = trainer.fit()
-    assert final["mae"] > trainer.initial_metrics["mae"]  # it did get worse
+    assert final["mae"] > trainer.selection.initial_metrics["mae"]  # it did get worse
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
-    assert best["best_source"] == "start" and best["best_metrics"] == trainer.initial_metrics
+    assert best["best_source"] == "start" and best["best_metrics"] == trainer.selection.initial_metrics
     for key, value in best["model"].items():
         torch.testing.assert_close(value, start[key], rtol=0, atol=0)
-    assert "start -> best" in trainer.summary()
+    assert "start -> best" in trainer.selection.summary()
 
 
 def test_max_minutes_stops_validates_and_saves(tiny_synthetic, tmp_path) -> None:
@@ -144,13 +144,13 @@ def test_ema_is_validated_saved_and_resumed_exactly(tiny_synthetic, tmp_path) ->
         return trainer
 
     straight = run(tmp_path / "straight", 4)
-    assert straight.ema_metrics and straight.ema.updates == 4
+    assert straight.selection.ema_metrics and straight.selection.ema.updates == 4
     last = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
     assert last["ema"]["updates"] == 4 and last["best_source"] in ("start", "model", "ema")
     run(tmp_path / "resumed", 2)
     resumed = run(tmp_path / "resumed", 4, ckpt_path=tmp_path / "resumed" / "checkpoints" / "last.pt")
-    for key, value in straight.ema.module.state_dict().items():
-        torch.testing.assert_close(resumed.ema.module.state_dict()[key], value, rtol=0, atol=0)
+    for key, value in straight.selection.ema.module.state_dict().items():
+        torch.testing.assert_close(resumed.selection.ema.module.state_dict()[key], value, rtol=0, atol=0)
     # best.pt holds whichever weights scored best; loading it gives a model that scores that.
     best = torch.load(tmp_path / "straight" / "checkpoints" / "best.pt", weights_only=True)
     model = u2net.create_model("u2netp")
@@ -163,8 +163,9 @@ def test_validation_on_a_clock_and_no_resume_from_other_weights(tiny_synthetic, 
     trainer = _trainer(tiny_synthetic, tmp_path, u2net.create_model("u2netp"), max_steps=3, ema_decay=0.5)
     trainer.cfg.val_every, trainer.cfg.val_every_minutes = 0, 1e-6  # a mark passed after every step
     trainer.fit()
-    assert [row["step"] for row in trainer.history] == [0, 1, 2, 3]
-    assert all(row["minutes"] > 0 for row in trainer.history[1:]) and "ema_mae" in trainer.history[-1]
+    history = trainer.selection.history
+    assert [row["step"] for row in history] == [0, 1, 2, 3]
+    assert all(row["minutes"] > 0 for row in history[1:]) and "ema_mae" in history[-1]
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert last["weights_source"] == "model"
     torch.save(last | {"weights_source": "ema"}, tmp_path / "ema_best.pt")  # as best.pt when the EMA won

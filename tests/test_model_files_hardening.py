@@ -338,8 +338,8 @@ def test_a_recursive_dataset_pairs_linked_folders_and_warns_about_each_left_out_
 # -- L8: evaluation reports survive non-UTF-8 names and escape formulas ----------------------------------------
 def test_reports_are_written_for_non_utf8_names_and_escape_formulas(tmp_path) -> None:
     from u2net.evaluation.api import write_reports
-    from u2net.fileio import csv_cell
     from u2net.evaluation.runner import score_folders
+    from u2net.fileio import csv_cell
 
     mask = np.zeros((16, 16), np.uint8)
     mask[4:12, 4:12] = 255

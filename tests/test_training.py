@@ -15,8 +15,8 @@ import torch
 
 import u2net
 from u2net.data import DatasetCheckError, SaliencyDataModule
+from u2net.device import autocast_context, pick_device, resolve_precision
 from u2net.engine import LRSchedule, NonFiniteLossError, Trainer, TrainerConfig
-from u2net.engine.utils import autocast_context, pick_device, resolve_precision
 from u2net.losses import DeepSupervisionLoss
 
 from .conftest import REPO

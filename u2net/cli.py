@@ -268,7 +268,8 @@ def _add_mask_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_QUALITY,
         help=f"how the mask is made (default {DEFAULT_QUALITY}): fast (one model run, anti-aliased resize as "
         "rembg), balanced (the photo and its mirror image averaged, edges sharpened: two runs), best (four "
-        "views, also shifted: four runs); docs/quality.md",
+        "views, also shifted: four runs), soft (best, then hair, fur and plants matted into soft edges; needs "
+        "pymatting; costs hard-edged subjects some edge accuracy); docs/quality.md",
     )
     mask.add_argument(
         "--views",
@@ -389,7 +390,12 @@ def _background_image(args: argparse.Namespace):
 def _removal_options(args: argparse.Namespace):
     from .inference.remover import RemovalOptions
 
-    for flag, wanted in (("--alpha-matting", args.alpha_matting), ("--decontaminate", args.decontaminate)):
+    matting = (
+        ("--alpha-matting", args.alpha_matting),
+        ("--decontaminate", args.decontaminate),
+        ("--quality soft", args.quality == "soft"),
+    )
+    for flag, wanted in matting:
         if wanted and importlib.util.find_spec("pymatting") is None:
             raise UsageError(f"{flag} needs pymatting: pip install -e '.[matting]' in the repository")
     overrides = {name: getattr(args, name) for name in ("views", "sharpen") if getattr(args, name) is not None}

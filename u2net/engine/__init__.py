@@ -1,11 +1,12 @@
 """Training: the loop, checkpoints, schedules and device/precision helpers."""
 
+from ..device import autocast_context, pick_device
 from .checkpoint import save_checkpoint
 from .ema import WeightEMA
 from .params import param_groups
 from .schedulers import LRSchedule
 from .trainer import NonFiniteLossError, Trainer, TrainerConfig
-from .utils import autocast_context, pick_device, seed_everything
+from .utils import seed_everything
 
 __all__ = [
     "LRSchedule",

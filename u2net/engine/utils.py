@@ -1,8 +1,4 @@
-"""Seeding, and the device and precision helpers under their old names.
-
-The device and precision helpers live in :mod:`u2net.device` (shared with PyTorch inference); they are
-re-exported here because the trainer, ``train.py``, the benchmarks and tests still import them from here.
-"""
+"""Seeding (the device and precision helpers live in :mod:`u2net.device`, shared with PyTorch inference)."""
 
 from __future__ import annotations
 
@@ -11,9 +7,7 @@ import random
 import numpy as np
 import torch
 
-from ..device import PRECISIONS, autocast_context, pick_device, resolve_precision
-
-__all__ = ["PRECISIONS", "autocast_context", "pick_device", "resolve_precision", "seed_everything"]
+__all__ = ["seed_everything"]
 
 
 def seed_everything(seed: int) -> None:

@@ -99,7 +99,11 @@ class RemovalOptions:
       (:func:`~u2net.inference.refine.sharpen_probability`): 0.5 stays, the soft band upsampling leaves
       around the edges narrows ``sharpen``-fold (1: unchanged).
       ``rembg_compatible`` ignores both: rembg makes one run and does not sharpen.
-    See :data:`QUALITY_PRESETS` (``--quality fast|balanced|best``) for measured combinations.
+    - ``soft_edges``: replace the mask's uncertain band by a closed-form alpha matte on a trimap made from the
+      model's own uncertainty (:func:`~u2net.inference.soft_edges.soft_alpha`; pymatting): hair, fur and
+      plants get soft, photo-following edges, and the edge colours are decontaminated. It costs hard-edged
+      subjects some boundary accuracy (docs/quality.md); ``threshold`` and ``alpha_matting`` replace it.
+    See :data:`QUALITY_PRESETS` (``--quality fast|balanced|best|soft``) for measured combinations.
     """
 
     mask_only: bool = False
@@ -123,6 +127,7 @@ class RemovalOptions:
     upsampling: str = "lanczos"
     second_pass: bool = False
     second_pass_area: float = 0.5
+    soft_edges: bool = False
     views: int = 2
     sharpen: float = 1.5
 
@@ -224,6 +229,9 @@ QUALITY_PRESETS: dict[str, dict[str, object]] = {
     "balanced": {},
     # four views (also shifted); the guided filter and the second pass measured worse (docs/quality.md)
     "best": {"views": 4},
+    # best, then the uncertain band matted (hair, fur, plants): lower matting errors on real alpha mattes, higher
+    # MAE and lower boundary IoU on hard-edged subjects than best (docs/quality.md, benchmarks/soft_edges.py)
+    "soft": {"views": 4, "soft_edges": True},
 }
 DEFAULT_QUALITY = "balanced"
 
@@ -298,6 +306,11 @@ class BackgroundRemover:
         """(final alpha H×W uint8, foreground colours H×W×3 uint8) from the model's S×S probabilities
         ``raw`` for ``rgb`` (the matted colours with ``alpha_matting``, else the image)."""
         alpha = self._mask_from_output(rgb, raw, options)
+        if options.soft_edges and options.threshold is None and not options.alpha_matting:
+            from .soft_edges import soft_alpha  # pymatting: imported (seconds) only by those who ask for it
+
+            alpha = _unit_to_u8(soft_alpha(rgb, alpha / np.float32(255.0)))
+            return alpha, (rgb if options.mask_only else decontaminate_colors(rgb, alpha))
         if options.alpha_matting:
             alpha, matted = alpha_matting(rgb, alpha, options.fg_threshold, options.bg_threshold, options.erode_size)
             return alpha, (matted if matted is not None else rgb)

@@ -108,7 +108,12 @@ def form_options(
         bool, Form(description="take the old background's colour out of semi-transparent edges")
     ] = DEFAULTS.decontaminate,
 ) -> RemovalOptions:
-    for name, wanted in (("alpha matting", alpha_matting), ("decontamination", decontaminate)):
+    matting = (
+        ("alpha matting", alpha_matting),
+        ("decontamination", decontaminate),
+        ("quality soft", quality == "soft"),
+    )
+    for name, wanted in matting:
         if wanted and importlib.util.find_spec("pymatting") is None:  # found, not imported: that takes a second
             raise ApiError(400, f"{name} is not available on this server (pymatting not installed)")
     try:
