@@ -255,3 +255,22 @@ def test_unknown_form_fields_are_refused():
     assert _post(client, data, **known).status_code == 200
     ok = client.post("/batch-remove-background", files=_files(("a.png", data)), data=known)
     assert ok.status_code == 200 and ok.headers["x-files-done"] == "1"
+
+
+# -- quality=soft (issue 25) -------------------------------------------------------------------
+def test_quality_soft_is_served_like_the_library_and_refused_without_pymatting(monkeypatch):
+    pytest.importorskip("pymatting")
+    from u2net.inference import BackgroundRemover, RemovalOptions
+
+    from .test_serve import RectPredictor, _image
+
+    client, _ = _rect_client()
+    picture = _picture(80, 60)
+    served = np.asarray(_image(_post(client, _encode(picture), quality="soft", mask_only="true")))
+    expected = BackgroundRemover(RectPredictor()).remove(picture, RemovalOptions.preset("soft", mask_only=True))
+    np.testing.assert_array_equal(served, np.asarray(expected))
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pymatting" else real(name, *a))
+    _assert_error(_post(client, _encode(picture), quality="soft"), 400, "quality soft", "pymatting")
