@@ -61,7 +61,17 @@ class UnsupportedImageError(ImageReadError):
 
 
 class ImageTooLargeError(ImageReadError):
-    """More pixels than the limit, found from the header."""
+    """More pixels than the limit, found from the header. ``size`` is (width, height) and ``max_pixels`` the
+    limit when it was ours; both ``None`` when Pillow's own decompression-bomb check refused the file."""
+
+    def __init__(
+        self, name: str, reason: str, size: tuple[int, int] | None = None, max_pixels: int | None = None
+    ) -> None:
+        super().__init__(name, reason)
+        self.size, self.max_pixels = size, max_pixels
+
+    def __reduce__(self):
+        return type(self), (self.name, self.reason, self.size, self.max_pixels)
 
 
 def _source_name(source) -> str:
@@ -91,7 +101,10 @@ def open_image(source: str | os.PathLike | IO[bytes], max_pixels: int | None = M
     if max_pixels is not None and width * height > max_pixels:
         img.close()
         raise ImageTooLargeError(
-            name, f"too many pixels: {width}×{height} = {width * height:,}; the limit is {max_pixels:,}"
+            name,
+            f"too many pixels: {width}×{height} = {width * height:,}; the limit is {max_pixels:,}",
+            (width, height),
+            max_pixels,
         )
     return img
 
@@ -122,6 +135,13 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
         scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0
         return (array * scale).round().clip(0, 255).astype(np.uint8)
     return array.clip(0, 255).astype(np.uint8)
+
+
+def unit_to_uint8(x: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] (a mask, an alpha matte, probabilities, colours) as uint8, the way they would be saved:
+    ``round(x * 255)`` computed in float64 (the result does not depend on the input's float dtype), halves to
+    even, values outside [0, 1] clipped first (never wrapped around). The one such conversion in the package."""
+    return np.rint(np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def to_rgb(img: Image.Image, exif: bool = True) -> np.ndarray:

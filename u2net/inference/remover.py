@@ -30,7 +30,16 @@ import cv2
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
-from ..data.io import ImageReadError, list_images, open_image, read_image, read_problem, to_rgb, to_uint8
+from ..data.io import (
+    ImageReadError,
+    list_images,
+    open_image,
+    read_image,
+    read_problem,
+    to_rgb,
+    to_uint8,
+    unit_to_uint8,
+)
 from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, RESIZE_METHODS, resize_image
 from ..errors import reason
 from ..fileio import atomic_write, csv_cell, folder_write_problem
@@ -309,7 +318,7 @@ class BackgroundRemover:
         if options.soft_edges and options.threshold is None and not options.alpha_matting:
             from .soft_edges import soft_alpha  # pymatting: imported (seconds) only by those who ask for it
 
-            alpha = _unit_to_u8(soft_alpha(rgb, alpha / np.float32(255.0)))
+            alpha = unit_to_uint8(soft_alpha(rgb, alpha / np.float32(255.0)))
             return alpha, (rgb if options.mask_only else decontaminate_colors(rgb, alpha))
         if options.alpha_matting:
             alpha, matted = alpha_matting(rgb, alpha, options.fg_threshold, options.bg_threshold, options.erode_size)
@@ -472,7 +481,7 @@ def alpha_matting(
     image = rgb / 255.0
     matte = trimap if (is_fg | is_bg).all() else estimate_alpha_cf(image, trimap)
     foreground = estimate_foreground_ml(image, matte)
-    return _unit_to_u8(matte), _unit_to_u8(foreground)
+    return unit_to_uint8(matte), unit_to_uint8(foreground)
 
 
 def decontaminate_colors(rgb: np.ndarray, alpha: np.ndarray, margin: int = 8) -> np.ndarray:
@@ -492,12 +501,8 @@ def decontaminate_colors(rgb: np.ndarray, alpha: np.ndarray, margin: int = 8) ->
     foreground = estimate_foreground_ml(rgb[y0:y1, x0:x1] / 255.0, alpha[y0:y1, x0:x1] / 255.0)
     out = rgb.copy()
     region, edge = out[y0:y1, x0:x1], band[y0:y1, x0:x1]
-    region[edge] = _unit_to_u8(foreground)[edge]
+    region[edge] = unit_to_uint8(foreground)[edge]
     return out
-
-
-def _unit_to_u8(x: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 # -- compositing -------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..data.io import unit_to_uint8
 from .boundary import boundary_iou, relaxed_boundary_f
 from .pair import N_LEVELS, PreparedPair, prepare_pair
 from .pixelwise import (
@@ -197,8 +198,8 @@ def probabilities_to_uint8(prob: torch.Tensor | np.ndarray) -> np.ndarray:
         arr = arr.astype(np.float64)
     if arr.size and not (np.isfinite(arr).all() and arr.min() >= -1e-6 and arr.max() <= 1 + 1e-6):
         raise ValueError("probabilities must be finite and in [0, 1] (apply sigmoid to logits first)")
-    # clip only absorbs the tolerated float overshoot (1.0000001 * 255 rounds to 255 anyway, -0 to 0).
-    return np.clip(np.round(arr * 255), 0, 255).astype(np.uint8)
+    # its clip only absorbs the tolerated float overshoot (1.0000001 * 255 rounds to 255 anyway, -0 to 0).
+    return unit_to_uint8(arr)
 
 
 def evaluate_batch(metrics: SaliencyMetrics, probs: torch.Tensor, targets: torch.Tensor) -> list[dict[str, float]]:

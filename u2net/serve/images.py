@@ -8,9 +8,10 @@ import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from fastapi import UploadFile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..data.io import IMAGE_FORMATS
+from ..data import io as data_io
+from ..data.io import ImageTooLargeError, UnsupportedImageError
 from ..inference.remover import RemovalOptions
 from .errors import ApiError, mb, one_line
 from .settings import ServeSettings
@@ -39,15 +40,19 @@ def too_large(name: str, size: int, settings: ServeSettings) -> ApiError:
 
 
 def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Identify an image from its header and check its pixel count before anything is decoded."""
+    """:func:`u2net.data.io.open_image` for an upload (header only, our decoders only, the pixel limit checked
+    before anything is decoded), its errors as :class:`ApiError`: too many pixels 413, not an image 415, a damaged
+    file of an allowed format 400."""
     if not data:
         raise ApiError(400, f"{name}: the file is empty", {"filename": name})
     try:
-        # Only our decoders ever see an upload (no EPS/PDF/... plugins reachable from the network).
-        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise ApiError(413, f"{name}: too many pixels ({one_line(exc)})", {"filename": name}) from None
-    except UnidentifiedImageError:
+        img = data_io.open_image(io.BytesIO(data), max_pixels)
+    except ImageTooLargeError as exc:
+        detail: dict = {"filename": name}
+        if exc.size is not None:  # ours; else Pillow's own decompression-bomb limit
+            detail |= {"width": exc.size[0], "height": exc.size[1], "max_pixels": exc.max_pixels}
+        raise ApiError(413, f"{name}: {one_line(exc.reason)}", detail) from None
+    except UnsupportedImageError:
         if data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
             raise ApiError(400, f"{name}: corrupt image (unreadable header)", {"filename": name}) from None
         raise ApiError(
@@ -57,14 +62,7 @@ def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
         ) from None
     except Exception as exc:  # a damaged header
         raise ApiError(400, f"{name}: corrupt image ({one_line(exc)})", {"filename": name}) from None
-    width, height = img.size
-    if width * height > max_pixels:
-        raise ApiError(
-            413,
-            f"{name}: too many pixels: {width}×{height} = {width * height:,}; the limit is {max_pixels:,}",
-            {"filename": name, "width": width, "height": height, "max_pixels": max_pixels},
-        )
-    if width == 0 or height == 0:
+    if img.width == 0 or img.height == 0:
         raise ApiError(400, f"{name}: corrupt image (zero size)", {"filename": name})
     return img
 
