@@ -307,6 +307,7 @@ def test_serve_without_model_serves_the_bundled_file_offline(offline, monkeypatc
 
 # -- packaging ---------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_wheel_carries_the_weights_and_notice(tmp_path) -> None:
     # Built from a copy so no build/ or egg-info appears in the checkout; no build isolation: works offline.
     source = tmp_path / "src"

@@ -310,6 +310,7 @@ sys.exit(cli.main(sys.argv[2:]))
 """
 
 
+@pytest.mark.subprocess
 def test_a_closed_stdout_pipe_gives_no_traceback(tmp_path) -> None:
     photo = tmp_path / "photo.png"
     photo.write_bytes(_encoded())
@@ -426,6 +427,7 @@ def test_images_too_large_for_the_format_fail_before_the_model(tmp_path, capsys,
 
 
 # -- L12: SIGTERM cleans up as Ctrl-C does ---------------------------------------------------------
+@pytest.mark.subprocess
 def test_sigterm_stops_the_batch_cleanly(tmp_path) -> None:
     src, out, table = tmp_path / "in", tmp_path / "out", tmp_path / "qa.csv"
     _folder(src, 12)

@@ -85,6 +85,7 @@ def test_compiled_training(tiny_synthetic, tmp_path, no_tf32) -> None:
         torch.testing.assert_close(trainer.model(x)[0], trainer.module(x)[0], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.subprocess
 def test_torchrun_nccl_with_sync_batchnorm(tmp_path) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
     command += [str(REPO / "train.py"), f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"]

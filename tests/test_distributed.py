@@ -61,6 +61,7 @@ def test_sampler_shards_a_global_batch() -> None:
         assert next(single) == next(ranks[0]) + next(ranks[1])
 
 
+@pytest.mark.subprocess
 def test_two_processes_match_one_and_resume(tmp_path) -> None:
     one = _run(tmp_path, "one", 0, "data.batch_size=4", "trainer.max_steps=4")
     assert one.returncode == 0, one.stderr[-3000:]
@@ -88,6 +89,7 @@ def test_two_processes_match_one_and_resume(tmp_path) -> None:
         assert torch.equal(c["model"][key], value), key
 
 
+@pytest.mark.subprocess
 def test_a_failing_rank_ends_the_job(tmp_path) -> None:
     failed = _run(
         tmp_path,
@@ -102,6 +104,7 @@ def test_a_failing_rank_ends_the_job(tmp_path) -> None:
     assert "injected failure on rank 1" in failed.stderr
 
 
+@pytest.mark.subprocess
 def test_torchrun_with_one_process_equals_a_plain_run(tmp_path) -> None:
     plain = _run(tmp_path, "plain", 0, "data.batch_size=4", "trainer.max_steps=2", "trainer.val_every=0")
     assert plain.returncode == 0, plain.stderr[-3000:]
@@ -112,6 +115,7 @@ def test_torchrun_with_one_process_equals_a_plain_run(tmp_path) -> None:
         torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.subprocess
 def test_two_nodes_with_their_own_disks_match_one_process(tmp_path) -> None:
     """``--nnodes=2`` with c10d rendezvous, as on a cluster: node A runs rank 0, node B two ranks and has
     no shared storage (its own data and run folders), so it makes its own copy of the synthetic set.
@@ -180,6 +184,7 @@ def test_accumulation_all_reduces_once_per_optimizer_step(tiny_synthetic, tmp_pa
             dist.destroy_process_group()
 
 
+@pytest.mark.subprocess
 def test_a_refusal_on_rank_0_stops_every_rank_with_its_message(tmp_path) -> None:
     # bad data: rank 0 finds it; the other rank must not wait for pairs that never come
     gone = f"data.train=[{{name:gone,root:{tmp_path / 'gone'},images:im,masks:gt}}]"

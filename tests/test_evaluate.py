@@ -101,6 +101,7 @@ def test_missing_predictions_can_count_as_empty(tmp_path) -> None:
     assert any("img3.png: no prediction with this stem" in m and "scored as an empty" in m for m in counted.failures)
 
 
+@pytest.mark.subprocess
 def test_folder_mode_cli_writes_every_report(tmp_path) -> None:
     _masks(tmp_path / "gt")
     _masks(tmp_path / "pred", shift=3)
@@ -127,6 +128,7 @@ def _checkpoint(tmp_path) -> tuple:
 SMALL_SYNTHETIC = "dataset_overrides=['data.synthetic.num_train=4','data.synthetic.num_val=6']"
 
 
+@pytest.mark.subprocess
 def test_model_mode_on_synthetic_with_saved_predictions(tmp_path) -> None:
     _, ckpt = _checkpoint(tmp_path)
     done = _evaluate(
@@ -178,6 +180,7 @@ def test_onnx_model_matches_pytorch(tmp_path) -> None:
     assert from_onnx.predict(image).shape == (50, 70)
 
 
+@pytest.mark.subprocess
 def test_bad_input_gives_one_line_errors(tmp_path) -> None:
     nothing = _evaluate(tmp_path)
     assert nothing.returncode == 1 and nothing.stderr.strip().endswith(
@@ -194,6 +197,7 @@ def test_bad_input_gives_one_line_errors(tmp_path) -> None:
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.subprocess
 def test_several_models_are_compared(tmp_path) -> None:
     _, first = _checkpoint(tmp_path)
     second = tmp_path / "other.pt"

@@ -376,6 +376,7 @@ def _export_cli(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run([*command, *overrides], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
 
 
+@pytest.mark.subprocess
 def test_cli_exports_int8_with_report_and_refuses_to_overwrite(model, tmp_path) -> None:
     ckpt = tmp_path / "model.pt"
     torch.save({"model": model.state_dict(), "model_name": "u2netp", "preprocessing": PREPROCESSING}, ckpt)

@@ -197,6 +197,7 @@ def test_a_run_at_another_size_than_the_weights_warns(tiny_synthetic, tmp_path) 
         _trainer(tiny_synthetic, tmp_path, model)
 
 
+@pytest.mark.subprocess
 def test_finetune_preset_on_a_folder_from_the_command_line(tiny_synthetic, tmp_path) -> None:
     # The user's path: bundled weights, their own folders, a time budget; sizes shrunk to keep it quick,
     # which the run must call out (the weights are 320² ones).

@@ -105,6 +105,7 @@ def _age(path: Path, seconds: float) -> None:
     os.utime(path, (then, then), follow_symlinks=False)
 
 
+@pytest.mark.subprocess
 def test_a_killed_write_leaves_a_temp_file_that_a_later_write_removes(tmp_path, monkeypatch) -> None:
     target = tmp_path / "out" / "result.bin"
     code = (
@@ -230,6 +231,7 @@ def test_pixel_limits_are_per_call_and_checked_from_the_header(tmp_path) -> None
     assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's default, untouched
 
 
+@pytest.mark.subprocess
 def test_importing_the_package_leaves_pillows_limit_alone() -> None:
     code = (
         "from PIL import Image\n"

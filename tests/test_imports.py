@@ -41,6 +41,7 @@ def _run(code: str) -> tuple[list[str], str]:
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout
 
 
+@pytest.mark.subprocess
 def test_cli_onnx_removal_imports_neither_torch_nor_albumentations(tmp_path: Path) -> None:
     src, dst = tmp_path / "photo.jpg", tmp_path / "out.png"
     rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
@@ -57,6 +58,7 @@ def test_cli_onnx_removal_imports_neither_torch_nor_albumentations(tmp_path: Pat
         assert out.mode == "RGBA" and out.size == (64, 48)
 
 
+@pytest.mark.subprocess
 def test_cli_help_and_the_onnx_predictor_import_neither() -> None:
     help_code = "from u2net.cli import build_parser\nbuild_parser().format_help()"
     assert _run(help_code)[0] == []
@@ -71,6 +73,7 @@ def test_cli_help_and_the_onnx_predictor_import_neither() -> None:
     assert _run(predictor_code)[0] == []
 
 
+@pytest.mark.subprocess
 def test_the_registry_holds_the_builtin_architectures_whatever_is_imported_first() -> None:
     # u2net.models no longer imports its factory up front: the registry defines the built-ins itself.
     _, out = _run("from u2net.models.registry import list_models\nprint(list_models())")

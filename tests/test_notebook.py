@@ -11,6 +11,8 @@ from .conftest import REPO
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
+pytestmark = pytest.mark.subprocess  # the kernel is a Python process
+
 
 def test_quickstart_notebook_executes(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("QUICKSTART_STEPS", "4")

@@ -457,6 +457,7 @@ def test_cli_usage_errors(tmp_path, checkpoint, capsys, monkeypatch) -> None:
     capsys.readouterr()
 
 
+@pytest.mark.subprocess
 def test_cli_entry_point_runs(tmp_path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "u2net.cli", "remove", str(tmp_path / "in"), str(tmp_path / "out")],

@@ -282,6 +282,7 @@ def test_remove_background_stretch_option():
     assert set(np.unique(kept)) == {51, 153}
 
 
+@pytest.mark.subprocess
 def test_remove_background_alpha_matting_in_a_child_matches_the_remover():
     pytest.importorskip("pymatting")
     client, _ = _rect_client()
@@ -314,6 +315,7 @@ class UnsurePredictor(FullSizePredictor):
         return prob
 
 
+@pytest.mark.subprocess
 def test_alpha_matting_is_killed_at_the_deadline():
     """A matting that outlives its request is killed at the timeout, so its worker is free at once
     for the next request instead of grinding on for nobody."""
@@ -333,6 +335,7 @@ def test_alpha_matting_is_killed_at_the_deadline():
     assert matting.running == 0
 
 
+@pytest.mark.subprocess
 def test_matting_call_runs_in_a_child_killed_at_its_deadline():
     matting = Matting()
     assert matting.call(os.getpid, (), time.monotonic() + 60) != os.getpid()

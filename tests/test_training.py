@@ -275,6 +275,7 @@ def _train_cli(tmp_path, *overrides: str) -> list[str]:
     ]
 
 
+@pytest.mark.subprocess
 def test_train_script_ctrl_c_then_resume(tmp_path) -> None:
     proc = subprocess.Popen(
         _train_cli(tmp_path, "trainer.max_steps=1000", "trainer.val_every=0"),
@@ -333,6 +334,7 @@ def _raise(exc: Exception):
     raise exc
 
 
+@pytest.mark.subprocess
 def test_train_script_reports_bad_dataset_in_one_line(tmp_path) -> None:
     result = subprocess.run(
         [
@@ -351,6 +353,7 @@ def test_train_script_reports_bad_dataset_in_one_line(tmp_path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.subprocess
 def test_train_script_fine_tunes_from_official_weights(tmp_path) -> None:
     source = u2net.create_model("u2netp")
     official = tmp_path / "u2netp.pth"  # as saved by PyTorch 0.4: no num_batches_tracked
