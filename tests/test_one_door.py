@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -23,19 +21,13 @@ pytest.importorskip("fastapi")
 from u2net.serve import images  # noqa: E402
 from u2net.serve.errors import ApiError  # noqa: E402
 
+from .test_serve import _png_header  # noqa: E402
+
 
 def _png(width: int = 8, height: int = 6) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def _png_header(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def _api_error(data: bytes, max_pixels: int = 1_000_000) -> ApiError:
