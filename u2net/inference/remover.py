@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -772,10 +774,12 @@ def _header_size(path: Path) -> tuple[int, int] | None:
 PIPELINE_BYTES_PER_PIXEL = 20
 
 
-def _pipeline_bytes(pair: tuple[Path, Path]) -> int:
+def _pipeline_bytes(
+    pair: tuple[Path, Path], header_size: Callable[[Path], tuple[int, int] | None] = _header_size
+) -> int:
     """About the most bytes ``pair``'s input holds in :func:`remove_batch` (run_pipeline's ``cost``), from its
-    header; 0 when that is unreadable: decoding then fails the image with the reason."""
-    size = _header_size(pair[0])
+    header (read by ``header_size``); 0 when that is unreadable: decoding then fails the image with the reason."""
+    size = header_size(pair[0])
     return size[0] * size[1] * PIPELINE_BYTES_PER_PIXEL if size else 0
 
 
@@ -832,9 +836,10 @@ def remove_batch(
         problem = folder_write_problem(Path(dst) if Path(src).is_dir() else todo[0][1].parent)
         if problem:
             raise ValueError(problem)
+    header_size = functools.cache(_header_size)  # each header read once: the format's limits, then the cost
     if output_format.name in MAX_OUTPUT_SIDE and not options.crop:  # a crop's size is known only after the model
         for pair in todo:
-            size = _header_size(pair[0])
+            size = header_size(pair[0])
             problem = size and output_size_problem(output_format.name, size)
             if problem:
                 problems[pair] = problem
@@ -869,7 +874,7 @@ def remove_batch(
                 on_result,
                 batch_size=batch_size or default_batch_size(remover.predictor),
                 workers=DEFAULT_WORKERS if workers is None else workers,
-                cost=_pipeline_bytes,
+                cost=functools.partial(_pipeline_bytes, header_size=header_size),
             )
     except KeyboardInterrupt:
         if qualities is not None:  # keep what was done: a re-run starts from this table (no slow re-reads now)
