@@ -31,6 +31,41 @@ def upload_slots(received: int, settings: ServeSettings) -> int:
     return max(1, -(-(received - FORM_SLACK) // settings.max_upload_bytes))
 
 
+DISCONNECT = {"type": "http.disconnect"}  # what the app reads once its request was refused: it stops reading
+
+
+class _Refusable:
+    """One request that a middleware may refuse while its body streams in: :meth:`refuse` sends the refusal
+    (unless the app's answer had started) and from then on the app's own answer is dropped, and so is the
+    exception it raises on the disconnect it reads."""
+
+    def __init__(self, scope, receive, send) -> None:
+        self.scope, self.receive, self._send = scope, receive, send
+        self.refused = False
+        self.started = False
+
+    async def refuse(self, response: JSONResponse) -> dict:
+        self.refused = True
+        if not self.started:
+            await response(self.scope, self.receive, self._send)
+        return DISCONNECT
+
+    async def send(self, message) -> None:
+        if self.refused:  # the refusal went out already
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+    async def run(self, app, receive) -> None:
+        """``app`` with ``receive`` (the middleware's wrapper) and :meth:`send`."""
+        try:
+            await app(self.scope, receive, self.send)
+        except Exception:
+            if not self.refused:
+                raise
+
+
 class AdmissionMiddleware:
     """503 for a work request while the pool lacks free slots, before its body is read (an upload is
     not even received). An admitted request holds slots (``request.state.admission``) for its body:
@@ -59,23 +94,18 @@ class AdmissionMiddleware:
         deadline = loop.time() + settings.upload_timeout_s
         received = 0
         complete = False
-        refused = False
-        started = False
+        request = _Refusable(scope, receive, send)
 
         async def refuse(exc: ApiError) -> dict:
-            nonlocal refused
-            refused = True
             admission.close()  # now, not when the app has unwound
-            if not started:
-                # The rest of the body is never read: the connection cannot carry another request.
-                headers = {**(exc.headers or {}), "Connection": "close"}
-                await error_response(exc.status, exc.message, exc.detail, headers)(scope, receive, send)
-            return {"type": "http.disconnect"}
+            # The rest of the body is never read: the connection cannot carry another request.
+            headers = {**(exc.headers or {}), "Connection": "close"}
+            return await request.refuse(error_response(exc.status, exc.message, exc.detail, headers))
 
         async def admitted_receive() -> dict:
             nonlocal received, complete
-            if refused:
-                return {"type": "http.disconnect"}
+            if request.refused:
+                return DISCONNECT
             if complete:  # only the body is under the deadline, not a later wait for the disconnect
                 return await receive()
             try:
@@ -93,19 +123,8 @@ class AdmissionMiddleware:
                     return await refuse(exc)
             return message
 
-        async def guarded_send(message) -> None:
-            nonlocal started
-            if refused:  # the 408 or 503 went out already: the app's own answer is dropped
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, admitted_receive, guarded_send)
-        except Exception:
-            if not refused:
-                raise
+            await request.run(self.app, admitted_receive)
         finally:
             admission.close()
 
@@ -144,36 +163,20 @@ class BodyLimitMiddleware:
             await self.reject(limit)(scope, receive, send)
             return
         received = 0
-        rejected = False
-        started = False
+        request = _Refusable(scope, receive, send)
 
         async def limited_receive():
-            nonlocal received, rejected
-            if rejected:
-                return {"type": "http.disconnect"}
+            nonlocal received
+            if request.refused:
+                return DISCONNECT
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    rejected = True
-                    if not started:
-                        await self.reject(limit)(scope, receive, send)
-                    return {"type": "http.disconnect"}
+                    return await request.refuse(self.reject(limit))
             return message
 
-        async def guarded_send(message) -> None:
-            nonlocal started
-            if rejected:  # the 413 went out already: the app's own answer is dropped
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not rejected:
-                raise
+        await request.run(self.app, limited_receive)
 
 
 __all__ = ["AdmissionMiddleware", "BodyLimitMiddleware", "content_length", "upload_slots"]
