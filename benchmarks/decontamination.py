@@ -30,7 +30,8 @@ import numpy as np
 from u2net.data import SourceSpec, collect_pairs
 from u2net.data.io import read_image
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions
-from u2net.inference.remover import cover, decontaminate_colors
+from u2net.inference.compositing import cover
+from u2net.inference.refine import decontaminate_colors
 from u2net.models.pretrained import bundled_weights_path
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

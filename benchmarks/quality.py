@@ -43,7 +43,7 @@ from u2net.data import SourceSpec, collect_pairs
 from u2net.data.io import read_image, read_mask
 from u2net.evaluation.runner import mask_to_uint8
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions
-from u2net.inference.remover import QUALITY_PRESETS
+from u2net.inference.options import QUALITY_PRESETS
 from u2net.inference.runtime import ONNX_PRECISIONS, provider_names
 from u2net.metrics import SaliencyMetrics
 from u2net.models.pretrained import bundled_weights_path

@@ -42,7 +42,7 @@ from quality import rembg_pipelines, score  # rembg (-a) with the same ONNX file
 from quality import table as saliency_table
 
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions
-from u2net.inference.remover import QUALITY_PRESETS
+from u2net.inference.options import QUALITY_PRESETS
 from u2net.inference.soft_edges import soft_alpha
 from u2net.metrics.matting import MATTING_KEYS, MattingMetrics, unknown_band
 from u2net.models.pretrained import bundled_weights_path

@@ -264,7 +264,7 @@ def test_a_cached_tags_file_is_checked_once_when_loaded(offline, monkeypatch) ->
 
 def test_option_defaults_are_the_dataclasses_defaults() -> None:
     from u2net.cli import build_parser
-    from u2net.inference.remover import RemovalOptions
+    from u2net.inference.options import RemovalOptions
     from u2net.serve.settings import ServeSettings
 
     parser = build_parser()

@@ -23,8 +23,8 @@ from PIL import Image
 from u2net.cli import main
 from u2net.fileio import TEMP_SUFFIX
 from u2net.inference import BackgroundRemover, RemovalOptions, remove_batch
-from u2net.inference.qa import MaskQuality
-from u2net.inference.remover import plan_outputs, read_qa_csv, write_qa_csv
+from u2net.inference.planning import plan_outputs
+from u2net.inference.qa import MaskQuality, read_qa_csv, write_qa_csv
 
 from .conftest import PLAIN, REPO
 from .test_folder_batch import RecordingPredictor, _files, _folder, _photo, _streams
@@ -99,7 +99,7 @@ def test_a_qa_csv_write_error_is_one_line_after_the_summary(tmp_path, fake_model
     def read_only(path, rows):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("u2net.inference.remover.write_qa_csv", read_only)
+    monkeypatch.setattr("u2net.inference.qa.write_qa_csv", read_only)
     _folder(tmp_path / "in", 2)
     table = tmp_path / "qa.csv"
     assert main(["remove", str(tmp_path / "in"), str(tmp_path / "out"), "-q", "--qa-csv", str(table)]) == 1

@@ -15,7 +15,7 @@ from PIL import Image
 from u2net.cli import main
 from u2net.inference import BackgroundRemover, RemovalOptions, remove_batch, run_pipeline
 from u2net.inference.batch import CPU_BATCH_SIZE, OutputFormat, default_batch_size
-from u2net.inference.remover import plan_outputs
+from u2net.inference.planning import plan_outputs
 
 from .conftest import FullSizePredictor
 
@@ -118,14 +118,14 @@ def test_a_bad_file_or_a_failing_model_run_fails_only_that_image(tmp_path) -> No
 def test_a_failure_while_writing_fails_only_that_image(tmp_path, monkeypatch) -> None:
     _folder(tmp_path / "in", 5)
     remover = BackgroundRemover(RecordingPredictor())
-    output_image = remover.output_image
+    finish = remover.finish
 
-    def broken_for_one(source_alpha, alpha, foreground, options):
-        if foreground[0, 0, 0] == 4:
+    def broken_for_one(decoded, raw, options):
+        if decoded.rgb[0, 0, 0] == 4:
             raise OSError("disk full")
-        return output_image(source_alpha, alpha, foreground, options)
+        return finish(decoded, raw, options)
 
-    monkeypatch.setattr(remover, "output_image", broken_for_one)
+    monkeypatch.setattr(remover, "finish", broken_for_one)
     report = remove_batch(remover, tmp_path / "in", tmp_path / "out", progress=False, batch_size=2, workers=2)
     assert report.done == 4 and [(p.name, why) for p, why in report.failures] == [("03.png", "OSError: disk full")]
     assert "03.png" not in _files(tmp_path / "out")

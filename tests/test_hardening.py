@@ -31,6 +31,7 @@ from u2net.data.io import (
     ImageReadError,
     ImageTooLargeError,
     UnsupportedImageError,
+    load_rgb,
     open_image,
     oriented_size,
     read_image,
@@ -38,7 +39,6 @@ from u2net.data.io import (
 )
 from u2net.fileio import STALE_TEMP_AGE_S, TEMP_SUFFIX, atomic_write, write_text
 from u2net.inference import BackgroundRemover
-from u2net.inference.remover import load_rgb
 
 from .conftest import REPO
 from .test_remover import FakePredictor

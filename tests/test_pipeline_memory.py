@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from u2net.data.io import load_rgb_alpha
 from u2net.inference import BackgroundRemover, remove_batch, run_pipeline
-from u2net.inference.remover import PIPELINE_BYTES_PER_PIXEL, _pipeline_bytes, load_rgb_alpha
+from u2net.inference.folder import PIPELINE_BYTES_PER_PIXEL, _pipeline_bytes
 
 BUDGET = 100
 
@@ -197,7 +198,7 @@ def images_in_flight(monkeypatch, remover) -> tuple[BackgroundRemover, list[int]
     comes back in the list."""
     lock, now, most = threading.Lock(), [0], [0]
     watched = BackgroundRemover(remover.predictor)
-    output_image = watched.output_image
+    finish = watched.finish
 
     def decoding(image):
         if isinstance(image, Image.Image):  # its own call on the opened file: counted already
@@ -215,10 +216,10 @@ def images_in_flight(monkeypatch, remover) -> tuple[BackgroundRemover, list[int]
     def outputting(*args):
         with lock:
             now[0] -= 1
-        return output_image(*args)
+        return finish(*args)
 
     monkeypatch.setattr("u2net.inference.remover.load_rgb_alpha", decoding)
-    monkeypatch.setattr(watched, "output_image", outputting)
+    monkeypatch.setattr(watched, "finish", outputting)
     return watched, most
 
 

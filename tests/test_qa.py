@@ -62,7 +62,7 @@ def test_a_batch_writes_its_qa_table_and_counts_the_flagged(tmp_path) -> None:
     from PIL import Image
 
     from u2net.inference import BackgroundRemover
-    from u2net.inference.remover import remove_batch
+    from u2net.inference.folder import remove_batch
 
     from .test_remover import FakePredictor
 

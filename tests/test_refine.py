@@ -8,6 +8,7 @@ from PIL import Image, ImageFilter
 
 from u2net.data.transforms import Preprocessing, resize_image
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions
+from u2net.inference.options import DEFAULT_QUALITY, QUALITY_PRESETS
 from u2net.inference.predictor import resize_probability
 from u2net.inference.refine import (
     guided_filter,
@@ -16,7 +17,7 @@ from u2net.inference.refine import (
     subject_box,
     upsample_probability,
 )
-from u2net.inference.remover import DEFAULT_QUALITY, QUALITY_PRESETS, rembg_preprocess
+from u2net.inference.remover import rembg_preprocess
 
 
 def _step_photo(h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +154,7 @@ def test_presets_and_option_checks() -> None:
 
 def test_decontamination_takes_the_background_out_of_soft_edges() -> None:
     pytest.importorskip("pymatting")
-    from u2net.inference.remover import decontaminate_colors
+    from u2net.inference.refine import decontaminate_colors
 
     h, w = 60, 80
     alpha = np.zeros((h, w), np.float32)

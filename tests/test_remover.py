@@ -12,10 +12,12 @@ from PIL import Image
 
 import u2net
 from u2net.cli import main
-from u2net.data.io import read_image
+from u2net.data.io import load_rgb, read_image
 from u2net.fileio import write_image
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions, mask_bbox, parse_color, remove_batch
-from u2net.inference.remover import clean_mask, cover, load_rgb, plan_outputs
+from u2net.inference.compositing import cover
+from u2net.inference.planning import plan_outputs
+from u2net.inference.refine import clean_mask
 
 from .conftest import ASSETS, PLAIN, REPO, FullSizePredictor
 
@@ -153,7 +155,7 @@ def test_bbox_crop_and_padding_clamp() -> None:
     prob = _rect(30, 40, (5, 16, 2, 11))  # rows 5..15, columns 2..10
     remover = _fixed(prob)
     alpha = remover.mask(_picture())
-    assert remover.bbox(alpha) == (2, 5, 11, 16)
+    assert mask_bbox(alpha) == (2, 5, 11, 16)
     assert mask_bbox(alpha, padding=5) == (0, 0, 16, 21)  # clamped on the left and at the top
     assert mask_bbox(alpha, padding=100) == (0, 0, 40, 30)
     assert mask_bbox(np.zeros((5, 5), np.uint8)) is None

@@ -66,7 +66,7 @@ class RemoveOnly:
     """Base of the remover doubles that define ``remove`` alone: the service's ``cutout`` (output and
     mask) takes the mask from the output's alpha channel."""
 
-    def cutout(self, image, options=None) -> tuple[Image.Image, np.ndarray]:
+    def cutout(self, image, options=None, matte=None) -> tuple[Image.Image, np.ndarray]:
         result = self.remove(image, options)
         bands = result.getbands() if isinstance(result, Image.Image) else ()
         return result, np.asarray(result.getchannel("A")) if "A" in bands else np.zeros((1, 1), np.uint8)

@@ -151,7 +151,7 @@ class _FixedMap:
 def test_the_soft_preset_mattes_the_remover_output() -> None:
     """``--quality soft`` (RemovalOptions.soft_edges): the remover's alpha gets the matte's soft edge where the
     other presets keep the model's blur; with a threshold the hard mask wins."""
-    from u2net.inference.remover import BackgroundRemover, RemovalOptions
+    from u2net.inference import BackgroundRemover, RemovalOptions
 
     photo, truth, trimap = _soft_disk(128, 128)
     small = cv2.resize(_model_like(truth, 0.0), (64, 64), interpolation=cv2.INTER_AREA)

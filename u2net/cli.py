@@ -73,7 +73,7 @@ def _say(line: str, stream=None) -> None:
 
 
 def _color(text: str) -> tuple[int, ...]:
-    from .inference.remover import parse_color
+    from .inference.options import parse_color
 
     try:
         return parse_color(text)
@@ -210,7 +210,7 @@ def _add_remove_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     from .inference.batch import OUTPUT_FORMATS
-    from .inference.remover import RemovalOptions
+    from .inference.options import RemovalOptions
 
     defaults = RemovalOptions()  # the library's defaults, not copies of them
     output = parser.add_argument_group("output")
@@ -258,7 +258,7 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_mask_arguments(parser: argparse.ArgumentParser) -> None:
-    from .inference.remover import DEFAULT_QUALITY, QUALITY_PRESETS, VIEWS, RemovalOptions
+    from .inference.options import DEFAULT_QUALITY, QUALITY_PRESETS, VIEWS, RemovalOptions
 
     defaults = RemovalOptions()
     mask = parser.add_argument_group("mask")
@@ -388,7 +388,7 @@ def _background_image(args: argparse.Namespace):
 
 
 def _removal_options(args: argparse.Namespace):
-    from .inference.remover import RemovalOptions
+    from .inference.options import RemovalOptions
 
     matting = (
         ("--alpha-matting", args.alpha_matting),
@@ -423,7 +423,7 @@ def _removal_options(args: argparse.Namespace):
 def _output_format(args: argparse.Namespace, options):
     """The checked output format: --format, else the output file's suffix, else PNG (stdout: PNG)."""
     from .inference.batch import OutputFormat, format_of_suffix
-    from .inference.remover import needs_alpha, output_format_for
+    from .inference.planning import needs_alpha, output_format_for
 
     if args.output == "-":
         name = args.format or "png"
@@ -447,7 +447,7 @@ def _check_paths(args: argparse.Namespace, output_format) -> None:
     cannot be kept or written fail here, before the model loads."""
     from .fileio import folder_write_problem
     from .inference.batch import format_of_suffix
-    from .inference.remover import plan_outputs
+    from .inference.planning import plan_outputs
 
     folder = None  # where outputs are to be written, if any are
     if args.output == "-":
@@ -479,7 +479,7 @@ def _check_qa_csv(path: Path) -> None:
     """--qa-csv must be a QA table of ours or a new file, in a folder where it can be written: found out now,
     not after the whole batch."""
     from .fileio import folder_write_problem
-    from .inference.remover import read_qa_csv
+    from .inference.qa import read_qa_csv
 
     try:
         read_qa_csv(path)  # a table of an earlier run is kept and extended; anything else is the user's
@@ -523,7 +523,7 @@ def _run_remove(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    from .inference.remover import remove_batch
+    from .inference.folder import remove_batch
 
     if args.input != "-":
         source = Path(args.input)
@@ -592,8 +592,9 @@ def _remove_streamed(remover, args: argparse.Namespace, options, output_format) 
     from .data.io import ImageReadError, open_image, read_problem
     from .errors import reason
     from .fileio import atomic_write
-    from .inference.qa import assess_mask
-    from .inference.remover import BatchReport, output_size_problem, save_qa_table
+    from .inference.folder import BatchReport
+    from .inference.planning import output_size_problem
+    from .inference.qa import assess_mask, save_qa_table
 
     out = None if args.output == "-" else Path(args.output)
     pair = (Path(args.input), Path(args.output))
@@ -633,14 +634,14 @@ def _remove_streamed(remover, args: argparse.Namespace, options, output_format) 
                 report.done = 1
                 qualities[pair] = assess_mask(alpha)
     if args.qa_csv is not None:
-        save_qa_table(args.qa_csv, [pair], qualities, options, report)
+        report.flagged, report.qa_csv_error = save_qa_table(args.qa_csv, [pair], qualities, options)
     return _print_report(report, sys.stderr if out is None else None)
 
 
 def _print_report(report, stream=None) -> int:
     """Print the summary and the names of what was left out or failed, then (on stderr) a QA table that could
     not be written; the exit status."""
-    _say(report.summary(), stream)
+    _say(report.summary(overwrite="--overwrite"), stream)
     for path, reason in report.left_out:
         _say(f"  skipped: {_shown(path)}: {_shown(reason)}", stream)
     for path, reason in report.failures:

@@ -8,6 +8,7 @@ against a per-call limit from the header, before anything is decoded. Pillow's o
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import IO
@@ -301,3 +302,53 @@ def list_images(
     if skipped is not None:
         skipped.extend(sorted(left_out))
     return sorted(found)
+
+
+# Anything the remover takes as a photo: a path, encoded bytes, a PIL image or an array.
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+
+def load_rgb_alpha(image: ImageInput) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`load_rgb`, plus the input's own alpha channel (H×W uint8) where it has a non-opaque one."""
+    if isinstance(image, (str, os.PathLike, bytes)):
+        with open_image(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
+            return load_rgb_alpha(img)
+    alpha = None
+    if isinstance(image, Image.Image):
+        image = ImageOps.exif_transpose(image)
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        if image.mode in ("RGBA", "LA", "PA"):
+            alpha = np.asarray(image.getchannel("A"))
+        rgb = to_rgb(image, exif=False)
+    else:
+        rgb = load_rgb(image)
+        if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] in (2, 4):
+            alpha = to_uint8(image[..., -1])
+    if alpha is not None and alpha.min() == 255:
+        alpha = None
+    return rgb, alpha
+
+
+def load_rgb(image: ImageInput) -> np.ndarray:
+    """Any supported input as H×W×3 uint8 RGB, EXIF orientation applied.
+
+    A path or encoded bytes are decoded; a PIL image in any mode (L, LA, P, RGB(A), CMYK, I;16, F) is
+    converted like :func:`u2net.data.io.read_image`; an array is taken as RGB(A) or grayscale
+    (H×W, H×W×1, H×W×2, H×W×3, H×W×4; uint8, 16-bit or float). Transparency is dropped.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, bytes):
+        with open_image(io.BytesIO(image)) as img:
+            return to_rgb(img)
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, np.ndarray):
+        array = image[..., 0] if image.ndim == 3 and image.shape[2] in (1, 2) else image  # gray (+ alpha)
+        if array.ndim == 2:
+            return np.repeat(to_uint8(array)[..., None], 3, axis=2)
+        if array.ndim == 3 and array.shape[2] in (3, 4):
+            return np.ascontiguousarray(to_uint8(array[..., :3]))
+        raise ValueError(f"expected an H×W, H×W×1..4 array, got shape {image.shape}")
+    raise TypeError(f"cannot read an image from {type(image).__name__}")

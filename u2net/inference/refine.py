@@ -7,22 +7,32 @@
 - :func:`sharpen_probability`: narrows the soft band that upsampling a 320² map leaves around edges.
 - :func:`subject_box`: where a second pass on the subject's crop should look (see
   ``RemovalOptions.second_pass``).
+- After that, on the mask: :func:`stretch_range` (min–max), :func:`clean_mask` (morphology),
+  :func:`alpha_matting` (closed-form matting on a trimap from the mask) and :func:`decontaminate_colors`.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from ..data.io import unit_to_uint8
+
 __all__ = [
     "UPSAMPLING",
     "Box",
+    "alpha_matting",
+    "clean_mask",
+    "decontaminate_colors",
     "guided_filter",
     "mask_bbox",
     "paste_probability",
     "resize_probability",
     "sharpen_probability",
+    "stretch_range",
     "subject_box",
     "upsample_probability",
 ]
@@ -151,4 +161,85 @@ def paste_probability(full: np.ndarray, crop_prob: np.ndarray, box: Box, feather
     out = full.copy()
     region = out[y0:y1, x0:x1]
     out[y0:y1, x0:x1] = weight * crop_prob + (1.0 - weight) * region
+    return out
+
+
+# -- the mask's post-processing (after upsampling) ----------------------------------------
+def stretch_range(prob: np.ndarray) -> np.ndarray:
+    """Min–max normalise a probability map to [0, 1] (the original U²-Net's ``normPRED``); a
+    constant map is returned as it is."""
+    lo, hi = float(prob.min()), float(prob.max())
+    return (prob - lo) / (hi - lo) if hi - lo > 1e-6 else prob
+
+
+def clean_mask(alpha: np.ndarray, kernel: int | None = None, min_island: float = 0.05) -> np.ndarray:
+    """Morphological clean-up of a uint8 mask (see ``RemovalOptions.post_process``)."""
+    h, w = alpha.shape
+    if kernel is None:
+        kernel = max(3, round(min(h, w) / 100))
+    kernel = max(1, int(kernel)) | 1  # odd
+    element = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel, kernel))
+    binary = (alpha >= 128).astype(np.uint8)
+    cleaned = cv2.morphologyEx(cv2.morphologyEx(binary, cv2.MORPH_OPEN, element), cv2.MORPH_CLOSE, element)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(cleaned, connectivity=8)
+    if count > 2:  # background plus more than one component
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        keep = np.concatenate([[False], areas >= min_island * areas.max()])
+        cleaned = keep[labels].astype(np.uint8)
+    region = cv2.dilate(cleaned, element).astype(bool)
+    out = np.where(region, alpha, 0).astype(np.uint8)
+    out[(cleaned > 0) & (binary == 0)] = 255
+    return out
+
+
+def alpha_matting(
+    rgb: np.ndarray, alpha: np.ndarray, fg_threshold: int = 240, bg_threshold: int = 15, erode_size: int = 15
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Closed-form alpha matting on a trimap made from ``alpha`` like rembg's ``alpha_matting_cutout``.
+
+    Returns (uint8 alpha, uint8 estimated foreground colours). A trimap without sure foreground or
+    background (nothing to anchor the matte) gives the mask back unchanged, with ``None`` colours and
+    a warning.
+    """
+    try:
+        from pymatting import estimate_alpha_cf, estimate_foreground_ml
+        from scipy.ndimage import binary_erosion
+    except ImportError:
+        raise ImportError("alpha matting needs pymatting: pip install -e '.[matting]' in the repository") from None
+
+    is_fg = alpha > fg_threshold
+    is_bg = alpha < bg_threshold
+    structure = np.ones((erode_size, erode_size), np.uint8) if erode_size > 0 else None
+    is_fg = binary_erosion(is_fg, structure=structure)
+    is_bg = binary_erosion(is_bg, structure=structure, border_value=1)
+    if not is_fg.any() or not is_bg.any():
+        warnings.warn("alpha matting skipped: the trimap has no sure foreground or no sure background", stacklevel=3)
+        return alpha, None
+    trimap = np.full(alpha.shape, 0.5)
+    trimap[is_fg] = 1.0
+    trimap[is_bg] = 0.0
+    image = rgb / 255.0
+    matte = trimap if (is_fg | is_bg).all() else estimate_alpha_cf(image, trimap)
+    foreground = estimate_foreground_ml(image, matte)
+    return unit_to_uint8(matte), unit_to_uint8(foreground)
+
+
+def decontaminate_colors(rgb: np.ndarray, alpha: np.ndarray, margin: int = 8) -> np.ndarray:
+    """The photo's colours with the background's bleed taken out of the semi-transparent edge: there
+    each pixel is a mix ``alpha · F + (1 - alpha) · B``, and the foreground colour ``F`` is estimated with
+    pymatting's multi-level ``estimate_foreground_ml``. Pixels with alpha 0 or 255 keep their colour; only
+    the bounding box of the edge band (grown by ``margin``) is solved, so large photos stay fast."""
+    try:
+        from pymatting import estimate_foreground_ml
+    except ImportError:
+        raise ImportError("--decontaminate needs pymatting: pip install -e '.[matting]' in the repository") from None
+    band = (alpha > 0) & (alpha < 255)
+    box = mask_bbox(band.astype(np.uint8), padding=margin)
+    if box is None:
+        return rgb
+    x0, y0, x1, y1 = box
+    foreground = estimate_foreground_ml(rgb[y0:y1, x0:x1] / 255.0, alpha[y0:y1, x0:x1] / 255.0)
+    out = rgb.copy()
+    region, edge = out[y0:y1, x0:x1], band[y0:y1, x0:x1]
+    region[edge] = unit_to_uint8(foreground)[edge]
     return out

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..data import io as data_io
 from ..data.io import ImageTooLargeError, UnsupportedImageError
-from ..inference.remover import RemovalOptions
+from ..inference.options import RemovalOptions
 from .errors import ApiError, mb, one_line
 from .settings import ServeSettings
 

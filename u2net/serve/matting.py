@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from ..inference.remover import BackgroundRemover, RemovalOptions, alpha_matting, load_rgb_alpha
+from ..inference.options import RemovalOptions
+from ..inference.remover import matte_here
 from .errors import ApiError, reason
 
 # Children come from a forkserver: a fresh single-threaded interpreter that imports this module once,
@@ -41,7 +41,7 @@ def _child(conn, fn: Callable, args: tuple) -> None:
 
 class Matting:
     """Runs functions in child processes, each killed at its deadline; :meth:`matte` runs
-    :func:`~u2net.inference.remover.alpha_matting`."""
+    :func:`~u2net.inference.remover.matte_here` (a ``matte`` of ``BackgroundRemover.cutout``)."""
 
     def __init__(self) -> None:
         _CONTEXT.set_forkserver_preload([__name__])  # no effect if the forkserver runs already
@@ -58,9 +58,8 @@ class Matting:
         self, rgb: np.ndarray, alpha: np.ndarray, options: RemovalOptions, deadline: float
     ) -> tuple[np.ndarray, np.ndarray]:
         """(matted alpha, foreground colours) of ``rgb`` from the mask ``alpha``, in a child."""
-        args = (rgb, alpha, options.fg_threshold, options.bg_threshold, options.erode_size)
-        matted, foreground = self.call(alpha_matting, args, deadline)
-        return matted, (foreground if foreground is not None else rgb)
+        trimap_settings = dataclasses.replace(options, bg_image=None)  # the child needs no background image
+        return self.call(matte_here, (rgb, alpha, trimap_settings), deadline)
 
     def call(self, fn: Callable, args: tuple, deadline: float) -> Any:
         """``fn(*args)`` in a child process (``fn``, ``args`` and the result travel pickled); 504
@@ -108,17 +107,3 @@ class Matting:
         for process in running:
             with contextlib.suppress(ValueError):  # closed meanwhile by its own thread
                 process.kill()
-
-
-def remove_with_matting(
-    remover: BackgroundRemover,
-    image: Image.Image,
-    options: RemovalOptions,
-    matte: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-) -> tuple[Image.Image, np.ndarray]:
-    """``remover.cutout(image, options)`` with alpha matting done by ``matte(rgb, mask)`` instead of in
-    this thread. The rest (the input's own transparency, crop, background) stays the remover's."""
-    rgb, source_alpha = load_rgb_alpha(image)
-    plain = dataclasses.replace(options, alpha_matting=False, decontaminate=False)  # matting estimates colours
-    alpha, foreground = matte(rgb, remover.mask(rgb, plain))
-    return remover.output_image(source_alpha, alpha, foreground, options), alpha

@@ -20,7 +20,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..inference.remover import DEFAULT_QUALITY, QUALITY_PRESETS, RemovalOptions
+from ..inference.options import DEFAULT_QUALITY, QUALITY_PRESETS, RemovalOptions
 from . import storage
 from .errors import ApiError, reason
 from .images import open_upload, read_upload, safe_stem

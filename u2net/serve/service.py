@@ -16,13 +16,14 @@ import numpy as np
 from PIL import Image
 
 from ..data.io import ImageReadError
+from ..inference.options import RemovalOptions
 from ..inference.qa import assess_mask
-from ..inference.remover import BackgroundRemover, RemovalOptions
+from ..inference.remover import BackgroundRemover
 from ..models.pretrained import local_weights, pretrained_tag, sha256_of
 from . import storage
 from .errors import ApiError, os_reason
 from .images import decode_image, open_image
-from .matting import Matting, remove_with_matting
+from .matting import Matting
 from .outputs import Png, png_file, save_png
 from .settings import ServeSettings
 
@@ -212,10 +213,8 @@ class Service:
         the remover refuses (NaN in a float image, say) are a 400 naming the file ``name``."""
         remover = self.remover_for(model)
         try:
-            if options.alpha_matting:
-                matte = lambda rgb, alpha: self.matting.matte(rgb, alpha, options, deadline)  # noqa: E731
-                return remove_with_matting(remover, image, options, matte)
-            return remover.cutout(image, options)
+            matte = lambda rgb, alpha, settings: self.matting.matte(rgb, alpha, settings, deadline)  # noqa: E731
+            return remover.cutout(image, options, matte)
         except ImageReadError as exc:
             raise ApiError(400, f"{name}: unusable image ({exc.reason})", {"filename": name}) from None
 
