@@ -264,14 +264,14 @@ def test_a_cached_tags_file_is_checked_once_when_loaded(offline, monkeypatch) ->
 
 def test_option_defaults_are_the_dataclasses_defaults() -> None:
     from u2net.cli import build_parser
+    from u2net.cli.remove import removal_options
     from u2net.inference.options import RemovalOptions
     from u2net.serve.settings import ServeSettings
 
     parser = build_parser()
     remove, serve = parser.parse_args(["remove", "in.png", "out.png"]), parser.parse_args(["serve"])
     options, settings = RemovalOptions(), ServeSettings()
-    for name in ("padding", "crop_threshold", "threshold", "fg_threshold", "bg_threshold", "erode_size", "stretch"):
-        assert getattr(remove, name) == getattr(options, name), name
+    assert removal_options(remove) == options  # no flag given: the library's defaults (the default preset)
     for name in ("workers", "max_queue", "max_upload_mb", "max_pixels", "max_matting_pixels", "max_batch"):
         assert getattr(serve, name) == getattr(settings, name), name
     assert serve.request_timeout_s == settings.request_timeout_s and serve.max_output_mb == settings.max_output_mb

@@ -36,7 +36,7 @@ NO_PROC = not Path("/proc/self").is_dir()  # /proc: a folder where even root can
 @pytest.fixture
 def fake_model(monkeypatch) -> RecordingPredictor:
     predictor = RecordingPredictor()
-    monkeypatch.setattr("u2net.cli._load_remover", lambda args: BackgroundRemover(predictor))
+    monkeypatch.setattr("u2net.cli.common.load_remover", lambda args: BackgroundRemover(predictor))
     return predictor
 
 
@@ -47,7 +47,7 @@ def no_model(monkeypatch) -> None:
     def refuse(args):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("u2net.cli._load_remover", refuse)
+    monkeypatch.setattr("u2net.cli.common.load_remover", refuse)
 
 
 def _rows(table: Path) -> dict[str, tuple[str, str]]:
@@ -242,7 +242,7 @@ def test_stdin_empty_or_too_large_is_one_line(tmp_path, fake_model, monkeypatch,
     out = _streams(monkeypatch, b"")
     assert main(["remove", "-", "-", "-q"]) == 1 and out.getvalue() == b""
     assert capsys.readouterr().err.splitlines()[1:] == ["  failed: -: empty input"]
-    monkeypatch.setattr("u2net.cli.MAX_STDIN_BYTES", 100)
+    monkeypatch.setattr("u2net.cli.remove.MAX_STDIN_BYTES", 100)
     out = _streams(monkeypatch, _encoded())
     assert main(["remove", "-", str(tmp_path / "cut.png"), "-q"]) == 1
     sys.stdout.flush()
@@ -286,6 +286,7 @@ def test_a_closed_stdout_is_one_line(tmp_path, fake_model, monkeypatch, capsys) 
 _FAKE_CLI = """
 import sys, time
 import u2net.cli as cli
+import u2net.cli.common
 from u2net.inference import BackgroundRemover
 from u2net.inference.batch import OutputFormat
 from tests.conftest import FullSizePredictor
@@ -305,7 +306,7 @@ def slow_save(self, image, file):
     real_save(self, image, file)
 
 OutputFormat.save = slow_save
-cli._load_remover = lambda args: BackgroundRemover(Red())
+u2net.cli.common.load_remover = lambda args: BackgroundRemover(Red())
 sys.exit(cli.main(sys.argv[2:]))
 """
 
@@ -389,7 +390,7 @@ def test_images_too_large_for_the_format_fail_before_the_model(tmp_path, capsys,
     Image.new("RGB", (8, 65501), (200, 10, 10)).save(src / "tall.png")
     Image.fromarray(_photo(1)).save(src / "ok.png")
     predictor = FakePredictor(lambda rgb: np.ones(rgb.shape[:2], np.float32))
-    monkeypatch.setattr("u2net.cli._load_remover", lambda args: BackgroundRemover(predictor))
+    monkeypatch.setattr("u2net.cli.common.load_remover", lambda args: BackgroundRemover(predictor))
     assert main(["remove", str(src), str(tmp_path / "webp"), "-q", "--format", "webp"]) == 1
     assert capsys.readouterr().out.splitlines()[1:] == [
         f"  failed: {src / 'tall.png'}: 8×65501 px: WEBP holds at most 16383 px a side; write png instead",

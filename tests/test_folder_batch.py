@@ -235,7 +235,7 @@ def test_plan_outputs_names_the_format(tmp_path) -> None:
 @pytest.fixture
 def fake_model(monkeypatch) -> RecordingPredictor:
     predictor = RecordingPredictor()
-    monkeypatch.setattr("u2net.cli._load_remover", lambda args: BackgroundRemover(predictor))
+    monkeypatch.setattr("u2net.cli.common.load_remover", lambda args: BackgroundRemover(predictor))
     return predictor
 
 
@@ -253,7 +253,7 @@ def test_cli_formats_from_the_suffix_or_the_option(tmp_path, fake_model, capsys)
     )
     assert Image.open(tmp_path / "cut.jpg").format == "JPEG"
     assert main(["remove", str(photo), str(tmp_path / "c.png"), "--output-quality", "70"]) == 2
-    assert "--output-quality applies to webp and jpeg" in capsys.readouterr().err
+    assert "--output-quality: quality applies to webp and jpeg" in capsys.readouterr().err
     _folder(tmp_path / "in", 3)
     args = ["remove", str(tmp_path / "in"), str(tmp_path / "out"), "-q", "--format", "webp", "--batch-size", "2"]
     assert main(args) == 0 and _files(tmp_path / "out") == ["00.webp", "01.webp", "02.webp"]

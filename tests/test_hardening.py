@@ -252,7 +252,7 @@ def test_jpeg_variants_still_open(tmp_path) -> None:
 # -- 8: the remove command's output --------------------------------------------------------------
 def _fake_model(monkeypatch) -> None:
     remover = BackgroundRemover(FakePredictor(lambda rgb: np.ones(rgb.shape[:2], np.float32)))
-    monkeypatch.setattr("u2net.cli._load_remover", lambda args: remover)
+    monkeypatch.setattr("u2net.cli.common.load_remover", lambda args: remover)
 
 
 def test_links_not_followed_are_named_as_skipped(tmp_path, monkeypatch, capsys) -> None:

@@ -187,7 +187,7 @@ def test_sharpening_keeps_the_half_way_point_and_narrows_the_soft_band() -> None
     assert soft(sharp) <= soft(prob) // 2 + 1  # the uncertain band is half as wide
     assert sharp[0, 0] < prob[0, 0] and sharp[0, -1] > prob[0, -1]
     assert sharpen_probability(prob, 1.0) is prob
-    with pytest.raises(ValueError, match="sharpen is a gain"):
+    with pytest.raises(ValueError, match="sharpen must be > 0"):
         RemovalOptions(sharpen=0.0)
 
 

@@ -139,10 +139,10 @@ def test_upload_timeout_is_a_setting_an_option_and_a_reported_limit(remover):
     assert ServeSettings().upload_timeout_s == 30
     with pytest.raises(ValueError, match="upload_timeout_s must be > 0"):
         ServeSettings(upload_timeout_s=0)
-    from u2net.cli import _add_serve_arguments
+    from u2net.cli.serve import add_arguments
 
     parser = argparse.ArgumentParser()
-    _add_serve_arguments(parser)
+    add_arguments(parser)
     assert parser.parse_args([]).upload_timeout_s == 30
     assert parser.parse_args(["--upload-timeout", "5"]).upload_timeout_s == 5
     limits = _client(remover, upload_timeout_s=7).get("/model-info").json()["limits"]

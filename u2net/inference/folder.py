@@ -106,19 +106,9 @@ def run_job(
     An unreadable or corrupt input (or any other error on one image) is recorded in the report with its reason
     and the job goes on, as are the inputs the plan refused. With the job's QA table, it gets one row per output,
     those skipped as done included, also when the run is interrupted; the report counts the flagged outputs."""
-    from tqdm import tqdm
-
     report = BatchReport(skipped=job.skipped, left_out=job.left_out)
     problems = dict(job.refused)
-    bar = tqdm(
-        total=len(job.pairs) + len(job.clashes),
-        initial=report.skipped + len(problems) + len(job.clashes),
-        unit="img",
-        desc="remove",
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    bar = _progress_bar(job, progress)
 
     def on_result(pair: tuple[Path, Path], error: BaseException | None) -> None:
         if error is None:
@@ -155,6 +145,21 @@ def run_job(
             job.qa_csv, job.own, qualities, job.options, job.previous_qa
         )
     return report
+
+
+def _progress_bar(job: Job, progress: bool):
+    """A tqdm bar on stderr over every input of ``job``, those decided already (skipped, refused) counted."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=len(job.pairs) + len(job.clashes),
+        initial=job.skipped + len(job.refused) + len(job.clashes),
+        unit="img",
+        desc="remove",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 def _pipeline_bytes(

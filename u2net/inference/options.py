@@ -1,7 +1,10 @@
-"""What a removal does: :class:`RemovalOptions` and the measured ``--quality`` presets."""
+"""What a removal does: :class:`RemovalOptions`, the measured ``--quality`` presets, and the one declaration of
+each option (:data:`OPTION_SPECS`: bounds, help, which front ends expose it) that the CLI's flags, the service's
+form fields and this module's own checks are made from."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 
@@ -11,7 +14,20 @@ from PIL import Image, ImageColor
 from ..data.preprocessing import RESIZE_METHODS
 from .refine import UPSAMPLING
 
-__all__ = ["DEFAULT_QUALITY", "QUALITY_PRESETS", "VIEWS", "RemovalOptions", "check_color", "parse_color"]
+__all__ = [
+    "DEFAULT_QUALITY",
+    "EXCLUSIVE",
+    "OPTION_SPECS",
+    "QUALITY_PRESETS",
+    "VIEWS",
+    "OptionSpec",
+    "RemovalOptions",
+    "check_color",
+    "front_end_specs",
+    "missing_pymatting",
+    "options_from",
+    "parse_color",
+]
 
 VIEWS = (1, 2, 4)  # RemovalOptions.views: the photo; and its mirror image; and both shifted by VIEW_SHIFT
 
@@ -97,41 +113,25 @@ class RemovalOptions:
     sharpen: float = 1.5
 
     def __post_init__(self) -> None:
-        if self.bg_color is not None and self.bg_image is not None:
-            raise ValueError("give bg_color or bg_image, not both")
+        for names in EXCLUSIVE:
+            given = [name for name in names if getattr(self, name) is not None]
+            if len(given) > 1:
+                raise ValueError(f"give {' or '.join(given)}, not both")
         if isinstance(self.bg_color, str):
             self.bg_color = parse_color(self.bg_color)
         elif self.bg_color is not None:
             self.bg_color = check_color(self.bg_color)
-        if self.padding < 0:
-            raise ValueError(f"padding must be >= 0, got {self.padding}")
-        if not 1 <= self.crop_threshold <= 255:
-            raise ValueError(f"crop_threshold must be in [1, 255], got {self.crop_threshold}")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold is a probability in [0, 1], got {self.threshold}")
-        for name in ("fg_threshold", "bg_threshold"):
-            if not 0 <= getattr(self, name) <= 255:
-                raise ValueError(f"{name} must be in [0, 255], got {getattr(self, name)}")
-        if self.erode_size < 0:
-            raise ValueError(f"erode_size must be >= 0, got {self.erode_size}")
-        if not 0.0 <= self.min_island <= 1.0:
-            raise ValueError(f"min_island is a fraction of the largest component in [0, 1], got {self.min_island}")
-        if self.input_resize is not None and self.input_resize not in RESIZE_METHODS:
-            raise ValueError(f"input_resize must be one of {', '.join(RESIZE_METHODS)}, got {self.input_resize!r}")
-        if self.upsampling not in UPSAMPLING:
-            raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {self.upsampling!r}")
-        if self.views not in VIEWS:
-            raise ValueError(f"views must be one of {', '.join(map(str, VIEWS))}, got {self.views!r}")
-        if not self.sharpen > 0.0:
-            raise ValueError(f"sharpen is a gain on the logits, > 0 (1: unchanged), got {self.sharpen}")
-        if not 0.0 < self.second_pass_area <= 1.0:
-            raise ValueError(f"second_pass_area is a fraction of the photo in (0, 1], got {self.second_pass_area}")
+        for name in self.__dataclass_fields__:
+            problem = SPECS[name].problem(getattr(self, name))
+            if problem:
+                raise ValueError(problem)
 
     @classmethod
     def preset(cls, quality: str, **changes) -> RemovalOptions:
         """The options of a :data:`QUALITY_PRESETS` entry, with ``changes`` on top."""
-        if quality not in QUALITY_PRESETS:
-            raise ValueError(f"quality must be one of {', '.join(QUALITY_PRESETS)}, got {quality!r}")
+        problem = SPECS["quality"].problem(quality)
+        if problem:
+            raise ValueError(problem)
         return cls(**{**QUALITY_PRESETS[quality], **changes})
 
 
@@ -150,6 +150,178 @@ QUALITY_PRESETS: dict[str, dict[str, object]] = {
     "soft": {"views": 4, "soft_edges": True},
 }
 DEFAULT_QUALITY = "balanced"
+
+
+# -- each option declared once: bounds, default (the dataclass's), help, the front ends that expose it ---------
+FRONT_ENDS = ("cli", "api")  # `u2net remove` flags; the service's form fields and JSON members
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One removal option as every front end shows it. The bounds are closed (``low``/``high``) unless ``open_low``;
+    ``choices`` lists the values allowed; ``fronts`` says which front ends expose it and ``why`` why the others do
+    not; ``flag`` is the CLI's name where it differs from ``--name-with-dashes``. The CLI's flags and the service's
+    fields are generated from these (tests/test_option_declarations.py holds them to it)."""
+
+    name: str
+    type: type  # bool, int, float or str
+    help: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    choices: tuple | None = None
+    fronts: tuple[str, ...] = FRONT_ENDS
+    why: str = ""
+    flag: str | None = None
+    metavar: str | None = None
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def bounds_text(self) -> str:
+        """The allowed values, as an error message shows them: ``in [0, 255]``, ``>= 0``, ``> 0``, ``one of …``."""
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.open_low else '['}{self.low}, {self.high}]"
+        if self.low is not None:
+            return f"{'>' if self.open_low else '>='} {self.low}"
+        return ""
+
+    def problem(self, value: object) -> str | None:
+        """Why ``value`` is not allowed (one line naming the option), or ``None``; ``None`` values are allowed."""
+        if value is None or self.type is bool:
+            return None
+        if self.choices is not None:
+            ok = value in self.choices
+        else:  # written so that NaN fails both comparisons
+            above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+            ok = above and (self.high is None or value <= self.high)
+        return None if ok else f"{self.name} must be {self.bounds_text()}, got {value!r}"
+
+
+_LIBRARY_ONLY = "library only: a tuning knob of the option above, its default measured"
+_RESEARCH = "library only: measured no better than the presets (docs/quality.md); kept for experiments"
+_MATTING = "refine the edges with closed-form alpha matting (pymatting; slow): trimap from the mask"
+
+OPTION_SPECS: tuple[OptionSpec, ...] = (
+    OptionSpec(
+        "quality",
+        str,
+        "how the mask is made (docs/quality.md): fast (one model run, anti-aliased resize "
+        "as rembg), balanced (the photo and its mirror image averaged, edges sharpened: two runs), best (four "
+        "views, also shifted: four runs), soft (best, then hair, fur and plants matted into soft edges; needs "
+        "pymatting; costs hard-edged subjects some edge accuracy)",
+        choices=tuple(QUALITY_PRESETS),
+    ),
+    OptionSpec(
+        "views",
+        int,
+        "override the preset's test-time views: 1 (the photo), 2 (and its mirror image), "
+        "4 (both also shifted); each costs one model run",
+        choices=VIEWS,
+    ),
+    OptionSpec(
+        "sharpen",
+        float,
+        "override the preset's edge sharpening: probabilities through sigmoid(G * logit(p)); 1 leaves them",
+        low=0,
+        open_low=True,
+        metavar="G",
+    ),
+    OptionSpec("mask_only", bool, "output the alpha mask (grayscale) only"),
+    OptionSpec("crop", bool, "crop to the subject's bounding box"),
+    OptionSpec("padding", int, "padding around the crop, px", low=0, high=10_000, metavar="N"),
+    OptionSpec(
+        "crop_threshold", int, "pixels with alpha >= A count as the subject when cropping", low=1, high=255, metavar="A"
+    ),
+    OptionSpec(
+        "bg_color", str, "put a colour behind the subject: #RRGGBB, #RRGGBBAA, r,g,b[,a] or a name", metavar="COLOR"
+    ),
+    OptionSpec(
+        "bg_image",
+        str,
+        "put an image behind the subject (scaled to cover)",
+        fronts=("cli",),
+        why="the service takes one image per request",
+        metavar="PATH",
+    ),
+    OptionSpec("threshold", float, "binarise the mask at this probability (0-1)", low=0, high=1, metavar="T"),
+    OptionSpec("post_process", bool, "morphological clean-up of the mask: opening/closing, small islands dropped"),
+    OptionSpec("morph_kernel", int, "clean-up kernel, px", low=1, fronts=(), why=_LIBRARY_ONLY),
+    OptionSpec(
+        "min_island",
+        float,
+        "clean-up: islands below this share of the largest are dropped",
+        low=0,
+        high=1,
+        fronts=(),
+        why=_LIBRARY_ONLY,
+    ),
+    OptionSpec("alpha_matting", bool, _MATTING),
+    OptionSpec("fg_threshold", int, "alpha matting: sure foreground above N", low=0, high=255, metavar="N"),
+    OptionSpec("bg_threshold", int, "alpha matting: sure background below N", low=0, high=255, metavar="N"),
+    OptionSpec("erode_size", int, "alpha matting: trimap erosion, px", low=0, high=1000, metavar="N"),
+    OptionSpec(
+        "decontaminate",
+        bool,
+        "take the old background's colour out of semi-transparent edges (pymatting; like rembg -dc)",
+    ),
+    OptionSpec(
+        "stretch",
+        bool,
+        "min-max normalise the model's map first, as the original U2-Net and rembg do; "
+        "off: keep the model's probabilities",
+        flag="--no-stretch",
+    ),
+    OptionSpec("rembg_compatible", bool, "compute the mask exactly as rembg's u2net_custom session"),
+    OptionSpec("soft_edges", bool, "matte the uncertain band", fronts=(), why="chosen with the soft preset"),
+    OptionSpec(
+        "input_resize",
+        str,
+        "resize of the photo to the model's input",
+        choices=RESIZE_METHODS,
+        fronts=(),
+        why=_RESEARCH,
+    ),
+    OptionSpec(
+        "upsampling", str, "resize of the model's map to the photo", choices=UPSAMPLING, fronts=(), why=_RESEARCH
+    ),
+    OptionSpec("second_pass", bool, "run the model again on a small subject's crop", fronts=(), why=_RESEARCH),
+    OptionSpec(
+        "second_pass_area",
+        float,
+        "second pass below this share of the photo",
+        low=0,
+        high=1,
+        open_low=True,
+        fronts=(),
+        why=_RESEARCH,
+    ),
+)
+SPECS = {spec.name: spec for spec in OPTION_SPECS}
+EXCLUSIVE = (("bg_color", "bg_image"),)  # options of which at most one may be given
+NEEDS_PYMATTING = ("alpha_matting", "decontaminate", "soft_edges")
+
+
+def front_end_specs(front: str) -> list[OptionSpec]:
+    """The options ``front`` (``cli`` or ``api``) exposes, in declaration order."""
+    return [spec for spec in OPTION_SPECS if front in spec.fronts]
+
+
+def options_from(values: dict[str, object]) -> RemovalOptions:
+    """The options a front end's user gave: ``quality`` (the preset; default :data:`DEFAULT_QUALITY`), then
+    every value that is not ``None`` on top of it. ``ValueError`` (one line naming the option) for a bad one."""
+    given = {name: value for name, value in values.items() if value is not None}
+    return RemovalOptions.preset(given.pop("quality", DEFAULT_QUALITY), **given)
+
+
+def missing_pymatting(options: RemovalOptions) -> list[str]:
+    """The options that need pymatting, are set, and cannot have it here (found, not imported: that takes a
+    second)."""
+    wanted = [name for name in NEEDS_PYMATTING if getattr(options, name)]
+    return wanted if wanted and importlib.util.find_spec("pymatting") is None else []
 
 
 # -- colours (bg_color) ------------------------------------------------------------------------

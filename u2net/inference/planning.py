@@ -25,6 +25,9 @@ __all__ = [
     "MAX_OUTPUT_SIDE",
     "Job",
     "JobError",
+    "check_format",
+    "check_source",
+    "check_qa_table",
     "needs_alpha",
     "output_format_for",
     "output_size_problem",
@@ -80,14 +83,8 @@ def plan_job(
     format holds (from their headers) and inputs whose output would be another input are refused one by one
     (``Job.refused``): the rest of the job runs."""
     options = options or RemovalOptions()
-    name = output_format_for(src, dst, format)
-    try:
-        output_format = OutputFormat(name, quality)
-    except ValueError as exc:
-        raise JobError("quality", str(exc)) from None
-    if not output_format.has_alpha and needs_alpha(options):
-        raise JobError("format", JPEG_WITHOUT_ALPHA)
-    previous = None if qa_csv is None else _previous_qa(Path(qa_csv))
+    output_format = check_format(output_format_for(src, dst, format), quality, options)
+    previous = None if qa_csv is None else check_qa_table(Path(qa_csv))
     left_out: list[tuple[Path, str]] = []
     clashes: list[tuple[Path, str]] = []
     try:
@@ -124,8 +121,32 @@ def plan_job(
     )
 
 
-def _previous_qa(path: Path) -> list[QARow]:
+def check_source(src: str | os.PathLike) -> None:
+    """``FileNotFoundError`` for a missing input, ``ValueError`` for one that is no file or folder (a pipe, socket
+    or device: listed as a folder it would hold "no images", read as an image it would block)."""
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or folder")
+    if not src.is_file() and not src.is_dir():
+        raise ValueError(
+            f"{src}: not a file or folder (a pipe, socket or device); to read a stream, give - and redirect it"
+        )
+
+
+def check_format(name: str, quality: int | None, options: RemovalOptions) -> OutputFormat:
+    """The output format ``name`` at ``quality``, if it can hold the outputs of ``options``; else :class:`JobError`."""
+    try:
+        output_format = OutputFormat(name, quality)
+    except ValueError as exc:
+        raise JobError("quality", str(exc)) from None
+    if not output_format.has_alpha and needs_alpha(options):
+        raise JobError("format", JPEG_WITHOUT_ALPHA)
+    return output_format
+
+
+def check_qa_table(path: str | os.PathLike) -> list[QARow]:
     """The QA table at ``path`` to keep and extend; :class:`JobError` where it is not one, or cannot be written."""
+    path = Path(path)
     try:
         rows = read_qa_csv(path)  # a table of an earlier run is kept; anything else is the user's
     except ValueError as exc:
@@ -191,12 +212,7 @@ def plan_outputs(
     it with the reason; without one they get numbered names (``b.jpg.png.png``, ``b.jpg.2.png``).
     """
     src, dst, suffix = Path(src), Path(dst), OutputFormat(format).suffix
-    if not src.exists():
-        raise FileNotFoundError(f"{src}: no such file or folder")
-    if not src.is_file() and not src.is_dir():  # listing a FIFO would find "no images" and succeed
-        raise ValueError(
-            f"{src}: not a file or folder (a pipe, socket or device); to read a stream, give - and redirect it"
-        )
+    check_source(src)
     if src.is_file():
         if format_of_suffix(dst.suffix) == format and not dst.is_dir():
             out = dst

@@ -4,7 +4,6 @@ through a dependency, and :func:`add_routes` registers them on an app with the s
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import logging
 import time
@@ -17,10 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..inference.options import DEFAULT_QUALITY, QUALITY_PRESETS, RemovalOptions
+from ..inference.options import OptionSpec, RemovalOptions, front_end_specs, missing_pymatting, options_from
 from . import storage
 from .errors import ApiError, reason
 from .images import open_upload, read_upload, safe_stem
@@ -31,7 +30,6 @@ from .settings import ServeSettings
 log = logging.getLogger("u2net.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
-DEFAULTS = RemovalOptions()  # the form fields' defaults are the library's (the DEFAULT_QUALITY preset)
 
 
 class ErrorBody(BaseModel):
@@ -40,21 +38,6 @@ class ErrorBody(BaseModel):
 
 
 MODEL_HELP = "which of the server's models (GET /model-info: choices); empty for its default"
-
-
-class PathRequest(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
-
-    source_image_path: str = Field(
-        alias="sourceImagePath", min_length=1, max_length=4096, description="image to read, relative to the root"
-    )
-    output_image_path: str = Field(
-        alias="outputImagePath", min_length=1, max_length=4096, description="PNG to write, relative to the root"
-    )
-    threshold: float | None = Field(
-        DEFAULTS.threshold, ge=0.0, le=1.0, description="binarise the mask at this probability"
-    )
-    model: str | None = Field(None, max_length=200, description=MODEL_HELP)
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -81,57 +64,79 @@ def get_admission(request: Request) -> Admission:
     return request.state.admission
 
 
-def form_options(
-    mask_only: Annotated[bool, Form(description="return the alpha mask (grayscale PNG)")] = DEFAULTS.mask_only,
-    crop: Annotated[bool, Form(description="crop to the subject's bounding box")] = DEFAULTS.crop,
-    padding: Annotated[int, Form(ge=0, le=10_000, description="padding around the crop, px")] = DEFAULTS.padding,
-    crop_threshold: Annotated[
-        int, Form(ge=1, le=255, description="pixels with alpha >= this count as the subject when cropping")
-    ] = DEFAULTS.crop_threshold,
-    threshold: Annotated[
-        float | None, Form(ge=0.0, le=1.0, description="binarise the mask at this probability")
-    ] = DEFAULTS.threshold,
-    bg_color: Annotated[
-        str | None, Form(max_length=64, description="background colour: #RRGGBB, #RRGGBBAA, r,g,b[,a], a name")
-    ] = None,
-    alpha_matting: Annotated[
-        bool, Form(description="refine the edges with alpha matting (slow)")
-    ] = DEFAULTS.alpha_matting,
-    post_process: Annotated[bool, Form(description="morphological clean-up of the mask")] = DEFAULTS.post_process,
-    stretch: Annotated[
-        bool, Form(description="min-max normalise the model's map first, as the original U2-Net and rembg do")
-    ] = DEFAULTS.stretch,
-    quality: Annotated[
-        str, Form(description=f"how the mask is made: {', '.join(QUALITY_PRESETS)} (docs/quality.md)")
-    ] = DEFAULT_QUALITY,
-    decontaminate: Annotated[
-        bool, Form(description="take the old background's colour out of semi-transparent edges")
-    ] = DEFAULTS.decontaminate,
-) -> RemovalOptions:
-    matting = (
-        ("alpha matting", alpha_matting),
-        ("decontamination", decontaminate),
-        ("quality soft", quality == "soft"),
-    )
-    for name, wanted in matting:
-        if wanted and importlib.util.find_spec("pymatting") is None:  # found, not imported: that takes a second
-            raise ApiError(400, f"{name} is not available on this server (pymatting not installed)")
+# -- the removal options as form fields and JSON members, generated from their one declaration ------------
+API_SPECS = front_end_specs("api")
+TEXT_LIMIT = 64  # the longest text an option field takes (a colour's name); a transport limit, not an option's
+
+
+def _field_limits(spec: OptionSpec) -> dict[str, Any]:
+    """The declaration's bounds as pydantic's constraints (a 422 before the library sees the value)."""
+    if spec.choices is not None or spec.type is bool:
+        return {}
+    if spec.type is str:
+        return {"max_length": TEXT_LIMIT}
+    limits: dict[str, Any] = {} if spec.high is None else {"le": spec.high}
+    if spec.low is not None:
+        limits["gt" if spec.open_low else "ge"] = spec.low
+    return limits
+
+
+def _description(spec: OptionSpec) -> str:
+    choices = f" ({', '.join(map(str, spec.choices))})" if spec.choices is not None else ""
+    return f"{spec.help}{choices}; not given: the preset's or the library's default"
+
+
+def _options_or_error(values: dict[str, Any]) -> RemovalOptions:
+    """The options of a request (:func:`~u2net.inference.options.options_from`); 400 naming the bad one."""
     try:
-        return RemovalOptions.preset(
-            quality,
-            decontaminate=decontaminate,
-            mask_only=mask_only,
-            crop=crop,
-            padding=padding,
-            crop_threshold=crop_threshold,
-            threshold=threshold,
-            bg_color=bg_color or None,
-            alpha_matting=alpha_matting,
-            post_process=post_process,
-            stretch=stretch,
-        )
+        options = options_from(values)
     except ValueError as exc:
-        raise ApiError(400, str(exc), {"bg_color": bg_color, "quality": quality}) from None
+        raise ApiError(400, str(exc), {name: value for name, value in values.items() if value is not None}) from None
+    needing = ["quality soft" if name == "soft_edges" else name for name in missing_pymatting(options)]
+    if needing:
+        raise ApiError(400, f"{' and '.join(needing)}: not available on this server (pymatting not installed)")
+    return options
+
+
+def form_options(**values: Any) -> RemovalOptions:
+    """The removal options of a form request (its signature is generated below: one field per option)."""
+    return _options_or_error(values)
+
+
+form_options.__signature__ = inspect.Signature(
+    [
+        inspect.Parameter(
+            spec.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[spec.type | None, Form(description=_description(spec), **_field_limits(spec))],
+        )
+        for spec in API_SPECS
+    ],
+    return_annotation=RemovalOptions,
+)
+
+
+# The JSON body of the path endpoint: the two paths, the model, and the same options as the form's.
+PathRequest = create_model(
+    "PathRequest",
+    __config__=ConfigDict(populate_by_name=True, extra="forbid"),
+    source_image_path=(
+        str,
+        Field(
+            alias="sourceImagePath", min_length=1, max_length=4096, description="image to read, relative to the root"
+        ),
+    ),
+    output_image_path=(
+        str,
+        Field(alias="outputImagePath", min_length=1, max_length=4096, description="PNG to write, relative to the root"),
+    ),
+    model=(str | None, Field(None, max_length=200, description=MODEL_HELP)),
+    **{
+        spec.name: (spec.type | None, Field(None, description=_description(spec), **_field_limits(spec)))
+        for spec in API_SPECS
+    },
+)
 
 
 FORM_FIELDS = frozenset(inspect.signature(form_options).parameters) | {"model"}  # besides the file field
@@ -271,7 +276,7 @@ async def remove_background_path(service: ServiceDep, admission: AdmissionDep, b
         )
     started = time.perf_counter()
     service.remover_for(body.model)
-    options = RemovalOptions(threshold=body.threshold)
+    options = _options_or_error({spec.name: getattr(body, spec.name) for spec in API_SPECS})
     args = (source, output, body.source_image_path, options, service.deadline(), body.model)
     written = await service.run(admission, service.cutout_file, *args)
     return {
