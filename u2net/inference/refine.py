@@ -232,7 +232,9 @@ def decontaminate_colors(rgb: np.ndarray, alpha: np.ndarray, margin: int = 8) ->
     try:
         from pymatting import estimate_foreground_ml
     except ImportError:
-        raise ImportError("--decontaminate needs pymatting: pip install -e '.[matting]' in the repository") from None
+        raise ImportError(
+            "colour decontamination needs pymatting: pip install -e '.[matting]' in the repository"
+        ) from None
     band = (alpha > 0) & (alpha < 255)
     box = mask_bbox(band.astype(np.uint8), padding=margin)
     if box is None:

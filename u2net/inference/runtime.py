@@ -100,8 +100,8 @@ def provider_options(providers: Sequence[str], precision: str = "fp32") -> list[
         return [{} for _ in providers]
     if OPENVINO not in providers:
         raise ValueError(
-            f"precision {precision} on ONNX Runtime needs its OpenVINO execution provider "
-            f"(pip install onnxruntime-openvino; --providers OpenVINO), not {', '.join(providers) or 'none'}"
+            f"precision {precision} on ONNX Runtime needs its OpenVINO execution provider (pip install "
+            f"onnxruntime-openvino; providers=['OpenVINOExecutionProvider']), not {', '.join(providers) or 'none'}"
         )
     hint = json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": _OPENVINO_HINTS[precision]}})
     return [{"load_config": hint} if name == OPENVINO else {} for name in providers]
