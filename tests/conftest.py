@@ -1,17 +1,27 @@
-"""Shared fixtures: a tiny synthetic dataset and the reference files of the original U²-Net."""
+"""Shared fixtures and helpers: a tiny synthetic dataset and checkpoint, the reference files of the original
+U²-Net, test doubles of a predictor, photos and folders of them as removal runs take them, and no network.
+
+Test modules import the helpers from here (``from .conftest import ...``) or from a ``helpers_<topic>.py``
+module; no test module imports another."""
 
 from __future__ import annotations
 
+import csv
 import os
+import socket
+import threading
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 ASSETS = Path(__file__).parent / "assets"
 REPO = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks PyPI for updates on import
 
 
 TINY_PREPROCESSING = {"image_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -108,3 +118,142 @@ class FullSizePredictor:
         if rgb.tobytes() not in getattr(self, "_photos", ()) and mirrored.tobytes() in getattr(self, "_photos", ()):
             return np.asarray(self.predict(mirrored))[:, ::-1]
         return self.predict(rgb)
+
+
+# -- test doubles of a predictor ---------------------------------------------------------------
+class FakePredictor(FullSizePredictor):
+    """``predict`` gives ``fn(rgb)``: a known mask, checked to be at the image's size."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.seen: list[np.ndarray] = []
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+        self.seen.append(rgb)
+        prob = np.asarray(self.fn(rgb), np.float32)
+        assert prob.shape == rgb.shape[:2]
+        return prob
+
+
+class RecordingPredictor(FullSizePredictor):
+    """The red channel as the map; records the size of every batch and fails on request: on any batch
+    holding an image whose top-left pixel is ``poison`` (red), or with ``interrupt_after`` batches done."""
+
+    def __init__(self, poison: int | None = None, interrupt_after: int | None = None) -> None:
+        self.batch_sizes: list[int] = []
+        self.poison, self.interrupt_after = poison, interrupt_after
+        self.lock = threading.Lock()
+
+    def predict_batch(self, batch, sizes=None) -> list[np.ndarray]:
+        with self.lock:
+            if self.interrupt_after is not None and len(self.batch_sizes) >= self.interrupt_after:
+                raise KeyboardInterrupt
+            self.batch_sizes.append(len(batch))
+        if self.poison is not None and any(rgb[0, 0, 0] == self.poison for rgb in batch):
+            raise RuntimeError("the model choked")
+        return super().predict_batch(batch, sizes)
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        return rgb[..., 0] / 255.0
+
+
+# -- photos, folders of them, and what a removal run writes ------------------------------------
+def _picture(h=30, w=40) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _tree(root) -> None:
+    """Three good images in nested folders, a truncated JPEG, a text file named .png, a .txt."""
+    (root / "sub" / "deeper").mkdir(parents=True)
+    Image.fromarray(_picture(30, 40)).save(root / "a.jpg")
+    Image.fromarray(_picture(24, 32)).convert("L").save(root / "sub" / "b.png")
+    Image.fromarray(_picture(20, 20)).convert("RGBA").save(root / "sub" / "deeper" / "c.webp")
+    Image.fromarray(_picture(64, 64)).save(root / "sub" / "full.jpg")
+    data = (root / "sub" / "full.jpg").read_bytes()
+    (root / "sub" / "full.jpg").unlink()
+    (root / "sub" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "notes.png").write_text("not an image at all")
+    (root / "readme.txt").write_text("ignored")
+
+
+def _photo(seed: int, h: int = 24, w: int = 32) -> np.ndarray:
+    rgb = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rgb[0, 0, 0] = seed  # each image identifiable by its first pixel
+    return rgb
+
+
+def _folder(root, count: int, sizes=((24, 32),)) -> list[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(count):
+        h, w = sizes[i % len(sizes)]
+        name = f"{i:02d}.png"
+        Image.fromarray(_photo(i + 1, h, w)).save(root / name)
+        names.append(name)
+    return names
+
+
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def _files(root) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def _rows(table: Path) -> dict[str, tuple[str, str]]:
+    """The QA table as {input file name: (confidence, flags)}."""
+    with open(table, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return {Path(row["input"]).name: (row["confidence"], row["flags"]) for row in csv.DictReader(f)}
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\nnewpath 0 0 moveto 16 16 lineto stroke\n"
+
+
+def _disc_photo(path: Path) -> Path:
+    """A 64×48 photo: a red disc (the subject) on a light grey background."""
+    image = Image.new("RGB", (64, 48), (225, 225, 225))
+    ImageDraw.Draw(image).ellipse((18, 10, 46, 38), fill=(200, 30, 30))
+    image.save(path)
+    return path
+
+
+# -- no network; photos to mine ----------------------------------------------------------------
+class NetworkAccess(OSError):
+    """Raised by the patched socket and urllib functions: a test tried to reach the network."""
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path) -> Path:
+    """No network (sockets and urllib refuse) and an empty ``U2NET_HOME``; returns that folder."""
+
+    def refuse(*args, **kwargs):
+        raise NetworkAccess("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    home = tmp_path / "u2net_home"
+    monkeypatch.setenv("U2NET_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Six photos to mine: three clean discs on flat grey, three cluttered with noise and faint shapes."""
+    import cv2
+
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image = np.full((72, 96, 3), 128, np.uint8)
+        if i >= 3:
+            image = rng.integers(0, 256, image.shape, dtype=np.uint8)
+        cv2.circle(image, (48, 36), 18, (250, 30, 30), -1)
+        Image.fromarray(image).save(folder / f"p{i}.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    return folder

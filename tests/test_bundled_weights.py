@@ -1,6 +1,6 @@
 """The U²-Net† weights shipped inside the package (``u2net/models/bundled/u2netp.onnx``): present and intact,
-resolved from the ``u2netp.duts`` tag without the network, refused when damaged, and the default model of
-``u2net remove`` and ``u2net serve``. Nothing here reads the network or a shared folder."""
+resolved from the ``u2netp.duts`` tag without the network, refused when damaged, and run on each backend
+(the command's default model: test_cli). Nothing here reads the network or a shared folder."""
 
 from __future__ import annotations
 
@@ -10,20 +10,17 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imp
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks PyPI for updates on import
 
 import hashlib  # noqa: E402
-import inspect  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import urllib.request  # noqa: E402
 import zipfile  # noqa: E402
 from importlib import resources  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from u2net.models import pretrained  # noqa: E402
 from u2net.models.pretrained import (  # noqa: E402
@@ -34,29 +31,11 @@ from u2net.models.pretrained import (  # noqa: E402
     get_pretrained_cfg,
 )
 
+from .conftest import _disc_photo  # noqa: E402
+
 BUNDLED_MD5 = "8e83ca70e441ab06c318d82300c84806"
 BUNDLED_SIZE = 4_574_861
 REPO = Path(__file__).resolve().parent.parent
-
-
-class NetworkAccess(OSError):
-    """Raised by the patched socket and urllib functions: a test tried to reach the network."""
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path) -> Path:
-    """No network (sockets and urllib refuse) and an empty ``U2NET_HOME``; returns that folder."""
-
-    def refuse(*args, **kwargs):
-        raise NetworkAccess("network access attempted in an offline test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    home = tmp_path / "u2net_home"
-    monkeypatch.setenv("U2NET_HOME", str(home))
-    return home
 
 
 @pytest.fixture
@@ -65,14 +44,6 @@ def fresh_checks(monkeypatch) -> set:
     verified: set = set()
     monkeypatch.setattr(pretrained, "_VERIFIED_BUNDLES", verified)
     return verified
-
-
-def _photo(path: Path) -> Path:
-    """A 64×48 photo: a red disc (the subject) on a light grey background."""
-    image = Image.new("RGB", (64, 48), (225, 225, 225))
-    ImageDraw.Draw(image).ellipse((18, 10, 46, 38), fill=(200, 30, 30))
-    image.save(path)
-    return path
 
 
 # -- the file ----------------------------------------------------------------------------------
@@ -116,7 +87,7 @@ def test_the_person_model_works_offline_everywhere(tmp_path, offline, fresh_chec
 
     bundled = download_weights("u2netp.person")
     assert bundled.parent == pretrained.BUNDLED_DIR and bundled.name != "u2netp.onnx"
-    photo = _photo(tmp_path / "photo.png")
+    photo = _disc_photo(tmp_path / "photo.png")
     assert main(["remove", str(photo), str(tmp_path / "out.png"), "-q", "--model", "u2netp.person"]) == 0
     with Image.open(tmp_path / "out.png") as cutout:
         assert (cutout.mode, cutout.size) == ("RGBA", (64, 48))
@@ -184,7 +155,7 @@ def test_corrupted_bundled_file_is_a_clear_error(tmp_path, monkeypatch, offline,
     )
     with pytest.raises(ValueError, match=pattern + f"{BUNDLED_MD5}\\); reinstall the package$"):
         download_weights("u2netp.duts")
-    photo = _photo(tmp_path / "photo.png")
+    photo = _disc_photo(tmp_path / "photo.png")
     assert main(["remove", str(photo), str(tmp_path / "out.png"), "-q"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
@@ -198,33 +169,7 @@ def test_corrupted_bundled_file_is_a_clear_error(tmp_path, monkeypatch, offline,
         download_weights("u2netp.duts")
 
 
-# -- the default model of the command line ------------------------------------------------------
-def test_remove_without_model_uses_the_bundled_weights_offline(tmp_path, offline, capsys) -> None:
-    from u2net.cli import main
-
-    photo = _photo(tmp_path / "photo.png")
-    out = tmp_path / "out.png"
-    assert main(["remove", str(photo), str(out), "-q"]) == 0, capsys.readouterr().err
-    with Image.open(out) as cutout:
-        assert (cutout.format, cutout.mode, cutout.size) == ("PNG", "RGBA", (64, 48))
-        alpha = np.asarray(cutout.getchannel("A"))
-    assert np.ptp(alpha) > 128
-    # Real weights find the disc: opaque at its centre, transparent in the corners.
-    assert alpha[24, 32] > 200 and max(alpha[0, 0], alpha[0, -1], alpha[-1, 0], alpha[-1, -1]) < 50
-    assert not offline.exists()
-
-
-def test_remove_and_serve_default_to_the_bundled_tag() -> None:
-    from u2net.cli import build_parser
-
-    parser = build_parser()
-    for command in (["remove", "in.png", "out.png"], ["serve"]):
-        assert parser.parse_args(command).model == DEFAULT_MODEL
-    sub = next(a for a in parser._actions if a.dest == "command")
-    for name in ("remove", "serve"):
-        assert f"default: {DEFAULT_MODEL}, shipped with the package" in " ".join(
-            sub.choices[name].format_help().split()
-        )
+# -- the bundled tag on each backend -----------------------------------------------------------
 
 
 def test_backend_onnxruntime_runs_the_bundled_tag_and_refuses_what_is_not_onnx(tmp_path, offline, capsys) -> None:
@@ -240,7 +185,7 @@ def test_backend_onnxruntime_runs_the_bundled_tag_and_refuses_what_is_not_onnx(t
     bundled = str(bundled_weights_path(DEFAULT_MODEL))
     assert Predictor.from_path(bundled, "cpu").info.backend == "onnxruntime"
     assert Predictor.from_path(bundled, "cpu", backend="pytorch").info.backend == "pytorch"  # the file, imported
-    photo = _photo(tmp_path / "photo.png")
+    photo = _disc_photo(tmp_path / "photo.png")
     assert main(["remove", str(photo), str(tmp_path / "out.png"), "-q", "--backend", "onnxruntime"]) == 0
     other = str(tmp_path / "x.png")
     assert main(["remove", str(photo), other, "--model", "u2net.duts", "--backend", "onnxruntime"]) == 2
@@ -260,49 +205,6 @@ def test_a_cached_tags_file_is_checked_once_when_loaded(offline, monkeypatch) ->
     monkeypatch.setattr(pretrained, "_check_cached", lambda path, *args: checked.append(Path(path).name))
     assert Predictor.from_path("u2net.duts", "cpu").info.backend == "onnxruntime"
     assert checked == ["u2net.onnx"]
-
-
-def test_option_defaults_are_the_dataclasses_defaults() -> None:
-    from u2net.cli import build_parser
-    from u2net.cli.remove import removal_options
-    from u2net.inference.options import RemovalOptions
-    from u2net.serve.settings import ServeSettings
-
-    parser = build_parser()
-    remove, serve = parser.parse_args(["remove", "in.png", "out.png"]), parser.parse_args(["serve"])
-    options, settings = RemovalOptions(), ServeSettings()
-    assert removal_options(remove) == options  # no flag given: the library's defaults (the default preset)
-    for name in ("workers", "max_queue", "max_upload_mb", "max_pixels", "max_matting_pixels", "max_batch"):
-        assert getattr(serve, name) == getattr(settings, name), name
-    assert serve.request_timeout_s == settings.request_timeout_s and serve.max_output_mb == settings.max_output_mb
-
-
-def test_serve_without_model_serves_the_bundled_file_offline(offline, monkeypatch) -> None:
-    pytest.importorskip("fastapi")
-    pytest.importorskip("multipart")
-    pytest.importorskip("httpx")
-    import torch
-    import uvicorn
-    from fastapi.testclient import TestClient
-
-    from u2net.cli import main
-    from u2net.serve import create_app
-
-    assert inspect.signature(create_app).parameters["remover_or_model_path"].default == DEFAULT_MODEL
-    seen = {}
-
-    def fake_run(app, host, port, log_level):  # in-memory requests instead of a listening server
-        # As a browser on the same machine would call it: the service answers only its own host names.
-        with TestClient(app, base_url=f"http://{host}:{port}") as client:
-            seen["info"] = client.get("/model-info").json()
-
-    monkeypatch.setattr(uvicorn, "run", fake_run)
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the test process keeps its threads
-    assert main(["serve", "--device", "cpu", "--workers", "1"]) == 0
-    info = seen["info"]
-    assert info["name"] == "u2netp" and info["file"] == "u2netp.onnx" and info["precision"] == "fp32"
-    assert info["model"] == DEFAULT_MODEL and info["choices"] == ["u2netp.duts", "u2netp.person"]
-    assert info["sha256"] == get_pretrained_cfg("u2netp.duts").bundled.sha256
 
 
 # -- packaging ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from u2net.inference import Predictor
 from u2net.losses import DeepSupervisionLoss
 
 from .conftest import REPO, save_tiny_checkpoint
-from .test_training import _data
+from .helpers_training import _data
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -4,7 +4,6 @@ resume, reduced validation, multi-node rendezvous, and a crashing rank ending th
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import torch
 from u2net.data import ResumableBatchSampler, generate_synthetic_dataset
 
 from .conftest import REPO
+from .helpers_training import _free_port, _trainer
 
 COMMON = [
     "data.synthetic.num_train=16",
@@ -42,12 +42,6 @@ def _run(
     command += [f"hydra.run.dir={tmp_path / name}", *COMMON, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes share two cores
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _state(tmp_path, name: str) -> dict:
@@ -155,8 +149,6 @@ def test_accumulation_all_reduces_once_per_optimizer_step(tiny_synthetic, tmp_pa
     only, so K accumulated micro-batches cost what one does."""
     import torch.distributed as dist
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-    from .test_training import _trainer
 
     port = _free_port()
     env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,13 +20,9 @@ from u2net.inference import Predictor, TorchBackend
 from u2net.metrics import SaliencyMetrics
 
 from .conftest import REPO, TINY_PREPROCESSING, save_tiny_checkpoint
+from .helpers_evaluation import _evaluate
 
 REPORT_FILES = ("results.json", "results.csv", "results.md", "per_image.csv", "pr_curve.png", "f_threshold.png")
-
-
-def _evaluate(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO / "evaluate.py"), f"hydra.run.dir={tmp_path / 'eval'}", "progress=false"]
-    return subprocess.run([*command, *overrides], capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 
 def _masks(folder, count=4, size=(40, 30), shift=0, mode="L"):

@@ -14,8 +14,7 @@ from u2net.inference import Predictor
 from u2net.metrics.matting import matting_errors
 
 from .conftest import save_tiny_checkpoint
-from .test_evaluate import _evaluate
-from .test_matting_metrics import soft_disc, trimap_of
+from .helpers_evaluation import _evaluate, soft_disc, trimap_of
 
 MATTING = ("sad", "mse", "grad", "conn")
 

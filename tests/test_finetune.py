@@ -17,7 +17,7 @@ from u2net.losses import DeepSupervisionLoss
 from u2net.models.batchnorm import conv_bn_pairs, folded_batchnorms, restore_batchnorm
 
 from .conftest import ASSETS, REPO, lively_u2netp
-from .test_training import _data
+from .helpers_training import _data
 
 pytest.importorskip("onnx")
 

@@ -1,71 +1,19 @@
 """Folder mode: the pipelined, batched runner (same outputs as one image at a time, failures isolated,
-bounded queues, Ctrl-C), output formats, stdin/stdout and the remove command's speed options."""
+bounded queues, Ctrl-C), output formats, and the ONNX Runtime providers and precision behind the remove
+command's speed options."""
 
 from __future__ import annotations
 
-import io
-import sys
 import threading
-import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from u2net.cli import main
 from u2net.inference import BackgroundRemover, RemovalOptions, remove_batch, run_pipeline
-from u2net.inference.batch import CPU_BATCH_SIZE, OutputFormat, default_batch_size
-from u2net.inference.planning import plan_outputs
+from u2net.inference.batch import CPU_BATCH_SIZE, default_batch_size
 
-from .conftest import FullSizePredictor
-
-
-class RecordingPredictor(FullSizePredictor):
-    """The red channel as the map; records the size of every batch and fails on request: on any batch
-    holding an image whose top-left pixel is ``poison`` (red), or with ``interrupt_after`` batches done."""
-
-    def __init__(self, poison: int | None = None, interrupt_after: int | None = None) -> None:
-        self.batch_sizes: list[int] = []
-        self.poison, self.interrupt_after = poison, interrupt_after
-        self.lock = threading.Lock()
-
-    def predict_batch(self, batch, sizes=None) -> list[np.ndarray]:
-        with self.lock:
-            if self.interrupt_after is not None and len(self.batch_sizes) >= self.interrupt_after:
-                raise KeyboardInterrupt
-            self.batch_sizes.append(len(batch))
-        if self.poison is not None and any(rgb[0, 0, 0] == self.poison for rgb in batch):
-            raise RuntimeError("the model choked")
-        return super().predict_batch(batch, sizes)
-
-    def predict(self, rgb: np.ndarray) -> np.ndarray:
-        return rgb[..., 0] / 255.0
-
-
-def _photo(seed: int, h: int = 24, w: int = 32) -> np.ndarray:
-    rgb = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    rgb[0, 0, 0] = seed  # each image identifiable by its first pixel
-    return rgb
-
-
-def _folder(root, count: int, sizes=((24, 32),)) -> list[str]:
-    root.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(count):
-        h, w = sizes[i % len(sizes)]
-        name = f"{i:02d}.png"
-        Image.fromarray(_photo(i + 1, h, w)).save(root / name)
-        names.append(name)
-    return names
-
-
-def _pixels(path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img)
-
-
-def _files(root) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+from .conftest import RecordingPredictor, _files, _folder, _photo, _pixels
 
 
 # -- the pipeline ------------------------------------------------------------------------------
@@ -217,111 +165,7 @@ def test_jpeg_needs_a_background_or_a_mask(tmp_path) -> None:
         remove_batch(remover, tmp_path / "in", tmp_path / "x", RemovalOptions(bg_color="#ffffff80"), format="jpeg")
 
 
-def test_plan_outputs_names_the_format(tmp_path) -> None:
-    _folder(tmp_path / "in", 2)
-    assert [b.name for _, b in plan_outputs(tmp_path / "in", tmp_path / "out", format="jpeg")] == ["00.jpg", "01.jpg"]
-    single = tmp_path / "in" / "00.png"
-    assert plan_outputs(single, tmp_path / "o.jpeg", format="jpeg") == [(single, tmp_path / "o.jpeg")]
-    assert plan_outputs(single, tmp_path / "d", format="webp") == [(single, tmp_path / "d" / "00.webp")]
-    with pytest.raises(ValueError, match=r"outputs are WEBP files; name the output '\.webp'"):
-        plan_outputs(single, tmp_path / "o.png", format="webp")
-    with pytest.raises(ValueError, match="png is always lossless"):
-        OutputFormat("png", quality=50)
-    with pytest.raises(ValueError, match=r"quality must be in \[1, 100\]"):
-        OutputFormat("jpeg", quality=0)
-
-
-# -- the command -------------------------------------------------------------------------------
-@pytest.fixture
-def fake_model(monkeypatch) -> RecordingPredictor:
-    predictor = RecordingPredictor()
-    monkeypatch.setattr("u2net.cli.common.load_remover", lambda args: BackgroundRemover(predictor))
-    return predictor
-
-
-def test_cli_formats_from_the_suffix_or_the_option(tmp_path, fake_model, capsys) -> None:
-    photo = tmp_path / "photo.png"
-    Image.fromarray(_photo(1)).save(photo)
-    assert main(["remove", str(photo), str(tmp_path / "cut.webp"), "-q"]) == 0
-    assert Image.open(tmp_path / "cut.webp").format == "WEBP"
-    assert main(["remove", str(photo), str(tmp_path / "cut.jpg"), "-q"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: JPEG outputs cannot be transparent: add --bg-color") and err.count("\n") == 1
-    assert (
-        main(["remove", str(photo), str(tmp_path / "cut.jpg"), "-q", "--bg-color", "white", "--output-quality", "70"])
-        == 0
-    )
-    assert Image.open(tmp_path / "cut.jpg").format == "JPEG"
-    assert main(["remove", str(photo), str(tmp_path / "c.png"), "--output-quality", "70"]) == 2
-    assert "--output-quality: quality applies to webp and jpeg" in capsys.readouterr().err
-    _folder(tmp_path / "in", 3)
-    args = ["remove", str(tmp_path / "in"), str(tmp_path / "out"), "-q", "--format", "webp", "--batch-size", "2"]
-    assert main(args) == 0 and _files(tmp_path / "out") == ["00.webp", "01.webp", "02.webp"]
-    assert "3 image(s): 3 written, 0 skipped, 0 failed" in capsys.readouterr().out
-    views = RemovalOptions().views
-    assert sorted(fake_model.batch_sizes[-2:]) == [1 * views, 2 * views]
-
-
-def test_cli_views_and_sharpen_override_the_preset(tmp_path, fake_model, capsys) -> None:
-    photo = tmp_path / "photo.png"
-    Image.fromarray(_photo(2)).save(photo)
-    red = _photo(2)[..., 0].astype(np.float64)
-    plain = np.rint((red - red.min()) / (red.max() - red.min()) * 255)  # the map, stretched: nothing else
-    for extra, runs in (
-        ([], 2),
-        (["--views", "1"], 1),
-        (["--quality", "best"], 4),
-        (["--quality", "fast", "--views", "4"], 4),
-    ):
-        assert main(["remove", str(photo), str(tmp_path / f"cut{runs}{len(extra)}.png"), "-q", *extra]) == 0
-        assert fake_model.batch_sizes[-1] == runs, extra
-    assert main(["remove", str(photo), str(tmp_path / "plain.png"), "-q", "--views", "1", "--sharpen", "1"]) == 0
-    with Image.open(tmp_path / "plain.png") as out:
-        np.testing.assert_array_equal(np.asarray(out.getchannel("A")), plain)
-    with pytest.raises(SystemExit):
-        main(["remove", str(photo), str(tmp_path / "x.png"), "--views", "3"])
-    with pytest.raises(SystemExit):
-        main(["remove", str(photo), str(tmp_path / "x.png"), "--sharpen", "0"])
-    assert "invalid choice: 3" in capsys.readouterr().err
-
-
-def _streams(monkeypatch, data: bytes) -> io.BytesIO:
-    """Give the command ``data`` on stdin; what it writes to stdout comes back in the returned buffer."""
-    out = io.BytesIO()
-    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(data)))
-    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="utf-8"))
-    return out
-
-
-def test_cli_stdin_and_stdout(tmp_path, fake_model, monkeypatch, capsys) -> None:
-    encoded = io.BytesIO()
-    Image.fromarray(_photo(5)).save(encoded, format="JPEG")
-    photo = tmp_path / "photo.jpg"
-    photo.write_bytes(encoded.getvalue())
-
-    out = _streams(monkeypatch, encoded.getvalue())
-    assert main(["remove", "-", "-", "-q"]) == 0
-    with Image.open(io.BytesIO(out.getvalue())) as img:
-        assert img.format == "PNG" and img.mode == "RGBA" and img.size == (32, 24)
-    assert "1 image(s): 1 written" in capsys.readouterr().err  # the summary keeps off the image's stream
-    streamed = out.getvalue()
-
-    _streams(monkeypatch, encoded.getvalue())
-    assert main(["remove", "-", str(tmp_path / "from_stdin.png"), "-q"]) == 0
-    assert np.array_equal(_pixels(tmp_path / "from_stdin.png"), np.asarray(Image.open(io.BytesIO(streamed))))
-
-    out = _streams(monkeypatch, b"")
-    assert main(["remove", str(photo), "-", "-q", "--format", "webp", "--mask-only"]) == 0
-    with Image.open(io.BytesIO(out.getvalue())) as img:
-        assert img.format == "WEBP"  # WebP has no grayscale: a mask comes back as equal RGB channels
-        mask = np.asarray(img.convert("RGB"))
-        assert (mask == mask[..., :1]).all()
-
-    out = _streams(monkeypatch, b"not an image")
-    assert main(["remove", "-", "-", "-q"]) == 1 and out.getvalue() == b""
-    assert "failed: -: not a JPEG, PNG" in capsys.readouterr().err
-    assert main(["remove", str(tmp_path), "-", "-q"]) == 2
-    assert "a folder's outputs cannot go to stdout" in capsys.readouterr().err
+# -- ONNX Runtime providers and precision (u2net.inference.runtime) ----------------------------
 
 
 def test_provider_names_accept_short_names_in_any_case() -> None:
@@ -399,58 +243,3 @@ def test_openvino_fp16_predictor_stays_close_to_fp32() -> None:
     assert said == ([expected] if expected else [])
     assert fp16.backend.providers[0] == "OpenVINOExecutionProvider" and fp16.info.extra["precision"] == "fp16"
     assert np.abs(fp16.predict(image) - fp32.predict(image)).mean() < 0.01
-
-
-def test_cli_providers_and_input_size_errors(tmp_path, capsys) -> None:
-    from u2net.models.pretrained import DEFAULT_MODEL, bundled_weights_path
-
-    photo = tmp_path / "photo.png"
-    Image.fromarray(_photo(1)).save(photo)
-    args = ["remove", str(photo), str(tmp_path / "out.png"), "-q"]
-    assert main([*args, "--providers", "NoSuchThing"]) == 2
-    err = capsys.readouterr().err
-    assert err == "error: --providers: unknown ONNX Runtime provider 'NoSuchThing'\n"
-    assert main([*args, "--providers", "CPU", "--precision", "fp16"]) == 2
-    err = capsys.readouterr().err
-    assert "precision fp16 on ONNX Runtime needs its OpenVINO execution provider" in err and err.count("\n") == 1
-    # on PyTorch (the bundled tag with fp16 goes there) a CPU cannot autocast to fp16: said once, at load time
-    assert main([*args, "--precision", "fp16", "--device", "cpu"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "fp16 needs CUDA" in err and err.count("\n") == 1
-    import onnxruntime
-
-    missing = [p for p in onnxruntime.get_all_providers() if p not in onnxruntime.get_available_providers()]
-    assert main([*args, "--providers", missing[0].removesuffix("ExecutionProvider")]) == 2
-    err = capsys.readouterr().err
-    assert f"none of {missing[0]} is available in this ONNX Runtime" in err and err.count("\n") == 1
-
-    onnx_file = str(bundled_weights_path(DEFAULT_MODEL))  # exported at a fixed 1×3×320×320
-    assert main([*args, "--model", onnx_file, "--input-size", "512"]) == 2
-    err = capsys.readouterr().err
-    assert "input is fixed at 320x320, so --input-size 512 cannot change it" in err and err.count("\n") == 1
-    assert main([*args, "--model", onnx_file, "--providers", "cpu", "--batch-size", "2"]) == 0
-    assert Image.open(tmp_path / "out.png").mode == "RGBA"
-
-
-def test_cli_passes_the_input_size_providers_and_precision_to_the_predictor(tmp_path, monkeypatch) -> None:
-    seen = {}
-
-    def from_path(source, device, **kwargs):
-        seen.update(kwargs)
-        predictor = RecordingPredictor()
-        predictor.backend = types.SimpleNamespace(fixed_size=None)
-        return predictor
-
-    monkeypatch.setattr("u2net.inference.Predictor.from_path", from_path)
-    photo = tmp_path / "photo.png"
-    Image.fromarray(_photo(1)).save(photo)
-    assert main(["remove", str(photo), str(tmp_path / "o.png"), "-q", "--input-size", "512", "--providers", "CPU"]) == 0
-    assert seen == {
-        "precision": "fp32",
-        "image_size": 512,
-        "backend": "onnxruntime",
-        "providers": ["CPUExecutionProvider"],
-    }
-    assert main(["remove", str(photo), str(tmp_path / "p.png"), "-q", "--precision", "bf16"]) == 0
-    # no --providers: --backend auto picks (PyTorch, for bf16)
-    assert seen["precision"] == "bf16" and seen["backend"] == "auto"

@@ -1,11 +1,10 @@
 """Security and reliability review: file modes and temp files of atomic writes, which decoders may see a
-file, pixel limits, file names in the ``remove`` output, NaN in data, palette masks, download pins and
-dependency floors."""
+file, pixel limits, NaN in data, palette masks, download pins and dependency floors (the file names in
+``u2net remove``'s output: test_cli)."""
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import stat
@@ -21,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import EpsImagePlugin, Image
 
-from u2net.cli import main
 from u2net.data import SourceSpec, collect_pairs
 from u2net.data.folder import DatasetCheckError, check_pairs
 from u2net.data.io import (
@@ -38,12 +36,8 @@ from u2net.data.io import (
     read_mask,
 )
 from u2net.fileio import STALE_TEMP_AGE_S, TEMP_SUFFIX, atomic_write, write_text
-from u2net.inference import BackgroundRemover
 
-from .conftest import REPO
-from .test_remover import FakePredictor
-
-EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\nnewpath 0 0 moveto 16 16 lineto stroke\n"
+from .conftest import EPS, REPO
 
 
 # -- 6: atomic_write never touches the umask ---------------------------------------------------
@@ -194,19 +188,6 @@ def test_an_eps_named_png_never_reaches_the_eps_decoder(tmp_path, monkeypatch) -
     assert not reached
 
 
-def test_the_cli_refuses_an_eps_named_png_in_one_line(tmp_path, monkeypatch, capsys) -> None:
-    _fake_model(monkeypatch)
-    src = tmp_path / "in"
-    src.mkdir()
-    (src / "photo.png").write_bytes(EPS)
-    assert main(["remove", str(src), str(tmp_path / "out"), "-q"]) == 1
-    lines = capsys.readouterr().out.splitlines()
-    assert (
-        lines[1]
-        == f"  failed: {src / 'photo.png'}: not a JPEG, PNG, BMP, WEBP, TIFF or GIF image (another format, or damaged)"
-    )
-
-
 def _png_header(width: int, height: int) -> bytes:
     """A PNG with a valid header declaring ``width`` × ``height`` and no real pixel data."""
 
@@ -247,59 +228,6 @@ def test_jpeg_variants_still_open(tmp_path) -> None:
     photo = tmp_path / "a.jpg"
     Image.new("RGB", (8, 6), (200, 10, 10)).save(photo, format="MPO" if "MPO" in Image.SAVE else "JPEG")
     assert read_image(photo).shape == (6, 8, 3)
-
-
-# -- 8: the remove command's output --------------------------------------------------------------
-def _fake_model(monkeypatch) -> None:
-    remover = BackgroundRemover(FakePredictor(lambda rgb: np.ones(rgb.shape[:2], np.float32)))
-    monkeypatch.setattr("u2net.cli.common.load_remover", lambda args: remover)
-
-
-def test_links_not_followed_are_named_as_skipped(tmp_path, monkeypatch, capsys) -> None:
-    _fake_model(monkeypatch)
-    src, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
-    src.mkdir()
-    elsewhere.mkdir()
-    Image.new("RGB", (8, 8)).save(src / "ok.png")
-    Image.new("RGB", (8, 8)).save(elsewhere / "hidden.png")
-    (src / "broken.png").symlink_to(tmp_path / "gone.png")
-    (src / "notes.txt").symlink_to(tmp_path / "gone.txt")  # not an image name: not worth a line
-    (src / "linked").symlink_to(elsewhere, target_is_directory=True)
-    assert main(["remove", str(src), str(tmp_path / "out"), "-q"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines == [
-        "1 image(s): 1 written, 0 skipped, 0 failed; 2 link(s)/folder(s) skipped",
-        f"  skipped: {src / 'broken.png'}: broken symbolic link",
-        f"  skipped: {src / 'linked'}: symbolic link to a folder (not followed)",
-    ]
-
-
-def test_a_newline_in_a_file_name_cannot_fake_a_line(tmp_path, monkeypatch, capsys) -> None:
-    _fake_model(monkeypatch)
-    src = tmp_path / "in"
-    src.mkdir()
-    (src / "x\n  failed: innocent.png: \x1b[2Kfake.png").write_bytes(b"not an image")
-    (src / "y\u202egnp.png").write_bytes(b"not an image either")
-    assert main(["remove", str(src), str(tmp_path / "out"), "-q"]) == 1
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and all(line.startswith(f"  failed: {src}") for line in lines[1:])
-    assert "x\\n  failed: innocent.png: \\x1b[2Kfake.png: " in lines[1] and "y\\u202egnp.png: " in lines[2]
-
-
-def test_non_utf8_names_print_on_a_strict_stdout(tmp_path, monkeypatch) -> None:
-    _fake_model(monkeypatch)
-    src = tmp_path / "in"
-    src.mkdir()
-    fd = os.open(os.fsencode(src) + b"/bad\xff\xe9.png", os.O_WRONLY | os.O_CREAT, 0o644)
-    os.write(fd, b"corrupt")
-    os.close(fd)
-    (src / "café\u00a0.png").write_bytes(b"also corrupt")
-    buffer = io.BytesIO()
-    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(buffer, encoding="ascii", errors="strict"))
-    assert main(["remove", str(src), str(tmp_path / "out"), "-q"]) == 1
-    sys.stdout.flush()
-    out = buffer.getvalue().decode("ascii")
-    assert "bad\\xff\\xe9.png: " in out and "caf\\xe9\\xa0.png: " in out and "2 failed" in out
 
 
 # -- 11: non-finite values -----------------------------------------------------------------------

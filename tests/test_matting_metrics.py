@@ -15,19 +15,7 @@ from u2net.metrics.matting import (
     unknown_band,
 )
 
-
-def soft_disc(size: int = 64, radius: float = 18.0, width: float = 6.0) -> np.ndarray:
-    """A disc whose edge ramps linearly from 1 to 0 over ``width`` pixels (a soft, hair-like edge)."""
-    yy, xx = np.mgrid[:size, :size]
-    distance = np.hypot(yy - size / 2, xx - size / 2)
-    return np.clip((radius + width / 2 - distance) / width, 0.0, 1.0)
-
-
-def trimap_of(alpha: np.ndarray) -> np.ndarray:
-    trimap = np.full(alpha.shape, 128, np.uint8)
-    trimap[alpha == 0] = 0
-    trimap[alpha == 1] = 255
-    return trimap
+from .helpers_evaluation import soft_disc, trimap_of
 
 
 def test_a_perfect_matte_has_no_error_anywhere():

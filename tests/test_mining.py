@@ -1,4 +1,5 @@
-"""`u2net mine`: ranking unlabelled photos by the model's uncertainty and writing them out to be corrected."""
+"""Mining (``u2net.inference.mining``, behind ``u2net mine``): ranking unlabelled photos by the model's
+uncertainty and writing them out to be corrected."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from u2net.cli import main
 from u2net.data import folder_datamodule
 from u2net.inference import Predictor
 from u2net.inference.mining import PARTS_WEIGHT, RANKINGS, rank_photos, uncertainty_of, write_selection
@@ -36,21 +36,6 @@ def test_each_signal_rises_with_what_it_measures() -> None:
     two = np.maximum(_disc(centre=(16, 32), radius=8), _disc(centre=(48, 32), radius=8))
     bystander = uncertainty_of(two, two)
     assert bystander.parts == 1 and bystander.combined == pytest.approx(PARTS_WEIGHT)
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """Six photos: three clean discs on flat grey, three cluttered with noise and faint shapes."""
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        image = np.full((72, 96, 3), 128, np.uint8)
-        if i >= 3:
-            image = rng.integers(0, 256, image.shape, dtype=np.uint8)
-        cv2.circle(image, (48, 36), 18, (250, 30, 30), -1)
-        Image.fromarray(image).save(folder / f"p{i}.jpg")
-    (folder / "broken.png").write_bytes(b"\x89PNG not really")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +84,3 @@ def test_nothing_is_overwritten(predictor, photos, tmp_path) -> None:
         write_selection(predictor, ranked, out, top=6, progress=False)
     assert (out / "masks" / "p0.png").read_bytes() == b"my corrected mask"
     assert not (out / "images").exists() and not (out / "ranking.csv").exists()
-
-
-def test_the_cli(checkpoint, photos, tmp_path, capsys) -> None:
-    out = tmp_path / "mined"
-    code = main(["mine", str(photos), str(out), "--top", "2", "--model", str(checkpoint), "--device", "cpu", "-q"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    assert "wrote the 2 least sure" in captured.out and "data.masks=" in captured.out
-    assert "skipped" in captured.err and "broken.png" in captured.err
-    assert len(list((out / "masks").iterdir())) == 2
-    again = main(["mine", str(photos), str(out), "--model", str(checkpoint), "--device", "cpu", "-q"])
-    assert again == 2 and "already exists" in capsys.readouterr().err
-    assert main(["mine", str(tmp_path / "nowhere"), str(out), "--model", str(checkpoint)]) == 2
-    assert "not a folder of photos" in capsys.readouterr().err

@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 from u2net.serve import images  # noqa: E402
 from u2net.serve.errors import ApiError  # noqa: E402
 
-from .test_serve import _png_header  # noqa: E402
+from .helpers_serve import _png_header  # noqa: E402
 
 
 def _png(width: int = 8, height: int = 6) -> bytes:

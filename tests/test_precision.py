@@ -12,7 +12,7 @@ from u2net.engine.precision import MIN_GRADIENT_AGREEMENT, gradient_agreement
 from u2net.losses import DeepSupervisionLoss
 
 from .conftest import lively_u2netp
-from .test_training import _data
+from .helpers_training import _data
 
 
 class Cancelling(nn.Module):

@@ -1,14 +1,20 @@
-"""QA flags and confidence of a mask: what a user triaging a batch relies on."""
+"""QA flags and confidence of a mask, and the QA table of a batch (one row per output across re-runs and
+interruptions, cells that cannot be formulas): what a user triaging a batch relies on."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
-from u2net.inference.qa import QA_FLAGS, assess_mask
+from u2net.inference import BackgroundRemover, RemovalOptions, remove_batch
+from u2net.inference.qa import QA_FLAGS, MaskQuality, assess_mask, read_qa_csv, write_qa_csv
+
+from .conftest import RecordingPredictor, _files, _folder, _photo, _rows
 
 
 def _mask(*boxes: tuple[int, int, int, int], size: tuple[int, int] = (100, 120)) -> np.ndarray:
@@ -64,7 +70,7 @@ def test_a_batch_writes_its_qa_table_and_counts_the_flagged(tmp_path) -> None:
     from u2net.inference import BackgroundRemover
     from u2net.inference.folder import remove_batch
 
-    from .test_remover import FakePredictor
+    from .conftest import FakePredictor
 
     src = tmp_path / "in"
     src.mkdir()
@@ -82,27 +88,58 @@ def test_a_batch_writes_its_qa_table_and_counts_the_flagged(tmp_path) -> None:
     assert report.flagged == 1 and "1 flagged by QA" in report.summary()
 
 
-def test_the_cli_writes_the_qa_csv_with_each_quality_preset(checkpoint, tmp_path) -> None:
-    import csv
+# -- the QA table of a batch: one row per output, across re-runs and interruptions -------------
+def test_a_rerun_keeps_one_row_per_output(tmp_path) -> None:
+    src, out, table = tmp_path / "in", tmp_path / "out", tmp_path / "qa.csv"
+    _folder(src, 3)
+    remover = BackgroundRemover(RecordingPredictor())
+    remove_batch(remover, src, out, progress=False, qa_csv=table)
+    first = _rows(table)
+    assert sorted(first) == ["00.png", "01.png", "02.png"]
+    for seed in (10, 11):  # photos added later
+        Image.fromarray(_photo(seed)).save(src / f"{seed}.png")
+    again = remove_batch(remover, src, out, progress=False, qa_csv=table)
+    assert (again.done, again.skipped) == (2, 3)
+    rows = _rows(table)
+    assert sorted(rows) == ["00.png", "01.png", "02.png", "10.png", "11.png"]
+    assert {name: rows[name] for name in first} == first
+    # Without the earlier table, outputs skipped as done are assessed from the alpha on disk: the same rows.
+    table.unlink()
+    third = remove_batch(remover, src, out, progress=False, qa_csv=table)
+    assert third.skipped == 5 and _rows(table) == rows
 
-    from PIL import Image
 
-    from u2net.cli import main
+def test_rows_of_other_outputs_are_kept_and_composites_are_not_assessed(tmp_path) -> None:
+    src, table = tmp_path / "in", tmp_path / "qa.csv"
+    _folder(src, 2)
+    write_qa_csv(table, [(("elsewhere/z.png", "cut/z.png"), MaskQuality(0.5, ("touches_frame",)))])
+    remover = BackgroundRemover(RecordingPredictor())
+    options = RemovalOptions(bg_color="white")
+    remove_batch(remover, src, tmp_path / "out", options, progress=False)  # no table: none to extend
+    remove_batch(remover, src, tmp_path / "out", options, progress=False, qa_csv=table)
+    rows = _rows(table)
+    assert rows["00.png"] == rows["01.png"] == ("", "not_assessed")  # an opaque composite has no mask to read
+    assert rows["z.png"] == ("0.5000", "touches_frame")
 
-    src = tmp_path / "in"
-    src.mkdir()
-    for index in range(2):
-        Image.fromarray(np.random.default_rng(index).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
-            src / f"{index}.png"
+
+def test_ctrl_c_still_writes_the_qa_csv(tmp_path) -> None:
+    _folder(tmp_path / "in", 12)
+    table = tmp_path / "qa.csv"
+    predictor = RecordingPredictor(interrupt_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        remove_batch(
+            BackgroundRemover(predictor), tmp_path / "in", tmp_path / "out", progress=False, batch_size=2, qa_csv=table
         )
-    for quality in ("fast", "best"):
-        out, table = tmp_path / quality, tmp_path / f"{quality}.csv"
-        args = ["remove", str(src), str(out), "-q", "--model", str(checkpoint), "--quality", quality]
-        assert main([*args, "--qa-csv", str(table), "--decontaminate"]) == 0
-        with open(table, newline="") as f:
-            rows = list(csv.DictReader(f))
-        assert sorted(Path(row["input"]).name for row in rows) == ["0.png", "1.png"]
-        assert all(0.0 <= float(row["confidence"]) <= 1.0 and row["flags"] for row in rows)
-    with pytest.raises(SystemExit) as refused:  # argparse: an unknown choice is a usage error
-        main(["remove", str(src), str(tmp_path / "x"), "--quality", "ultra"])
-    assert refused.value.code == 2
+    written = _files(tmp_path / "out")
+    assert 0 < len(written) < 12 and sorted(_rows(table)) == written
+
+
+def test_qa_csv_cells_cannot_be_formulas_and_read_back_exactly(tmp_path) -> None:
+    names = ['=HYPERLINK("http://x").png', "+1.png", "-2.png", "@SUM(A1).png", "'quoted.png", "\tx.png", "ok.png"]
+    table = tmp_path / "qa.csv"
+    rows = [((name, f"out/{name}"), MaskQuality(1.0)) for name in names]
+    write_qa_csv(table, rows)
+    with open(table, newline="") as f:
+        cells = [row[0] for row in csv.reader(f)][1:]
+    assert all(cell.startswith("'") for cell in cells[:-1]) and cells[-1] == "ok.png"
+    assert [key for key, _ in read_qa_csv(table)] == [(name, f"out/{name}") for name in names]

@@ -1,9 +1,8 @@
-"""Background removal: masks, cut-outs, crops, backgrounds, matting, clean-up, batches, the CLI, and
+"""Background removal: masks, cut-outs, crops, backgrounds, matting, clean-up, batches, and
 agreement with rembg's own ``u2net_custom`` session on the same ONNX file."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
@@ -11,30 +10,13 @@ import pytest
 from PIL import Image
 
 import u2net
-from u2net.cli import main
 from u2net.data.io import load_rgb, read_image
 from u2net.fileio import write_image
 from u2net.inference import BackgroundRemover, Predictor, RemovalOptions, mask_bbox, parse_color, remove_batch
 from u2net.inference.compositing import cover
-from u2net.inference.planning import plan_outputs
 from u2net.inference.refine import clean_mask
 
-from .conftest import ASSETS, PLAIN, REPO, FullSizePredictor
-
-
-class FakePredictor(FullSizePredictor):
-    """``predict`` gives ``fn(rgb)``: a known mask, checked to be at the image's size."""
-
-    def __init__(self, fn) -> None:
-        self.fn = fn
-        self.seen: list[np.ndarray] = []
-
-    def predict(self, rgb: np.ndarray) -> np.ndarray:
-        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
-        self.seen.append(rgb)
-        prob = np.asarray(self.fn(rgb), np.float32)
-        assert prob.shape == rgb.shape[:2]
-        return prob
+from .conftest import ASSETS, PLAIN, FakePredictor, _picture, _tree
 
 
 def _fixed(prob: np.ndarray) -> BackgroundRemover:
@@ -46,11 +28,6 @@ def _rect(h=30, w=40, box=(5, 16, 2, 11), value=1.0) -> np.ndarray:
     y0, y1, x0, x1 = box
     prob[y0:y1, x0:x1] = value
     return prob
-
-
-def _picture(h=30, w=40) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 # -- input modes and orientation ---------------------------------------------------------------
@@ -299,36 +276,13 @@ def test_alpha_matting_respects_the_trimap() -> None:
     assert (kept == 128).all()
 
 
-def test_cli_prints_warnings_as_one_line(tmp_path, capsys) -> None:
-    # a flat grey photo: the bundled model finds no sure foreground, so matting keeps the mask and says so
-    photo = tmp_path / "flat.png"
-    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
-    assert main(["remove", str(photo), str(tmp_path / "out.png"), "--alpha-matting", "-q"]) == 0
-    err = capsys.readouterr().err
-    assert "warning: alpha matting skipped: the trimap has no sure foreground or no sure background\n" in err
-    assert "UserWarning" not in err and "remover.py" not in err
-    assert (tmp_path / "out.png").exists()
-
-
 def test_alpha_matting_without_pymatting(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pymatting", None)
     with pytest.raises(ImportError, match=r"pip install -e '\.\[matting\]'"):
         _fixed(_rect()).remove(_picture(), RemovalOptions(alpha_matting=True))
 
 
-# -- batches and the CLI -----------------------------------------------------------------------
-def _tree(root) -> None:
-    """Three good images in nested folders, a truncated JPEG, a text file named .png, a .txt."""
-    (root / "sub" / "deeper").mkdir(parents=True)
-    Image.fromarray(_picture(30, 40)).save(root / "a.jpg")
-    Image.fromarray(_picture(24, 32)).convert("L").save(root / "sub" / "b.png")
-    Image.fromarray(_picture(20, 20)).convert("RGBA").save(root / "sub" / "deeper" / "c.webp")
-    Image.fromarray(_picture(64, 64)).save(root / "sub" / "full.jpg")
-    data = (root / "sub" / "full.jpg").read_bytes()
-    (root / "sub" / "full.jpg").unlink()
-    (root / "sub" / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    (root / "notes.png").write_text("not an image at all")
-    (root / "readme.txt").write_text("ignored")
+# -- batches -----------------------------------------------------------------------------------
 
 
 GOOD = {"a.png": (40, 30), "sub/b.png": (32, 24), "sub/deeper/c.png": (20, 20)}
@@ -366,110 +320,6 @@ def test_outputs_with_names_near_the_length_limit_are_written(tmp_path) -> None:
         write_image(out, np.zeros((4, 4), np.uint8))
         assert Image.open(out).size == (4, 4)
     assert len(list(tmp_path.iterdir())) == 2  # no temporary files left
-
-
-def test_plan_outputs(tmp_path) -> None:
-    (tmp_path / "in" / "x").mkdir(parents=True)
-    for name in ("x/p.jpg", "x/p.png", "q.JPG"):
-        Image.new("RGB", (4, 4)).save(tmp_path / "in" / name, format="PNG" if name.endswith("png") else "JPEG")
-    pairs = {
-        a.relative_to(tmp_path / "in").as_posix(): b.relative_to(tmp_path).as_posix()
-        for a, b in plan_outputs(tmp_path / "in", tmp_path / "out")
-    }
-    assert pairs == {"q.JPG": "out/q.png", "x/p.jpg": "out/x/p.jpg.png", "x/p.png": "out/x/p.png.png"}
-    # an output folder inside the input folder is not searched
-    (tmp_path / "in" / "cut").mkdir()
-    Image.new("RGB", (4, 4)).save(tmp_path / "in" / "cut" / "q.png")
-    assert len(plan_outputs(tmp_path / "in", tmp_path / "in" / "cut")) == 3
-    # every input gets its own output, whatever the names (and on case-insensitive disks too)
-    for name in ("x/p.jpg.png", "x/P.webp", "Q.png", "r.gif"):
-        Image.new("RGB", (4, 4)).save(tmp_path / "in" / name, format="PNG")
-    outputs = [b.as_posix().lower() for _, b in plan_outputs(tmp_path / "in", tmp_path / "out")]
-    assert len(outputs) == len(set(outputs)) == 8 and outputs.count(f"{tmp_path / 'out' / 'r.png'}".lower()) == 1
-    single = tmp_path / "in" / "q.JPG"
-    assert plan_outputs(single, tmp_path / "o.png") == [(single, tmp_path / "o.png")]
-    assert plan_outputs(single, tmp_path / "outdir") == [(single, tmp_path / "outdir" / "q.png")]
-    with pytest.raises(ValueError, match="outputs are PNG"):
-        plan_outputs(single, tmp_path / "o.jpg")
-    with pytest.raises(ValueError, match="must differ"):
-        plan_outputs(tmp_path / "in", tmp_path / "in")
-    with pytest.raises(FileNotFoundError):
-        plan_outputs(tmp_path / "nothing", tmp_path / "out")
-
-
-def test_cli_batch_exit_codes_and_overwrite(tmp_path, checkpoint, capsys) -> None:
-    _tree(tmp_path / "in")
-    args = ["remove", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(checkpoint), "--device", "cpu", "-q"]
-    assert main(args) == 1
-    out = capsys.readouterr().out
-    assert "5 image(s): 3 written, 0 skipped, 2 failed" in out
-    assert "failed: " in out and "notes.png: not a JPEG, PNG" in out and "truncated.jpg: OSError" in out
-    assert main(args) == 1
-    assert "0 written, 3 skipped (output exists; --overwrite to replace), 2 failed" in capsys.readouterr().out
-    assert main([*args, "--overwrite", "--bg-color", "white", "--crop"]) == 1
-    assert "3 written" in capsys.readouterr().out
-    assert Image.open(tmp_path / "out" / "a.png").mode == "RGB"
-
-
-def test_cli_single_file_mask_only(tmp_path, checkpoint, capsys) -> None:
-    Image.fromarray(_picture(30, 40)).save(tmp_path / "photo.jpg")
-    out = tmp_path / "mask.png"
-    args = ["remove", str(tmp_path / "photo.jpg"), str(out), "--model", str(checkpoint), "--mask-only", "-q"]
-    assert main(args) == 0
-    assert "1 image(s): 1 written, 0 skipped, 0 failed" in capsys.readouterr().out
-    with Image.open(out) as img:
-        assert img.mode == "L" and img.size == (40, 30)
-    assert main([*args[:2], str(tmp_path / "folder"), *args[3:]]) == 0  # an output folder: <stem>.png inside
-    assert (tmp_path / "folder" / "photo.png").is_file()
-    # --no-stretch keeps the model's probabilities: the random model's map is not spread to 0..255
-    assert main([*args, "--overwrite"]) == 0 and np.ptp(np.asarray(Image.open(out))) == 255
-    assert main([*args, "--overwrite", "--no-stretch"]) == 0 and np.ptp(np.asarray(Image.open(out))) < 255
-
-
-def test_cli_usage_errors(tmp_path, checkpoint, capsys, monkeypatch) -> None:
-    Image.fromarray(_picture()).save(tmp_path / "photo.png")
-    photo, out = str(tmp_path / "photo.png"), str(tmp_path / "out")
-    assert main(["remove", str(tmp_path / "missing.jpg"), out, "--model", str(checkpoint)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.jpg'}: no such file or folder"
-    assert main(["remove", photo, out, "--model", str(tmp_path / "nope.pt")]) == 2
-    assert "nope.pt: model file not found" in capsys.readouterr().err
-    (tmp_path / "broken.onnx").write_text("garbage")
-    assert main(["remove", photo, out, "--model", str(tmp_path / "broken.onnx")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "cannot load the model" in err and len(err.strip().splitlines()) == 1
-    assert main(["remove", photo, out, "--model", str(checkpoint), "--backend", "onnxruntime"]) == 2
-    assert "ONNX Runtime needs an .onnx file" in capsys.readouterr().err
-    (tmp_path / "bg.jpg").write_text("not a jpeg")
-    assert main(["remove", photo, out, "--model", str(checkpoint), "--bg-image", str(tmp_path / "bg.jpg")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {tmp_path / 'bg.jpg'}: cannot read the background image") and err.count("\n") == 1
-
-    def offline(url, *args, **kwargs):
-        raise OSError(f"<urlopen error no network> ({url})")
-
-    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr("u2net.models.pretrained.download_file", offline)  # every mirror fails
-    assert main(["remove", photo, out, "--model", "u2net.duts"]) == 2  # a tag that is not bundled, offline
-    err = capsys.readouterr().err
-    assert "could not download the model 'u2net.duts' (offline?); pass --model PATH" in err
-    for bad in (["--bg-color", "nocolour"], ["--threshold", "2"], ["--bg-color", "red", "--bg-image", photo]):
-        with pytest.raises(SystemExit) as exit_info:
-            main(["remove", photo, out, *bad])
-        assert exit_info.value.code == 2
-    capsys.readouterr()
-
-
-@pytest.mark.subprocess
-def test_cli_entry_point_runs(tmp_path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "u2net.cli", "remove", str(tmp_path / "in"), str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert done.returncode == 2 and done.stderr.strip().endswith("no such file or folder")
-    assert "Traceback" not in done.stderr
 
 
 # -- agreement with rembg --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The REST service: every endpoint, every limit (upload size, non-images, corrupt files, pixel bombs,
 matting size and time, output size, batch size, timeouts, queue), path safety of the storage-root
-endpoint, the Host check, and the ``serve`` command."""
+endpoint and the Host check (the ``serve`` command: test_cli)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import io
 import json
 import multiprocessing
 import os
-import struct
 import threading
 import time
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,105 +32,28 @@ from u2net.serve import ApiError, ServeSettings, create_app, default_allowed_hos
 from u2net.serve.matting import Matting  # noqa: E402
 
 from .conftest import FullSizePredictor, lively_u2netp  # noqa: E402
+from .helpers_serve import (  # noqa: E402
+    HOSTS,
+    RectPredictor,
+    RemoveOnly,
+    SlowRemover,
+    _asgi_post,
+    _assert_error,
+    _client,
+    _encode,
+    _files,
+    _image,
+    _picture,
+    _png_header,
+    _post,
+    _rect_client,
+)
 
-HOSTS = ["testserver"]  # the Host the test client sends
 
-
-# -- fixtures and helpers ----------------------------------------------------------------------
+# -- fixtures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client(remover) -> TestClient:
     return TestClient(create_app(remover, ServeSettings(warmup=False, allowed_hosts=HOSTS)))
-
-
-class RectPredictor(FullSizePredictor):
-    """A known mask: probability 1 in a centred rectangle, 0 elsewhere."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def predict_batch(self, batch, sizes=None) -> list[np.ndarray]:
-        self.calls += 1  # model runs: one per image (its views go in the same batch)
-        return super().predict_batch(batch, sizes)
-
-    def predict(self, rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
-        prob = np.zeros((h, w), np.float32)
-        prob[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1.0
-        prob[h // 4 : 3 * h // 4, w // 4] = 0.3  # a soft edge column
-        return prob
-
-
-class RemoveOnly:
-    """Base of the remover doubles that define ``remove`` alone: the service's ``cutout`` (output and
-    mask) takes the mask from the output's alpha channel."""
-
-    def cutout(self, image, options=None, matte=None) -> tuple[Image.Image, np.ndarray]:
-        result = self.remove(image, options)
-        bands = result.getbands() if isinstance(result, Image.Image) else ()
-        return result, np.asarray(result.getchannel("A")) if "A" in bands else np.zeros((1, 1), np.uint8)
-
-
-class SlowRemover(RemoveOnly):
-    """Takes ``delay`` seconds per image."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-
-    def remove(self, image, options=None) -> Image.Image:
-        time.sleep(self.delay)
-        return Image.new("RGBA", image.size, (0, 0, 0, 0))
-
-
-def _client(remover, raise_server_exceptions: bool = True, **settings) -> TestClient:
-    app = create_app(remover, ServeSettings(warmup=False, **{"allowed_hosts": HOSTS, **settings}))
-    return TestClient(app, raise_server_exceptions=raise_server_exceptions)
-
-
-def _rect_client(**settings) -> tuple[TestClient, RectPredictor]:
-    predictor = RectPredictor()
-    return _client(BackgroundRemover(predictor), **settings), predictor
-
-
-def _picture(w: int = 48, h: int = 40, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def _png_header(width: int, height: int) -> bytes:
-    """A valid PNG header claiming ``width``×``height`` pixels, with almost no data behind it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
-def _post(client: TestClient, data: bytes, name: str = "photo.png", **form) -> httpx.Response:
-    return client.post("/remove-background", files={"file": (name, data, "image/png")}, data=form)
-
-
-def _image(response: httpx.Response) -> Image.Image:
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == "image/png"
-    image = Image.open(io.BytesIO(response.content))
-    assert image.format == "PNG"
-    return image
-
-
-def _assert_error(response: httpx.Response, status: int, *words: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error", "detail"}
-    for word in words:
-        assert word in body["error"], body
-    return body
 
 
 # -- health, model info, docs, page ------------------------------------------------------------
@@ -463,41 +384,6 @@ def test_busy_503_when_the_queue_is_full():
     assert response.status_code == 200  # free again
 
 
-async def _asgi_post(app, path: str, body: bytes, content_type: str) -> tuple[int, bytes, int]:
-    """POST ``body`` straight to the ASGI app in 1 KiB chunks; (status, answer, chunks the app read)."""
-    chunks = [body[i : i + 1024] for i in range(0, len(body), 1024)]
-    read = 0
-    sent: list[dict] = []
-
-    async def receive():
-        nonlocal read
-        if read < len(chunks):
-            read += 1
-            return {"type": "http.request", "body": chunks[read - 1], "more_body": read < len(chunks)}
-        await asyncio.Event().wait()  # a client that stays connected
-
-    async def send(message) -> None:
-        sent.append(message)
-
-    headers = [(b"host", b"testserver"), (b"content-type", content_type.encode())]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
-    await app(scope, receive, send)
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), read
-
-
 def test_busy_503_comes_before_the_upload_is_read():
     app = create_app(SlowRemover(0.0), ServeSettings(workers=1, max_queue=0, warmup=False, allowed_hosts=HOSTS))
     service = app.state.service
@@ -598,8 +484,6 @@ def test_cors_headers_when_configured(remover):
 
 
 # -- POST /batch-remove-background -------------------------------------------------------------
-def _files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("files", (name, data, "application/octet-stream")) for name, data in items]
 
 
 def test_batch_returns_a_zip_with_an_error_list(client, remover):
@@ -1009,58 +893,7 @@ def test_default_allowed_hosts(bind, expected):
     assert default_allowed_hosts(bind) == expected
 
 
-# -- u2net serve -------------------------------------------------------------------------------
-def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, checkpoint, tmp_path):
-    import uvicorn
-
-    from u2net.cli import main
-
-    seen = {}
-
-    def fake_run(app, host, port, log_level):
-        seen.update(app=app, host=host, port=port)
-        with TestClient(app, base_url=f"http://localhost:{port}") as client:  # lifespan: warm-up, then serve
-            seen["health"] = client.get("/health").json()
-            seen["info"] = client.get("/model-info").json()
-            seen["rebound"] = client.get("/health", headers={"host": "evil.example"}).status_code
-
-    monkeypatch.setattr(uvicorn, "run", fake_run)
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.setdefault("torch_threads", n))
-    status = main(
-        ["serve", "--model", str(checkpoint), "--device", "cpu", "--port", "8123", "--storage-root", str(tmp_path)]
-        + ["--workers", "3", "--max-upload-mb", "5", "--max-batch", "4", "--timeout", "9", "--cors-origin", "*"]
-    )
-    assert status == 0
-    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
-    settings = seen["app"].state.settings
-    assert (settings.workers, settings.max_upload_mb, settings.max_batch, settings.request_timeout_s) == (3, 5, 4, 9)
-    assert Path(settings.storage_root) == tmp_path and settings.cors_origins == ["*"]
-    assert seen["health"]["status"] == "ok" and seen["info"]["name"] == "u2netp"
-    assert seen["torch_threads"] == max(1, (os.cpu_count() or 1) // 3)  # cores shared by the 3 workers
-    assert settings.allowed_hosts == ["127.0.0.1", "localhost", "[::1]"] and seen["rebound"] == 400  # strict
-    default = ServeSettings()
-    assert (settings.max_matting_pixels, settings.max_output_mb) == (default.max_matting_pixels, default.max_output_mb)
-
-    status = main(
-        ["serve", "--model", str(checkpoint), "--device", "cpu", "--host", "0.0.0.0", "--port", "8123"]
-        + ["--allowed-hosts", "api.example.com, 10.0.0.5", "--allowed-hosts", "*.lan"]
-        + ["--max-matting-pixels", "90000", "--max-output-mb", "8"]
-    )
-    assert status == 0
-    settings = seen["app"].state.settings
-    assert settings.allowed_hosts == ["localhost", "127.0.0.1", "[::1]", "api.example.com", "10.0.0.5", "*.lan"]
-    assert (settings.max_matting_pixels, settings.max_output_mb) == (90_000, 8)
-
-
-def test_serve_command_usage_errors(tmp_path, capsys):
-    from u2net.cli import main
-
-    assert main(["serve", "--model", str(tmp_path / "missing.pt")]) == 2
-    assert "model file not found" in capsys.readouterr().err
-    assert main(["serve", "--model", str(tmp_path), "--storage-root", str(tmp_path / "nope")]) == 2
-    assert "storage root" in capsys.readouterr().err
-    assert main(["serve", "--model", str(tmp_path / "missing.pt"), "--allowed-hosts", "example.com:80"]) == 2
-    assert "without a port" in capsys.readouterr().err
+# -- the worker pool, QA headers, quality presets ----------------------------------------------
 
 
 def test_pool_threads_are_bounded(remover):

@@ -27,7 +27,7 @@ httpx = pytest.importorskip("httpx")
 
 from u2net.serve import ServeSettings, create_app  # noqa: E402
 
-from .test_serve import (  # noqa: E402
+from .helpers_serve import (  # noqa: E402
     HOSTS,
     RemoveOnly,
     SlowRemover,
@@ -262,7 +262,7 @@ def test_quality_soft_is_served_like_the_library_and_refused_without_pymatting(m
     pytest.importorskip("pymatting")
     from u2net.inference import BackgroundRemover, RemovalOptions
 
-    from .test_serve import RectPredictor, _image
+    from .helpers_serve import RectPredictor, _image
 
     client, _ = _rect_client()
     picture = _picture(80, 60)

@@ -17,8 +17,7 @@ from u2net.engine.selection import ModelSelection
 from u2net.losses import DeepSupervisionLoss
 from u2net.models import Checkpoint
 
-from .test_distributed import _free_port
-from .test_training import _data
+from .helpers_training import _data, _free_port
 
 # The checkpoint fields ModelSelection owns: the names (and meaning) the trainer always wrote.
 SELECTION_FIELDS = {"metrics", "best", "best_metrics", "best_source", "initial_metrics", "ema", "history"}

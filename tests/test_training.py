@@ -14,37 +14,16 @@ import pytest
 import torch
 
 import u2net
-from u2net.data import DatasetCheckError, SaliencyDataModule
+from u2net.data import DatasetCheckError
 from u2net.device import autocast_context, pick_device, resolve_precision
 from u2net.engine import LRSchedule, NonFiniteLossError, Trainer, TrainerConfig
 from u2net.losses import DeepSupervisionLoss
 
 from .conftest import REPO
+from .helpers_training import _trainer
 
 CHECKPOINT_KEYS = {"model", "model_name", "model_args", "config", "step", "epoch", "metrics", "optimizer"}
 CHECKPOINT_KEYS |= {"scaler", "rng", "preprocessing", "format_version"}
-
-
-def _data(root, **overrides) -> SaliencyDataModule:
-    def source(split):
-        return [{"name": split, "root": str(root / split), "images": f"{split}-Image", "masks": f"{split}-Mask"}]
-
-    kwargs = dict(batch_size=4, num_workers=0, image_size=48, crop_size=40, progress=False, check="header")
-    kwargs.update(overrides)
-    return SaliencyDataModule(train=source("DUTS-TR"), val=source("DUTS-TE"), **kwargs)
-
-
-def _trainer(
-    root, out_dir, max_steps, loss_fn=None, precision="fp32", schedule="cosine", lr=1e-3, weight_decay=0.0, **cfg
-) -> Trainer:
-    torch.manual_seed(0)
-    model = u2net.create_model("u2netp")
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    config = TrainerConfig(
-        out_dir=str(out_dir), max_steps=max_steps, progress=False, device="cpu", precision=precision, seed=3, **cfg
-    )
-    schedule = LRSchedule(schedule, warmup_steps=2)
-    return Trainer(model, loss_fn or DeepSupervisionLoss(), optimizer, schedule, _data(root), config, {"note": "t"})
 
 
 def _stop_at(trainer: Trainer, step: int) -> None:
