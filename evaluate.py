@@ -13,6 +13,10 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from u2net.errors import script_requires
+
+script_requires("evaluation", "train", torch="PyTorch", hydra="Hydra")  # a light install: one line, no traceback
+
 import hydra
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from functools import partial
 
+from u2net.errors import script_requires
+
+script_requires("export", "train", torch="PyTorch", hydra="Hydra")  # a light install: one line, no traceback
+
 import hydra
 from hydra import compose
 from hydra.utils import instantiate

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import sys
 
+from u2net.errors import script_requires
+
+script_requires("training", "train", torch="PyTorch", hydra="Hydra")  # a light install: one line, no traceback
+
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf

@@ -146,6 +146,11 @@ def test_the_default_backend_runs_the_bundled_tag_on_onnx_runtime_unless_pytorch
         # Apple silicon: PyTorch's "auto" picks MPS
         ({"apple": True}, "auto", "fp32", False),
         ({"apple": True}, "cpu", "fp32", True),
+        # the light install (no torch): nothing but ONNX Runtime can take "auto"; PyTorch's own requests stay its
+        ({"nvidia": True, "no_torch": True}, "auto", "fp32", True),
+        ({"apple": True, "no_torch": True}, "auto", "fp32", True),
+        ({"no_torch": True}, "cuda", "fp32", False),
+        ({"no_torch": True}, "auto", "bf16", False),
     ],
 )
 def test_auto_backend_guesses_the_device_pytorch_would_pick(monkeypatch, machine, device, precision, expected) -> None:
@@ -160,6 +165,7 @@ def test_auto_backend_guesses_the_device_pytorch_would_pick(monkeypatch, machine
     )
     monkeypatch.setattr(predictor.sys, "platform", "darwin" if machine.get("apple") else "linux")
     monkeypatch.setattr(predictor.platform, "machine", lambda: "arm64" if machine.get("apple") else "x86_64")
+    monkeypatch.setattr(predictor, "_torch_installed", lambda: not machine.get("no_torch", False))
     assert predictor._onnx_runtime_suits(device, precision) is expected
 
 

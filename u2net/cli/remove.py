@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import extra_hint
 from ..inference.batch import CPU_BATCH_SIZE, DEFAULT_WORKERS, GPU_BATCH_SIZE, OUTPUT_FORMATS
 from ..inference.options import RemovalOptions, front_end_specs, missing_pymatting, options_from
 from . import common
@@ -107,7 +108,7 @@ def removal_options(args: argparse.Namespace) -> RemovalOptions:
     needing = missing_pymatting(options)
     if needing:
         flags = " and ".join("--quality soft" if name == "soft_edges" else _flag(name) for name in needing)
-        raise UsageError(f"{flags} needs pymatting: pip install -e '.[matting]' in the repository")
+        raise UsageError(extra_hint(flags, "matting", "pymatting"))
     return options
 
 

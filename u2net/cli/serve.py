@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..errors import one_line
+from ..errors import MissingExtraError, one_line, require_extra
 from ..models.pretrained import PRETRAINED, bundled_tags
 from ..serve.settings import ServeSettings  # no FastAPI needed for the defaults
 from . import common
@@ -81,14 +81,14 @@ def add_limit_arguments(group: argparse._ArgumentGroup) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        require_extra("serving", "serve", fastapi="FastAPI", uvicorn="uvicorn", multipart="python-multipart")
+    except MissingExtraError as exc:
+        raise UsageError(str(exc)) from None
+    import uvicorn
 
-        from ..serve import create_app, default_allowed_hosts
-        from ..serve.service import model_key
-    except ImportError as exc:
-        raise UsageError(
-            f"serving needs FastAPI and uvicorn: pip install -e '.[serve]' in the repository ({exc})"
-        ) from None
+    from ..serve import create_app, default_allowed_hosts
+    from ..serve.service import model_key
+
     if args.storage_root is not None and not args.storage_root.expanduser().is_dir():
         raise UsageError(f"{args.storage_root}: storage root is not a folder")
     try:

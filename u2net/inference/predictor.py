@@ -7,6 +7,7 @@ the image's own size.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import sys
@@ -20,6 +21,7 @@ import numpy as np
 # Nothing here imports torch (nor albumentations): the PyTorch backend and checkpoint reading are imported on
 # the PyTorch path only, so that ONNX Runtime inference starts without them.
 from ..data.preprocessing import Preprocessing
+from ..errors import require_extra
 from ..models.onnx_format import decode_metadata
 from ..models.pretrained import PRETRAINED, local_weights, pretrained_tag
 from .onnx_backend import OnnxBackend
@@ -58,15 +60,22 @@ def _onnx_runtime_suits(device: str, precision: str) -> bool:
     """Whether ONNX Runtime runs a model where PyTorch with ``device`` and ``precision`` would: fp32 only (autocast
     is PyTorch's), on ``device="cpu"`` (on ONNX Runtime's CPU provider), and for ``device="auto"`` on ONNX
     Runtime's CUDA provider or on a machine without a GPU. Without torch imported, a GPU ``device="auto"`` could
-    pick is guessed from the NVIDIA driver's device node and Apple silicon (then PyTorch is kept)."""
+    pick is guessed from the NVIDIA driver's device node and Apple silicon (then PyTorch is kept, if installed)."""
     if precision != "fp32":
         return False
     if device == "cpu":
         return True  # Predictor.from_path then keeps ONNX Runtime on its CPU provider
     if "CUDAExecutionProvider" in pick_providers():
         return device == "auto"  # ONNX Runtime's first provider then is CUDA, as PyTorch's first choice
+    if device == "auto" and not _torch_installed():
+        return True  # the GPU PyTorch would pick is out of reach without it (u2net's light install)
     apple_silicon = sys.platform == "darwin" and platform.machine() == "arm64"
     return device == "auto" and not (os.path.exists("/dev/nvidiactl") or apple_silicon)
+
+
+def _torch_installed() -> bool:
+    """Whether PyTorch is installed (the ``train`` extra), found without importing it."""
+    return importlib.util.find_spec("torch") is not None
 
 
 @runtime_checkable
@@ -194,6 +203,7 @@ class Predictor:
         source = tag if tag is not None else path  # a path keeps its type: a Path named like a tag names the file
         if providers:
             raise ValueError(f"{source}: runs on PyTorch; execution providers are for ONNX Runtime (an .onnx model)")
+        require_extra("the PyTorch backend (checkpoints, .pth files)", "train", torch="PyTorch")
         from ..models.checkpoint import load_checkpoint
         from .torch_backend import TorchBackend
 

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.io import unit_to_uint8
+from ..errors import MissingExtraError, extra_hint
 
 __all__ = [
     "UPSAMPLING",
@@ -205,7 +206,7 @@ def alpha_matting(
         from pymatting import estimate_alpha_cf, estimate_foreground_ml
         from scipy.ndimage import binary_erosion
     except ImportError:
-        raise ImportError("alpha matting needs pymatting: pip install -e '.[matting]' in the repository") from None
+        raise MissingExtraError(extra_hint("alpha matting", "matting", "pymatting")) from None
 
     is_fg = alpha > fg_threshold
     is_bg = alpha < bg_threshold
@@ -232,9 +233,7 @@ def decontaminate_colors(rgb: np.ndarray, alpha: np.ndarray, margin: int = 8) ->
     try:
         from pymatting import estimate_foreground_ml
     except ImportError:
-        raise ImportError(
-            "colour decontamination needs pymatting: pip install -e '.[matting]' in the repository"
-        ) from None
+        raise MissingExtraError(extra_hint("colour decontamination", "matting", "pymatting")) from None
     band = (alpha > 0) & (alpha < 255)
     box = mask_bbox(band.astype(np.uint8), padding=margin)
     if box is None:

@@ -50,6 +50,7 @@ import math
 import cv2
 import numpy as np
 
+from ..errors import MissingExtraError, extra_hint
 from .refine import Box, mask_bbox
 
 __all__ = [
@@ -191,7 +192,7 @@ def soft_alpha(
     try:
         import pymatting  # noqa: F401
     except ImportError:
-        raise ImportError("soft edges need pymatting: pip install -e '.[matting]' in the repository") from None
+        raise MissingExtraError(extra_hint("soft edges", "matting", "pymatting")) from None
     prob = np.asarray(prob, np.float32)
     trimap = auto_trimap(prob, lo, hi, grow_fg, grow_bg)
     found = solve_box(trimap, max_pixels)

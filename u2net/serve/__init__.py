@@ -8,7 +8,7 @@
     app = create_app()                                 # the bundled u2netp.duts
     app = create_app(settings=ServeSettings(allowed_hosts=["api.example.com"]))  # Host headers answered
 
-Needs the ``serve`` extra: ``pip install -e ".[serve]"`` in the repository.
+Needs the ``serve`` extra: ``pip install 'u2net[serve]'`` (from a checkout: ``pip install -e '.[serve]'``).
 
 Modules: ``app`` (:func:`create_app`: the app, its middleware and lifespan), ``routes`` (the endpoints),
 ``service`` (the worker pool, admission and remover calls), ``middleware`` (admission and body limits),
