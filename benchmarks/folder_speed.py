@@ -12,7 +12,9 @@ clock from start to exit (interpreter start, imports and model loading included,
 (c) ``u2net remove IN OUT --quality fast``: batched, decoding and encoding overlapped in threads;
 (d) ``u2net remove IN OUT``: the default preset (``balanced``: two model runs per photo, see docs/quality.md);
 (e) the floor: the model alone, N runs of the ONNX file on a 320² input in one ONNX Runtime session (no
-    start-up, decoding, resizing or encoding): what any pipeline with these weights and this runtime pays.
+    start-up, decoding, resizing or encoding): what any pipeline with these weights and this runtime pays;
+(f) ``u2net remove IN OUT --model u2netp.duts``: every default, as a user runs it (without ``--model``): on a CPU
+    ``--precision auto`` runs the tag's bundled int8 file with the ``balanced`` preset.
 
 With ``--int8 FILE`` (a static int8 file of the same weights; see ``benchmarks/quality.py`` for its export
 command and its scores), three more rows run (c), (d) and (e) on that file, still against rembg on the fp32
@@ -203,6 +205,15 @@ def rows_to_time(args: argparse.Namespace, model: Path, providers: str, work: Pa
         ),
         (f"(e) the model alone, {runs} runs (the floor)", None, lambda: model_alone_seconds(model, runs, env)),
     ]
+    if args.model is None:  # the default as a user gets it: the tag, so --precision auto picks its bundled int8 file
+        rows.append(
+            ours(
+                f"(f) u2net remove, all defaults ({DEFAULT_MODEL}: int8 on a CPU) {shown}",
+                DEFAULT_MODEL,
+                overlapped,
+                "defaults",
+            )
+        )
     int8 = args.int8.resolve() if args.int8 else None
     if int8:
         rows += variant(int8.name, int8, "int8")

@@ -106,6 +106,38 @@ def test_the_person_model_works_offline_everywhere(tmp_path, offline, fresh_chec
     assert not offline.exists()
 
 
+# -- the int8 files: what the CPU default runs -------------------------------------------------
+@pytest.mark.parametrize("tag", pretrained.bundled_tags())
+def test_each_bundled_model_ships_its_int8_file_which_the_cpu_default_runs(tag, offline, fresh_checks) -> None:
+    from u2net.inference import Predictor
+
+    cfg = get_pretrained_cfg(tag)
+    data = (resources.files("u2net.models") / "bundled" / cfg.bundled_int8.name).read_bytes()
+    assert hashlib.md5(data).hexdigest() == cfg.bundled_int8.md5
+    assert hashlib.sha256(data).hexdigest() == cfg.bundled_int8.sha256
+    notice = (resources.files("u2net.models") / "bundled" / "NOTICE").read_text(encoding="utf-8")
+    assert cfg.bundled_int8.md5 in notice and f"weights={tag} output={cfg.bundled_int8.name} int8=static" in notice
+    rgb = np.asarray(Image.open(REPO / "tests" / "data" / "coffee.jpg").convert("RGB"))
+    auto, fp32 = Predictor.from_path(tag, "cpu", precision="auto"), Predictor.from_path(tag, "cpu")
+    assert (Path(auto.info.source).name, auto.info.precision) == (cfg.bundled_int8.name, "int8")
+    assert (Path(fp32.info.source).name, fp32.info.precision) == (cfg.bundled.name, "fp32")  # the library's default
+    assert Predictor.from_path(tag, "cpu", precision="int8").info.source == auto.info.source
+    difference = np.abs(auto.predict(rgb) - fp32.predict(rgb))
+    assert difference.mean() < 0.005  # 0.0006 (general) and 0.0029 (person) measured on this photo
+    assert not offline.exists()
+
+
+def test_int8_needs_an_int8_file_and_onnx_runtime(tmp_path) -> None:
+    from u2net.inference import Predictor
+
+    float_file = pretrained.BUNDLED_DIR / get_pretrained_cfg(DEFAULT_MODEL).bundled.name
+    with pytest.raises(ValueError, match="no int8 file ships for it; make one"):
+        Predictor.from_path(float_file, "cpu", precision="int8")
+    assert Predictor.from_path(float_file, "cpu", precision="auto").info.precision == "fp32"  # a file runs as it is
+    with pytest.raises(ValueError, match="int8 runs on ONNX Runtime"):
+        Predictor.from_path(DEFAULT_MODEL, "cpu", precision="int8", backend="pytorch")
+
+
 # -- resolution without the network ------------------------------------------------------------
 def test_tag_resolves_to_the_bundled_file_offline(offline, fresh_checks) -> None:
     from u2net.models.checkpoint import resolve_weights
@@ -156,7 +188,7 @@ def test_corrupted_bundled_file_is_a_clear_error(tmp_path, monkeypatch, offline,
     with pytest.raises(ValueError, match=pattern + f"{BUNDLED_MD5}\\); reinstall the package$"):
         download_weights("u2netp.duts")
     photo = _disc_photo(tmp_path / "photo.png")
-    assert main(["remove", str(photo), str(tmp_path / "out.png"), "-q"]) == 2
+    assert main(["remove", str(photo), str(tmp_path / "out.png"), "-q", "--precision", "fp32"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert str(damaged) in err and "reinstall the package" in err

@@ -264,7 +264,7 @@ def test_cli_providers_and_input_size_errors(tmp_path, capsys) -> None:
     onnx_file = str(bundled_weights_path(DEFAULT_MODEL))  # exported at a fixed 1×3×320×320
     assert main([*args, "--model", onnx_file, "--input-size", "512"]) == 2
     err = capsys.readouterr().err
-    assert "input is fixed at 320x320, so --input-size 512 cannot change it" in err and err.count("\n") == 1
+    assert "input is fixed at 320x320, so an input size of 512 cannot change it" in err and err.count("\n") == 1
     assert main([*args, "--model", onnx_file, "--providers", "cpu", "--batch-size", "2"]) == 0
     assert Image.open(tmp_path / "out.png").mode == "RGBA"
 
@@ -283,7 +283,7 @@ def test_cli_passes_the_input_size_providers_and_precision_to_the_predictor(tmp_
     Image.fromarray(_photo(1)).save(photo)
     assert main(["remove", str(photo), str(tmp_path / "o.png"), "-q", "--input-size", "512", "--providers", "CPU"]) == 0
     assert seen == {
-        "precision": "fp32",
+        "precision": "auto",  # the default: the bundled int8 file where it runs on a CPU, else fp32
         "image_size": 512,
         "backend": "onnxruntime",
         "providers": ["CPUExecutionProvider"],
@@ -805,9 +805,13 @@ def test_serve_without_model_serves_the_bundled_file_offline(offline, monkeypatc
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the test process keeps its threads
     assert main(["serve", "--device", "cpu", "--workers", "1"]) == 0
-    info = seen["info"]
-    assert info["name"] == "u2netp" and info["file"] == "u2netp.onnx" and info["precision"] == "fp32"
+    info = seen["info"]  # on a CPU the default runs the bundled int8 file, and says so
+    assert info["name"] == "u2netp" and info["file"] == "u2netp_int8.onnx" and info["precision"] == "int8"
     assert info["model"] == DEFAULT_MODEL and info["choices"] == ["u2netp.duts", "u2netp.person"]
+    assert info["sha256"] == get_pretrained_cfg("u2netp.duts").bundled_int8.sha256
+    assert main(["serve", "--device", "cpu", "--workers", "1", "--precision", "fp32"]) == 0
+    info = seen["info"]  # --precision fp32 keeps the float file
+    assert info["file"] == "u2netp.onnx" and info["precision"] == "fp32"
     assert info["sha256"] == get_pretrained_cfg("u2netp.duts").bundled.sha256
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from ..errors import one_line
 from ..inference.options import OptionSpec
-from ..inference.predictor import BACKENDS
-from ..inference.runtime import ONNX_PRECISIONS
+from ..inference.predictor import BACKENDS, PRECISIONS
 from ..models.pretrained import DEFAULT_MODEL
 
 
@@ -124,9 +123,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--precision",
-        choices=ONNX_PRECISIONS,
-        default="fp32",
-        help="the model's arithmetic (default fp32). On ONNX Runtime, fp16 and bf16 need --providers OpenVINO "
+        choices=PRECISIONS,
+        default="auto",
+        help="the model's arithmetic. auto (default): on a CPU, the int8 file the bundled models ship (as good as "
+        "rembg's masks or better, at less of its time: docs/quality.md), else fp32; fp32: the float file; int8: the "
+        "bundled int8 file. On ONNX Runtime, fp16 and bf16 need --providers OpenVINO "
         "(onnxruntime-openvino): on Intel CPUs with AVX512-FP16 (Xeon Sapphire Rapids and later) fp16 ran U2-Net "
         "about 4x faster than fp32, 0.0015 from it (docs/quality.md). On PyTorch: autocast (bf16 on CPUs, fp16 "
         "on CUDA)",
@@ -181,12 +182,6 @@ def load_remover(args: argparse.Namespace):
         raise UsageError(f"{model}: cannot load the model: {one_line(exc)}") from None
     except Exception as exc:  # e.g. onnxruntime's own errors for a damaged .onnx file
         raise UsageError(f"{model}: cannot load the model: {type(exc).__name__}: {one_line(exc)}") from None
-    fixed = predictor.backend.fixed_size
-    if args.input_size and fixed and fixed != args.input_size:
-        raise UsageError(
-            f"{model}: this ONNX file's input is fixed at {fixed}x{fixed}, so --input-size {args.input_size} cannot "
-            "change it; export the model at that size, or run it with --backend pytorch"
-        )
     return BackgroundRemover(predictor)
 
 

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             cors_origins=args.cors_origin,
             allowed_hosts=default_allowed_hosts(args.host) + args.allowed_hosts,
             device=args.device,
+            precision=args.precision,
             **{name: getattr(args, name) for name, *_ in _LIMITS.values()},
         )
     except ValueError as exc:  # an --allowed-hosts entry that is no host name

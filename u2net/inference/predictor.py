@@ -23,13 +23,17 @@ import numpy as np
 from ..data.preprocessing import Preprocessing
 from ..errors import require_extra
 from ..models.onnx_format import decode_metadata
-from ..models.pretrained import PRETRAINED, local_weights, pretrained_tag
+from ..models.pretrained import PRETRAINED, bundled_weights_path, local_weights, pretrained_tag
 from .onnx_backend import OnnxBackend
 from .onnx_backend import symbolic_batch_dim as symbolic_batch_dim  # re-exported: its callers import it from here
 from .refine import resize_probability
 from .runtime import median_seconds, pick_providers
 
 BACKENDS = ("auto", "pytorch", "onnxruntime")
+# What Predictor.from_path computes in. auto: the bundled int8 file of a tag on ONNX Runtime's CPU provider (where it
+# measured at least as good as rembg at lower cost, docs/quality.md), else fp32 on ONNX Runtime and PyTorch's own
+# auto (bf16 where the hardware runs it fast); int8: that file, or an error; fp16/bf16: see ONNX_PRECISIONS.
+PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 
 
 def _onnx_file(path: str | os.PathLike) -> Path:
@@ -44,6 +48,33 @@ def _onnx_file(path: str | os.PathLike) -> Path:
         found = f"its weights here are {local.name}" if local is not None else "its weights are not on this machine"
         raise ValueError(f"{path}: ONNX Runtime needs an .onnx file and {found}; use the PyTorch backend")
     return local
+
+
+def _onnx_source(
+    path: str | os.PathLike, tag: str | None, precision: str, providers: list[str] | None
+) -> tuple[str, str]:
+    """(the ONNX file to run, ONNX Runtime's precision for it): a tag's bundled int8 file for ``int8``, and for
+    ``auto`` where ONNX Runtime runs on its CPU provider; else the weights' own file (``auto``: at fp32)."""
+    int8 = bundled_weights_path(tag, int8=True) if tag is not None and precision in ("auto", "int8") else None
+    if precision == "int8" and int8 is None:
+        raise ValueError(
+            f"{path}: no int8 file ships for it; make one (export_onnx.py weights=... int8=static) and give that file"
+        )
+    on_cpu = pick_providers(providers)[:1] == ["CPUExecutionProvider"]
+    if int8 is not None and (precision == "int8" or on_cpu):
+        return str(int8), "fp32"  # the file is quantised: ONNX Runtime runs it as it is
+    source = _onnx_file(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: ONNX file not found")
+    return str(source), "fp32" if precision == "auto" else precision
+
+
+def _is_bundled_int8(source: str, tag: str | None) -> bool:
+    return (
+        tag is not None
+        and PRETRAINED[tag].bundled_int8 is not None
+        and Path(source).name == PRETRAINED[tag].bundled_int8.name
+    )
 
 
 def _has_local_onnx(path: str | os.PathLike) -> bool:
@@ -61,7 +92,7 @@ def _onnx_runtime_suits(device: str, precision: str) -> bool:
     is PyTorch's), on ``device="cpu"`` (on ONNX Runtime's CPU provider), and for ``device="auto"`` on ONNX
     Runtime's CUDA provider or on a machine without a GPU. Without torch imported, a GPU ``device="auto"`` could
     pick is guessed from the NVIDIA driver's device node and Apple silicon (then PyTorch is kept, if installed)."""
-    if precision != "fp32":
+    if precision not in ("fp32", "auto", "int8"):
         return False
     if device == "cpu":
         return True  # Predictor.from_path then keeps ONNX Runtime on its CPU provider
@@ -180,12 +211,15 @@ class Predictor:
         overrides = {"image_size": image_size} if image_size else {}
         onnx_path = tag is None and str(path).lower().endswith(".onnx")
         if backend == "onnxruntime" or (backend == "auto" and onnx_path):
-            source = str(_onnx_file(path))
-            if not Path(source).is_file():
-                raise FileNotFoundError(f"{source}: ONNX file not found")
             if providers is None and device == "cpu":
                 providers = ["CPUExecutionProvider"]  # not CUDA first, where onnxruntime-gpu has it
+            source, precision = _onnx_source(path, tag, precision, providers)
             backend = OnnxBackend(source, providers, precision)
+            if image_size and backend.fixed_size and image_size != backend.fixed_size:
+                raise ValueError(
+                    f"{source}: this ONNX file's input is fixed at {backend.fixed_size}x{backend.fixed_size}, so an "
+                    f"input size of {image_size} cannot change it; export the model at that size, or run it on PyTorch"
+                )
             meta = backend.metadata
             # a tag's file may name no preprocessing (rembg's do not): its catalogue entry does
             fallback = PRETRAINED[tag].preprocessing if tag is not None else Preprocessing()
@@ -196,13 +230,15 @@ class Predictor:
                 "onnxruntime",
                 size_mb=_file_mb(source),
                 providers=list(backend.providers),
-                precision=backend.precision,
+                precision="int8" if _is_bundled_int8(source, tag) else backend.precision,
             )
             return cls(backend, replace(preprocessing, **overrides), info)
 
         source = tag if tag is not None else path  # a path keeps its type: a Path named like a tag names the file
         if providers:
             raise ValueError(f"{source}: runs on PyTorch; execution providers are for ONNX Runtime (an .onnx model)")
+        if precision == "int8":
+            raise ValueError(f"{source}: int8 runs on ONNX Runtime, on an int8 .onnx file (export_onnx.py int8=static)")
         require_extra("the PyTorch backend (checkpoints, .pth files)", "train", torch="PyTorch")
         from ..models.checkpoint import load_checkpoint
         from .torch_backend import TorchBackend

@@ -57,6 +57,8 @@ class PretrainedCfg:
     onnx_mirror: tuple[str, str] | None = None  # (url, md5) of an ONNX export of the same weights
     onnx_mirror_sha256: str | None = None  # that export's SHA-256, where known
     bundled: BundledFile | None = None  # shipped with the package: used instead of any download
+    # its static int8 export, shipped too (``export_onnx.py weights=<tag> int8=static``): the CPU default
+    bundled_int8: BundledFile | None = None
     extra: dict = field(default_factory=dict)
 
     # Read-only views of ``preprocessing``, for code written when these were fields of their own.
@@ -107,6 +109,11 @@ PRETRAINED: dict[str, PretrainedCfg] = {
             md5="8e83ca70e441ab06c318d82300c84806",
             sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
         ),
+        bundled_int8=BundledFile(
+            "u2netp_int8.onnx",
+            md5="a2583f1fdd583b05bdf607dd864ef7e4",
+            sha256="2c3153fb2db092b910722255a34f1979a594363f0092d90cd8b6e26cdd505b6f",
+        ),
     ),
     "u2netp.person": PretrainedCfg(
         "u2netp",
@@ -118,6 +125,11 @@ PRETRAINED: dict[str, PretrainedCfg] = {
             "u2netp_person.onnx",
             md5="185d4fcfb11379180a4ca708afa8ff8b",
             sha256="f12c430f6f9baa17c6c9641370d91e0ae18f36dbbc615921fc27237089e601d3",
+        ),
+        bundled_int8=BundledFile(
+            "u2netp_person_int8.onnx",
+            md5="6f31bfda09d839c9b1e65f5f51e7dd37",
+            sha256="074bf7ba4a29944478fbc89489e743492c987a1e09d1af9dab99a56440bd7c68",
         ),
     ),
     "u2net.human_seg": PretrainedCfg(
@@ -180,10 +192,12 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
 _VERIFIED_BUNDLES: set[tuple[str, int, int]] = set()
 
 
-def bundled_weights_path(tag: str) -> Path | None:
-    """The weights file shipped with the package for ``tag``, MD5-checked once per process; ``None`` when
-    the tag ships none. A missing or damaged file (a broken installation) is a one-line error naming it."""
-    bundled = get_pretrained_cfg(tag).bundled
+def bundled_weights_path(tag: str, int8: bool = False) -> Path | None:
+    """The weights file shipped with the package for ``tag`` (its int8 export with ``int8``), MD5-checked once per
+    process; ``None`` when the tag ships none. A missing or damaged file (a broken installation) is a one-line
+    error naming it."""
+    cfg = get_pretrained_cfg(tag)
+    bundled = cfg.bundled_int8 if int8 else cfg.bundled
     if bundled is None:
         return None
     path = BUNDLED_DIR / bundled.name

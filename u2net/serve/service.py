@@ -100,18 +100,20 @@ class Service:
         there is one on disk) is computed here too. ``name``: what requests call the default model (its tag or
         file stem unless given)."""
         if isinstance(remover_or_model_path, (str, os.PathLike)):
-            remover = BackgroundRemover.from_path(remover_or_model_path, device=settings.device)
+            remover = BackgroundRemover.from_path(
+                remover_or_model_path, device=settings.device, precision=settings.precision
+            )
             source, name = remover_or_model_path, name or model_key(remover_or_model_path)
         else:
             remover = remover_or_model_path
             source = getattr(getattr(getattr(remover, "predictor", None), "info", None), "source", None)
             name = name or (model_key(source) if source else "default")
-        loaded = {
-            model_key(choice): (BackgroundRemover.from_path(choice, device=settings.device), _model_file(choice))
-            for choice in choices
-            if model_key(choice) != name
-        }
-        return cls(remover, settings, _model_file(source), loaded, name)
+        loaded = {}
+        for choice in choices:
+            if model_key(choice) != name:
+                chosen = BackgroundRemover.from_path(choice, device=settings.device, precision=settings.precision)
+                loaded[model_key(choice)] = (chosen, _model_file(choice, chosen))
+        return cls(remover, settings, _model_file(source, remover), loaded, name)
 
     def remover_for(self, model: str | None) -> BackgroundRemover:
         """The remover a request names (``None``: the default); an unknown name is a 400."""
@@ -289,8 +291,12 @@ def _remover_info(remover: BackgroundRemover, model_file: Path | None, sha256: s
     }
 
 
-def _model_file(source: str | os.PathLike | None) -> Path | None:
-    """The weights file behind a path or pretrained tag (for its hash), if there is one on disk."""
+def _model_file(source: str | os.PathLike | None, remover: BackgroundRemover | None = None) -> Path | None:
+    """The weights file behind a path or pretrained tag (for its hash), if there is one on disk: the file the
+    remover runs where it names one (a tag's int8 file, say), else the tag's or path's."""
+    running = getattr(getattr(getattr(remover, "predictor", None), "info", None), "source", None)
+    if running and Path(running).is_file():
+        return Path(running)
     if source is None or str(source) == "":
         return None
     tag = pretrained_tag(source)  # the loaders' rule: a tag is the tag, even beside a file of its name

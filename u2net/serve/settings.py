@@ -66,6 +66,9 @@ class ServeSettings:
     - ``allowed_hosts``: ``Host`` headers answered (others: 400), against DNS rebinding; default the
       loopback names (:func:`default_allowed_hosts` gives those for a bind address); ``["*"]`` for any.
     - ``device``: PyTorch device when :func:`create_app` loads the model from a path.
+    - ``precision``: what the models loaded from paths or tags compute in (``Predictor.from_path``'s: ``auto``
+      runs a tag's bundled int8 file on ONNX Runtime's CPU provider; ``fp32`` the float file). ``/model-info`` says
+      which runs.
     - ``warmup``: run one tiny image through the model at start-up (first request not slower).
     """
 
@@ -82,6 +85,7 @@ class ServeSettings:
     cors_origins: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_HOSTS))
     device: str = "auto"
+    precision: str = "auto"
     warmup: bool = True
 
     def __post_init__(self) -> None:
