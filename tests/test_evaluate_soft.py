@@ -78,6 +78,7 @@ def test_model_mode_scores_soft_ground_truth(tmp_path):
     assert all(result.summary[f"{key}_band"] >= 0 for key in MATTING)
 
 
+@pytest.mark.subprocess
 def test_cli_writes_the_matting_errors_in_every_table(tmp_path):
     _soft_set(tmp_path)
     done = _evaluate(

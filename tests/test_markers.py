@@ -1,8 +1,9 @@
 """The ``subprocess`` marker cannot drift: every test that starts a Python subprocess carries it.
 
-A test "starts a subprocess" when its body, a fixture it takes or a module-level helper it calls (transitively, in
-the same module) uses ``subprocess.*`` or ``sys.executable``, runs a notebook kernel (``NotebookClient``) or a
-serve matting child (``Matting()`` / ``matting.call``). ``pytest -m "not slow and not subprocess"`` is the fast loop.
+A test "starts a subprocess" when its body, a fixture it takes or a helper it calls (transitively: in its module,
+in ``conftest.py`` or in a ``helpers_*.py`` module it imports from) uses ``subprocess.*`` or ``sys.executable``, runs
+a notebook kernel (``NotebookClient``) or a serve matting child (``Matting()`` / ``matting.call``).
+``pytest -m "not slow and not subprocess"`` is the fast loop.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def _uses(fn: ast.FunctionDef) -> set[str]:
     return names | {a.arg for a in fn.args.args + fn.args.kwonlyargs}
 
 
+def _functions(tree: ast.Module) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    return {s.name: s for s in tree.body if isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
 def unmarked_spawning_tests(path: Path) -> list[str]:
     """Names of the tests in ``path`` that start a subprocess but lack the ``subprocess`` marker."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -57,7 +62,15 @@ def unmarked_spawning_tests(path: Path) -> list[str]:
         and _is_subprocess_mark(stmt.value)
         for stmt in tree.body
     )
-    functions = {s.name: s for s in tree.body if isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef)}
+    functions = _functions(tree)
+    shared = ["conftest"] + [
+        stmt.module
+        for stmt in tree.body
+        if isinstance(stmt, ast.ImportFrom) and stmt.level == 1 and (stmt.module or "").startswith("helpers_")
+    ]
+    for module in shared:  # the module's own names first, then the shared helpers and fixtures it can reach
+        for name, fn in _functions(ast.parse((TESTS / f"{module}.py").read_text(encoding="utf-8"))).items():
+            functions.setdefault(name, fn)
     spawning = {name for name, fn in functions.items() if _spawns_directly(fn)}
     grew = True
     while grew:  # helpers and fixtures that call spawning helpers spawn too
@@ -70,6 +83,7 @@ def unmarked_spawning_tests(path: Path) -> list[str]:
         name
         for name in sorted(spawning)
         if name.startswith("test")
+        and name in _functions(tree)
         and not module_marked
         and not any(_is_subprocess_mark(d) for d in functions[name].decorator_list)
     ]
