@@ -183,6 +183,7 @@ def test_remove_background_options():
 
     translucent = _image(_post(client, data, bg_color="#ff000080"))
     assert translucent.mode == "RGBA" and translucent.getpixel((0, 0)) == (255, 0, 0, 128)
+    assert _image(_post(client, data, bg_color="")).mode == "RGBA"  # an empty field (an HTML form's) is none
 
     cleaned = _image(_post(client, data, post_process="true", mask_only="true"))
     assert cleaned.size == (80, 60)

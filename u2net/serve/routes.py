@@ -87,7 +87,9 @@ def _description(spec: OptionSpec) -> str:
 
 
 def _options_or_error(values: dict[str, Any]) -> RemovalOptions:
-    """The options of a request (:func:`~u2net.inference.options.options_from`); 400 naming the bad one."""
+    """The options of a request (:func:`~u2net.inference.options.options_from`); 400 naming the bad one. An empty
+    field (``bg_color=``, as HTML forms send an empty input) is one not given."""
+    values = {name: None if value == "" else value for name, value in values.items()}
     try:
         options = options_from(values)
     except ValueError as exc:
