@@ -59,7 +59,7 @@ Pipeline = Callable[[np.ndarray], np.ndarray]  # H×W×3 uint8 photo -> H×W alp
 def binary_check(folder: Path, limit: int, base: str) -> str:
     """Markdown: the default preset, ``base`` and the soft-edge mode on the first ``limit`` pairs of ``folder``."""
     from u2net.data import SourceSpec, collect_pairs
-    from u2net.inference.remover import DEFAULT_QUALITY
+    from u2net.inference.options import DEFAULT_QUALITY
 
     remover = BackgroundRemover(Predictor.from_path(bundled_weights_path("u2netp.duts")))
     options = {name: RemovalOptions.preset(name) for name in dict.fromkeys((DEFAULT_QUALITY, base))}
