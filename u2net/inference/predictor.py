@@ -52,9 +52,10 @@ def _onnx_file(path: str | os.PathLike) -> Path:
 
 def _onnx_source(
     path: str | os.PathLike, tag: str | None, precision: str, providers: list[str] | None
-) -> tuple[str, str]:
-    """(the ONNX file to run, ONNX Runtime's precision for it): a tag's bundled int8 file for ``int8``, and for
-    ``auto`` where ONNX Runtime runs on its CPU provider; else the weights' own file (``auto``: at fp32)."""
+) -> tuple[str, str, bool]:
+    """(the ONNX file to run, ONNX Runtime's precision for it, whether that file is the tag's bundled int8 one):
+    that int8 file for ``int8``, and for ``auto`` where ONNX Runtime runs on its CPU provider; else the weights'
+    own file (``auto``: at fp32)."""
     int8 = bundled_weights_path(tag, int8=True) if tag is not None and precision in ("auto", "int8") else None
     if precision == "int8" and int8 is None:
         raise ValueError(
@@ -62,19 +63,11 @@ def _onnx_source(
         )
     on_cpu = pick_providers(providers)[:1] == ["CPUExecutionProvider"]
     if int8 is not None and (precision == "int8" or on_cpu):
-        return str(int8), "fp32"  # the file is quantised: ONNX Runtime runs it as it is
+        return str(int8), "fp32", True  # the file is quantised: ONNX Runtime runs it as it is
     source = _onnx_file(path)
     if not source.is_file():
         raise FileNotFoundError(f"{source}: ONNX file not found")
-    return str(source), "fp32" if precision == "auto" else precision
-
-
-def _is_bundled_int8(source: str, tag: str | None) -> bool:
-    return (
-        tag is not None
-        and PRETRAINED[tag].bundled_int8 is not None
-        and Path(source).name == PRETRAINED[tag].bundled_int8.name
-    )
+    return str(source), "fp32" if precision == "auto" else precision, False
 
 
 def _has_local_onnx(path: str | os.PathLike) -> bool:
@@ -213,7 +206,7 @@ class Predictor:
         if backend == "onnxruntime" or (backend == "auto" and onnx_path):
             if providers is None and device == "cpu":
                 providers = ["CPUExecutionProvider"]  # not CUDA first, where onnxruntime-gpu has it
-            source, precision = _onnx_source(path, tag, precision, providers)
+            source, precision, int8 = _onnx_source(path, tag, precision, providers)
             backend = OnnxBackend(source, providers, precision)
             if image_size and backend.fixed_size and image_size != backend.fixed_size:
                 raise ValueError(
@@ -230,7 +223,7 @@ class Predictor:
                 "onnxruntime",
                 size_mb=_file_mb(source),
                 providers=list(backend.providers),
-                precision="int8" if _is_bundled_int8(source, tag) else backend.precision,
+                precision="int8" if int8 else backend.precision,
             )
             return cls(backend, replace(preprocessing, **overrides), info)
 
