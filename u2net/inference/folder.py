@@ -108,7 +108,7 @@ def run_job(
     those skipped as done included, also when the run is interrupted; the report counts the flagged outputs."""
     report = BatchReport(skipped=job.skipped, left_out=job.left_out)
     problems = dict(job.refused)
-    bar = _progress_bar(job, progress)
+    bar = _progress_bar(job, report.skipped, progress)
 
     def on_result(pair: tuple[Path, Path], error: BaseException | None) -> None:
         if error is None:
@@ -147,13 +147,13 @@ def run_job(
     return report
 
 
-def _progress_bar(job: Job, progress: bool):
-    """A tqdm bar on stderr over every input of ``job``, those decided already (skipped, refused) counted."""
+def _progress_bar(job: Job, skipped: int, progress: bool):
+    """A tqdm bar on stderr over every input of ``job``, those decided already (``skipped``, refused) counted."""
     from tqdm import tqdm
 
     return tqdm(
         total=len(job.pairs) + len(job.clashes),
-        initial=job.skipped + len(job.refused) + len(job.clashes),
+        initial=skipped + len(job.refused) + len(job.clashes),
         unit="img",
         desc="remove",
         disable=not progress,

@@ -61,8 +61,13 @@ class Job:
     left_out: list[tuple[Path, str]]  # links not followed (see list_images)
     qa_csv: Path | None = None
     previous_qa: list[QARow] | None = None  # the rows of the table at qa_csv, kept for the outputs skipped
-    skipped: int = 0  # outputs there already, left as they are
     header_size: Callable[[Path], tuple[int, int] | None] = field(default=None, repr=False)
+
+    @property
+    def skipped(self) -> int:
+        """Outputs there already, left as they are: the inputs' own outputs neither made now nor refused."""
+        todo = set(self.todo)
+        return sum(pair not in todo and pair not in self.refused for pair in self.own)
 
 
 JPEG_WITHOUT_ALPHA = "JPEG has no transparency: it needs an opaque background colour, a background image or masks only"
@@ -116,7 +121,6 @@ def plan_job(
         left_out=left_out,
         qa_csv=None if qa_csv is None else Path(qa_csv),
         previous_qa=previous,
-        skipped=len(own) - len(todo),
         header_size=header_size,
     )
 
