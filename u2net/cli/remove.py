@@ -91,10 +91,10 @@ def _remove(args: argparse.Namespace) -> int:
     options = removal_options(args)
     streamed = "-" in (args.input, args.output)
     job = None if streamed else _plan(args, options)
-    output_format = _stream_format(args, options) if streamed else job.output_format
+    output_format, previous_qa = _plan_stream(args, options) if streamed else (job.output_format, None)
     remover = common.load_remover(args)
     if streamed:
-        return _remove_streamed(remover, args, options, output_format)
+        return _remove_streamed(remover, args, options, output_format, previous_qa)
     report = run_job(remover, job, progress=not args.quiet, batch_size=args.batch_size, workers=args.workers)
     return print_report(report)
 
@@ -142,20 +142,22 @@ def _plan(args: argparse.Namespace, options: RemovalOptions):
         raise _job_error(exc) from None
 
 
-def _stream_format(args: argparse.Namespace, options: RemovalOptions):
-    """The checked output format of a job on stdin or stdout (PNG unless --format or the output file's suffix
-    says otherwise), and its paths and QA table checked as :func:`plan_job` checks a file's."""
+def _plan_stream(args: argparse.Namespace, options: RemovalOptions) -> tuple:
+    """(the checked output format, the rows of the --qa-csv table to keep) of a job on stdin or stdout (PNG unless
+    --format or the output file's suffix says otherwise), its paths and QA table checked as :func:`plan_job` checks
+    a file's."""
     from ..fileio import folder_write_problem
     from ..inference.batch import format_of_suffix
     from ..inference.planning import JobError, check_format, check_qa_table, check_source
 
     named = None if args.output == "-" else format_of_suffix(Path(args.output).suffix)
+    previous_qa = None
     try:
         if args.input != "-":
             check_source(args.input)
         output_format = check_format(args.format or named or "png", args.output_quality, options)
         if args.qa_csv is not None:
-            check_qa_table(args.qa_csv)
+            previous_qa = check_qa_table(args.qa_csv)  # read once: the run extends these rows
     except JobError as exc:
         raise _job_error(exc) from None
     except (FileNotFoundError, ValueError) as exc:
@@ -163,7 +165,7 @@ def _stream_format(args: argparse.Namespace, options: RemovalOptions):
     if args.output == "-":
         if Path(args.input).is_dir():
             raise UsageError(f"{shown(args.input)}: a folder's outputs cannot go to stdout; give an output folder")
-        return output_format
+        return output_format, previous_qa
     if Path(args.output).is_dir() or named != output_format.name:
         raise UsageError(
             f"{shown(args.output)}: reading stdin, the output is one {output_format.name} file: name it "
@@ -172,7 +174,7 @@ def _stream_format(args: argparse.Namespace, options: RemovalOptions):
     problem = (args.overwrite or not Path(args.output).exists()) and folder_write_problem(Path(args.output).parent)
     if problem:
         raise UsageError(f"output: {shown(problem)}")
-    return output_format
+    return output_format, previous_qa
 
 
 class Terminated(KeyboardInterrupt):
@@ -212,9 +214,10 @@ def _read_stdin() -> bytes:
     return data
 
 
-def _remove_streamed(remover, args: argparse.Namespace, options, output_format) -> int:
+def _remove_streamed(remover, args: argparse.Namespace, options, output_format, previous_qa) -> int:
     """One image from stdin (``-``) or a file, to stdout (``-``) or a file; the summary goes to stderr when
-    stdout carries the image. --qa-csv gets its one row (input and output ``-`` for the streams)."""
+    stdout carries the image. --qa-csv gets its one row (input and output ``-`` for the streams), after
+    ``previous_qa``, the table's rows as :func:`_plan_stream` read them."""
     from ..data.io import ImageReadError, open_image, read_problem
     from ..errors import reason
     from ..fileio import atomic_write
@@ -260,7 +263,7 @@ def _remove_streamed(remover, args: argparse.Namespace, options, output_format) 
                 report.done = 1
                 qualities[pair] = assess_mask(alpha)
     if args.qa_csv is not None:
-        report.flagged, report.qa_csv_error = save_qa_table(args.qa_csv, [pair], qualities, options)
+        report.flagged, report.qa_csv_error = save_qa_table(args.qa_csv, [pair], qualities, options, previous_qa)
     return print_report(report, sys.stderr if out is None else None)
 
 
