@@ -107,7 +107,7 @@ def removal_options(args: argparse.Namespace) -> RemovalOptions:
         raise UsageError(shown(exc)) from None
     needing = missing_pymatting(options)
     if needing:
-        flags = " and ".join("--quality soft" if name == "soft_edges" else _flag(name) for name in needing)
+        flags = " and ".join(_flag(name) + (f" {value}" if value else "") for name, value in needing)
         raise UsageError(extra_hint(flags, "matting", "pymatting"))
     return options
 

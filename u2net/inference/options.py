@@ -317,11 +317,17 @@ def options_from(values: dict[str, object]) -> RemovalOptions:
     return RemovalOptions.preset(given.pop("quality", DEFAULT_QUALITY), **given)
 
 
-def missing_pymatting(options: RemovalOptions) -> list[str]:
+def missing_pymatting(options: RemovalOptions) -> list[tuple[str, str | None]]:
     """The options that need pymatting, are set, and cannot have it here (found, not imported: that takes a
-    second)."""
-    wanted = [name for name in NEEDS_PYMATTING if getattr(options, name)]
-    return wanted if wanted and importlib.util.find_spec("pymatting") is None else []
+    second), each as a front end takes it: (its name, ``None``), or ``("quality", preset)`` for one that no front end
+    exposes and a preset sets (``soft_edges``: ``quality soft``)."""
+    if importlib.util.find_spec("pymatting") is not None:
+        return []
+    wanted = []
+    for name in (name for name in NEEDS_PYMATTING if getattr(options, name)):
+        preset = next((quality for quality, changes in QUALITY_PRESETS.items() if changes.get(name)), None)
+        wanted.append(("quality", preset) if not SPECS[name].fronts and preset else (name, None))
+    return wanted
 
 
 # -- colours (bg_color) ------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def _options_or_error(values: dict[str, Any]) -> RemovalOptions:
         options = options_from(values)
     except ValueError as exc:
         raise ApiError(400, str(exc), {name: value for name, value in values.items() if value is not None}) from None
-    needing = ["quality soft" if name == "soft_edges" else name for name in missing_pymatting(options)]
+    needing = [name + (f" {value}" if value else "") for name, value in missing_pymatting(options)]
     if needing:
         raise ApiError(400, f"{' and '.join(needing)}: not available on this server (pymatting not installed)")
     return options
