@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,11 @@ __all__ = ["OnnxBackend", "symbolic_batch_dim"]
 
 # Execution providers (by name prefix) that compute on a GPU: CUDA, TensorRT, ROCm.
 _GPU_PROVIDER_PREFIXES = ("CUDA", "Tensorrt", "ROCM")
+# What ONNX Runtime puts before each of its messages ("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : "): the error's
+# class says as much.
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+# How ONNX Runtime says that a file parsed but holds no model (an empty file does): given bytes, given a path.
+_NO_GRAPH = ("No graph was found", "does not have a graph")
 
 
 class OnnxBackend:
@@ -33,24 +39,25 @@ class OnnxBackend:
         wanted = pick_providers(providers)
         if not wanted:
             raise ValueError(f"none of the ONNX Runtime providers {', '.join(providers or ())} is available here")
-        model_bytes = Path(path).read_bytes()
-        graph = _parse_onnx(model_bytes, path)  # external data (if any) is not read here
-        dims = _image_input_dims(graph, path)
-        batch_name = dims[0].dim_param or None
+        # Both sessions below open the bytes read once: the model whose input was read is the one that runs,
+        # whatever happens to the file meanwhile (its external data, weights in files beside it, is found there).
+        model = Path(path).read_bytes()
         on_cpu = wanted[:1] == ["CPUExecutionProvider"]
         # On the CPU a batch runs no faster than its images one after another, and a symbolic batch
         # dimension keeps ONNX Runtime from folding the graph's shape arithmetic and from running the
-        # up-sampling in its blocked (NCHWc) layout: with it fixed to 1, U²-Net runs 6–10 % faster.
-        fixed = {batch_name: 1} if batch_name and on_cpu else None
-        # Weights in files beside the model (external data) are found relative to the model's own path: ONNX
-        # Runtime refuses them for a model given as bytes, so such a file is opened by path.
-        model = str(path) if _has_external_data(graph) else model_bytes
-        self.session = onnx_session(model, wanted, precision=precision, fixed_dims=fixed)
+        # up-sampling in its blocked (NCHWc) layout: with it fixed to 1, U²-Net runs 6–10 % faster. ONNX Runtime
+        # fixes a dimension by name only as it opens a model, so a bare session reads the name first (a fifth to a
+        # third of the full one's start-up), and refuses a file without an image input before that one is built.
+        batch_name = None
+        if on_cpu:
+            batch_name = _batch_name(_image_input(_open(model, path, wanted[:1], bare=True), path))
+        fixed = {batch_name: 1} if batch_name else None
+        self.session = _open(model, path, wanted, precision=precision, fixed_dims=fixed)
         self.precision: str = precision
-        model_input = self.session.get_inputs()[0]
+        model_input = _image_input(self.session, path)
         self.input_name: str = model_input.name
         batch_dim, _, height, width = model_input.shape
-        self.max_batch: int | None = 1 if batch_name and on_cpu else batch_dim if isinstance(batch_dim, int) else None
+        self.max_batch: int | None = batch_dim if isinstance(batch_dim, int) else None  # 1 where fixed above
         self.fixed_size: int | None = height if isinstance(height, int) and height == width else None
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.providers: list[str] = self.session.get_providers()
@@ -72,48 +79,45 @@ class OnnxBackend:
         return probs
 
 
-def _parse_onnx(model_bytes: bytes, source: str | os.PathLike):
-    """The ONNX model in ``model_bytes`` (read from ``source``), without any external data."""
-    import onnx
-
+def _open(model: bytes, source: str | os.PathLike, providers: list[str], **options):
+    """:func:`~u2net.inference.runtime.onnx_session` for the bytes ``model`` of the file ``source``, ONNX Runtime's
+    refusal of it as one line naming it."""
     try:
-        return onnx.load_model_from_string(model_bytes)
+        return onnx_session(model, providers, data_folder=Path(source).parent, **options)
     except Exception as exc:
-        raise ValueError(f"{source}: not a readable ONNX file ({type(exc).__name__}: {one_line(exc)})") from None
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise  # ours (a precision without its provider: one line already) or Python's
+        message = _ORT_PREFIX.sub("", one_line(exc))
+        unreadable = type(exc).__name__ == "InvalidProtobuf" or any(m in message for m in _NO_GRAPH)
+        what = "not a readable ONNX file" if unreadable else "ONNX Runtime cannot run it"
+        raise ValueError(f"{source}: {what} ({type(exc).__name__}: {message})") from None
 
 
-def _has_external_data(model) -> bool:
-    """Whether any initializer keeps its values in a file beside the model (``save_as_external_data=True``)."""
-    import onnx
-
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-
-
-def _graph_inputs(model) -> list:
-    """The model's inputs that are fed (old exporters list the initializers among the inputs too)."""
-    initializers = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in initializers]
-
-
-def _image_input_dims(model, source: str | os.PathLike) -> list:
-    """The dimensions of the model's image input (its first input that is no initializer), when it takes
-    N×3×H×W (symbolic sizes allowed); one line naming ``source`` and what the file takes otherwise."""
-    inputs = _graph_inputs(model)
+def _image_input(session, source: str | os.PathLike):
+    """The session's image input (its first), when it takes N×3×H×W (symbolic sizes allowed); one line naming
+    ``source`` and what the file takes otherwise."""
+    inputs = session.get_inputs()
     if not inputs:
         raise ValueError(f"{source}: expects an image input N×3×H×W; this file has no input")
     first = inputs[0]
-    dims = list(first.type.tensor_type.shape.dim)
-    shown = "×".join(d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?") for d in dims)
-    if len(dims) != 4 or (dims[1].HasField("dim_value") and dims[1].dim_value != 3):
+    tensor = first.type.startswith("tensor(")
+    shape = first.shape if tensor else []
+    if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+        shown = "×".join("?" if d is None else str(d) for d in shape)  # ONNX Runtime: a name, a size or None
         raise ValueError(
             f"{source}: expects an image input N×3×H×W; this file's input {first.name!r} is "
-            f"{shown or 'a tensor of unknown rank'}"
+            f"{shown or ('a tensor of unknown rank' if tensor else first.type)}"
         )
-    return dims
+    return first
+
+
+def _batch_name(model_input) -> str | None:
+    """The name of an input's symbolic first axis (ONNX Runtime shows it so), if it has one."""
+    first = model_input.shape[0] if model_input.shape else None
+    return first if isinstance(first, str) else None
 
 
 def symbolic_batch_dim(model_bytes: bytes) -> str | None:
     """The name of an ONNX model's symbolic batch dimension (first input, first axis), if it has one."""
-    inputs = _graph_inputs(_parse_onnx(model_bytes, "model"))
-    dims = inputs[0].type.tensor_type.shape.dim if inputs else ()
-    return (dims[0].dim_param or None) if dims else None
+    inputs = _open(model_bytes, "model", ["CPUExecutionProvider"], bare=True).get_inputs()
+    return _batch_name(inputs[0]) if inputs else None
