@@ -1,9 +1,10 @@
 """The model-input preprocessing of validation and inference, in NumPy: :class:`Preprocessing` (the settings
 that weights carry), :func:`resize_image` and :func:`normalize_array`.
 
-Kept free of torch and albumentations (NumPy, OpenCV and Pillow only) so that ONNX Runtime inference, the
-pretrained catalogue and the ``u2net`` command start without importing them; the augmentation and the
-tensors of training live in :mod:`u2net.data.transforms`, which builds on this module.
+Kept free of torch and albumentations (NumPy and Pillow only; OpenCV only for the area and bicubic resizes)
+so that ONNX Runtime inference, the pretrained catalogue and the ``u2net`` command start without importing
+them; the augmentation and the tensors of training live in :mod:`u2net.data.transforms`, which builds on
+this module.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 
-import cv2
 import numpy as np
 from PIL import Image
+
+from .imageops import opencv, resize_linear
 
 # ImageNet statistics: what the official weights (and every U²-Net we know of) were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC}
+# each interpolation's OpenCV flag: "linear" is ours (imageops.resize_linear, the same to the bit), the others
+# OpenCV's, imported when asked for
+_INTERPOLATIONS = {"linear": "INTER_LINEAR", "area": "INTER_AREA", "cubic": "INTER_CUBIC"}
 NORMALIZATIONS = ("max", "standard")
 
 
@@ -62,14 +66,17 @@ RESIZE_METHODS = (*_INTERPOLATIONS, "lanczos")
 
 
 def resize_image(image: np.ndarray, size: int, method: str = "linear") -> np.ndarray:
-    """An H×W×3 uint8 image resized to ``size``² (inference). ``linear`` / ``area`` / ``cubic``: OpenCV;
-    ``lanczos``: Pillow's Lanczos, which widens its kernel when shrinking (anti-aliased), as rembg
-    resizes."""
+    """An H×W×3 uint8 image resized to ``size``² (inference). ``linear`` / ``area`` / ``cubic``: OpenCV's
+    (``linear`` reproduced in NumPy; ``area`` and ``cubic`` need OpenCV, the ``opencv`` extra); ``lanczos``:
+    Pillow's Lanczos, which widens its kernel when shrinking (anti-aliased), as rembg resizes."""
     if method == "lanczos":
         return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
     if method not in _INTERPOLATIONS:
         raise ValueError(f"resize method must be one of {', '.join(RESIZE_METHODS)}, got {method!r}")
-    return cv2.resize(image, (size, size), interpolation=_INTERPOLATIONS[method])
+    if method == "linear":
+        return resize_linear(image, (size, size))
+    cv2 = opencv(f"the {method!r} resize")
+    return cv2.resize(image, (size, size), interpolation=getattr(cv2, _INTERPOLATIONS[method]))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 
@@ -112,7 +113,7 @@ class SaliencyTransform:
         _check_interpolation(interpolation)
         if crop_size is not None and crop_size > image_size:
             raise ValueError(f"crop_size {crop_size} is larger than image_size {image_size}")
-        interp = _INTERPOLATIONS[interpolation]
+        interp = getattr(cv2, _INTERPOLATIONS[interpolation])  # training has OpenCV: albumentations needs it
         steps: list = [A.Resize(image_size, image_size, interpolation=interp, mask_interpolation=interp)]
         if crop_size is not None and crop_size < image_size:
             steps.append(A.RandomCrop(crop_size, crop_size))

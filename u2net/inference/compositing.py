@@ -5,10 +5,10 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image
 
+from ..data.imageops import resize_linear
 from ..data.io import load_rgb
 from .options import RemovalOptions, check_color
 from .refine import mask_bbox
@@ -64,12 +64,20 @@ def composite_color(foreground: np.ndarray, alpha: np.ndarray, color: tuple[int,
 
 
 def cover(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``image`` scaled (keeping its aspect ratio) to cover ``size`` = (h, w), centre-cropped to it."""
+    """``image`` scaled (keeping its aspect ratio) to cover ``size`` = (h, w), centre-cropped to it: shrunk with
+    Pillow's Hamming filter (anti-aliased), enlarged bilinearly."""
     h, w = size[:2]
     ih, iw = image.shape[:2]
     scale = max(h / ih, w / iw)
     sh, sw = max(h, round(ih * scale)), max(w, round(iw * scale))
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    scaled = cv2.resize(image, (sw, sh), interpolation=interpolation) if (sh, sw) != (ih, iw) else image
+    if (sh, sw) == (ih, iw):
+        scaled = image
+    elif scale < 1:
+        # Pillow, not OpenCV (base installs have none): this only scales a background picture, so no exact match
+        # is kept. Hamming is the closest of Pillow's anti-aliased filters to OpenCV's INTER_AREA used before
+        # (on photos under a level on average)
+        scaled = np.asarray(Image.fromarray(image).resize((sw, sh), Image.Resampling.HAMMING))
+    else:
+        scaled = resize_linear(image, (sh, sw))
     y0, x0 = (sh - h) // 2, (sw - w) // 2
     return np.ascontiguousarray(scaled[y0 : y0 + h, x0 : x0 + w])

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.imageops import component_areas
 from ..data.io import list_images, read_image, read_problem
 from ..errors import one_line
 from ..fileio import atomic_write, write_image
@@ -53,10 +54,7 @@ class PhotoUncertainty:
 
 
 def _several_parts(mask: np.ndarray) -> int:
-    import cv2
-
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    sizes = stats[1:, cv2.CC_STAT_AREA]
+    sizes = component_areas(mask)
     return int(len(sizes) > 1 and (sizes >= COMPONENT_SHARE * sizes.max()).sum() > 1)
 
 

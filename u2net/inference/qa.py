@@ -22,9 +22,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from ..data.imageops import component_areas
 from ..data.io import open_image
 from ..errors import reason
 from ..fileio import atomic_write, csv_cell
@@ -70,8 +70,7 @@ def assess_mask(alpha: np.ndarray) -> MaskQuality:
     border = np.concatenate([foreground[0], foreground[-1], foreground[1:-1, 0], foreground[1:-1, -1]])
     if border.mean() > BORDER_SHARE:
         flags.append("touches_frame")
-    count, _, stats, _ = cv2.connectedComponentsWithStats(foreground.astype(np.uint8), connectivity=8)
-    sizes = stats[1:, cv2.CC_STAT_AREA]
+    sizes = component_areas(foreground)
     if (sizes >= COMPONENT_SHARE * sizes.max()).sum() > 1:
         flags.append("several_components")
     if uncertain > UNCERTAIN_SHARE * area:

@@ -15,10 +15,20 @@ from __future__ import annotations
 
 import warnings
 
-import cv2
 import numpy as np
 from PIL import Image
 
+from ..data.imageops import (
+    box_mean,
+    closing,
+    dilate,
+    ellipse,
+    label_components,
+    opencv,
+    opening,
+    resize_linear,
+    rgb_to_gray,
+)
 from ..data.io import unit_to_uint8
 from ..errors import MissingExtraError, extra_hint
 
@@ -44,26 +54,21 @@ UPSAMPLING = ("linear", "cubic", "lanczos", "guided")
 UNCERTAIN = (0.02, 0.98)  # the band the guided filter may change: elsewhere the map is sure
 
 
-def _box_mean(x: np.ndarray, radius: int) -> np.ndarray:
-    size = 2 * radius + 1
-    return cv2.boxFilter(x, -1, (size, size), normalize=True, borderType=cv2.BORDER_REFLECT)
-
-
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
     """Guided filter of ``src`` (H×W float32) by ``guide`` (H×W×C uint8 or float in [0, 1]; colour
     guides are reduced to their luminance): locally ``q = a · I + b`` with ``a, b`` fitted in
     (2·radius+1)² windows, ``eps`` the regularisation (in units of the guide's [0, 1] range, squared).
     Where ``src`` is constant over a window, ``q`` equals it: the filter only moves edges."""
     if guide.ndim == 3:
-        guide = cv2.cvtColor(guide, cv2.COLOR_RGB2GRAY)
+        guide = rgb_to_gray(guide)
     image = guide.astype(np.float32) / (255.0 if guide.dtype == np.uint8 else 1.0)
     p = src.astype(np.float32)
-    mean_i, mean_p = _box_mean(image, radius), _box_mean(p, radius)
-    var_i = _box_mean(image * image, radius) - mean_i * mean_i
-    cov_ip = _box_mean(image * p, radius) - mean_i * mean_p
+    mean_i, mean_p = box_mean(image, radius), box_mean(p, radius)
+    var_i = box_mean(image * image, radius) - mean_i * mean_i
+    cov_ip = box_mean(image * p, radius) - mean_i * mean_p
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    return _box_mean(a, radius) * image + _box_mean(b, radius)
+    return box_mean(a, radius) * image + box_mean(b, radius)
 
 
 def resize_probability(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -80,8 +85,10 @@ def _resize(prob: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
     if method == "lanczos":
         image = Image.fromarray(np.ascontiguousarray(prob, dtype=np.float32), mode="F")
         return np.asarray(image.resize((w, h), Image.Resampling.LANCZOS))
-    flag = cv2.INTER_CUBIC if method == "cubic" else cv2.INTER_LINEAR
-    return cv2.resize(prob, (w, h), interpolation=flag)
+    if method == "cubic":
+        cv2 = opencv("bicubic upsampling")
+        return cv2.resize(prob, (w, h), interpolation=cv2.INTER_CUBIC)
+    return resize_linear(prob, (h, w))
 
 
 def upsample_probability(prob: np.ndarray, image: np.ndarray, method: str = "lanczos", eps: float = 1e-3) -> np.ndarray:
@@ -98,9 +105,9 @@ def upsample_probability(prob: np.ndarray, image: np.ndarray, method: str = "lan
     if method == "guided":
         up = np.clip(up, 0.0, 1.0)
         scale = max(h / prob.shape[0], w / prob.shape[1])
-        band = cv2.dilate(((up > UNCERTAIN[0]) & (up < UNCERTAIN[1])).astype(np.uint8), np.ones((3, 3), np.uint8))
+        band = dilate((up > UNCERTAIN[0]) & (up < UNCERTAIN[1]), np.ones((3, 3), np.uint8))
         filtered = guided_filter(image, up, radius=max(2, round(2 * scale)), eps=eps)
-        up = np.where(band > 0, filtered, up)
+        up = np.where(band, filtered, up)
     return np.clip(up, 0.0, 1.0).astype(np.float32, copy=False)
 
 
@@ -179,17 +186,16 @@ def clean_mask(alpha: np.ndarray, kernel: int | None = None, min_island: float =
     if kernel is None:
         kernel = max(3, round(min(h, w) / 100))
     kernel = max(1, int(kernel)) | 1  # odd
-    element = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel, kernel))
-    binary = (alpha >= 128).astype(np.uint8)
-    cleaned = cv2.morphologyEx(cv2.morphologyEx(binary, cv2.MORPH_OPEN, element), cv2.MORPH_CLOSE, element)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(cleaned, connectivity=8)
-    if count > 2:  # background plus more than one component
-        areas = stats[1:, cv2.CC_STAT_AREA]
+    element = ellipse(kernel)
+    binary = alpha >= 128
+    cleaned = closing(opening(binary, element), element)
+    labels, areas = label_components(cleaned)
+    if len(areas) > 1:
         keep = np.concatenate([[False], areas >= min_island * areas.max()])
-        cleaned = keep[labels].astype(np.uint8)
-    region = cv2.dilate(cleaned, element).astype(bool)
+        cleaned = keep[labels]
+    region = dilate(cleaned, element)
     out = np.where(region, alpha, 0).astype(np.uint8)
-    out[(cleaned > 0) & (binary == 0)] = 255
+    out[cleaned & ~binary] = 255
     return out
 
 

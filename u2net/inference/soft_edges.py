@@ -47,9 +47,9 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
+from ..data.imageops import opencv
 from ..errors import MissingExtraError, extra_hint
 from .refine import Box, mask_bbox
 
@@ -104,6 +104,7 @@ def auto_trimap(
     ``grow_fg`` × the longer side into ``prob ≥ 0.5`` and by ``grow_bg`` × the longer side into ``prob < 0.5``
     (Euclidean distance, so that the cost does not depend on the growth); known: ``prob ≥ 0.5`` foreground, the rest
     background."""
+    cv2 = opencv("soft edges", "matting")  # the matting extra brings OpenCV with pymatting
     prob = np.asarray(prob, np.float32)
     foreground = prob >= 0.5
     # the 0.5 contour belongs to the core too, so that a hard mask (a thresholded map) still gets its edge matted
@@ -193,6 +194,7 @@ def soft_alpha(
         import pymatting  # noqa: F401
     except ImportError:
         raise MissingExtraError(extra_hint("soft edges", "matting", "pymatting")) from None
+    cv2 = opencv("soft edges", "matting")
     prob = np.asarray(prob, np.float32)
     trimap = auto_trimap(prob, lo, hi, grow_fg, grow_bg)
     found = solve_box(trimap, max_pixels)
