@@ -220,14 +220,19 @@ def test_cli_views_and_sharpen_override_the_preset(tmp_path, fake_model, capsys)
     Image.fromarray(_photo(2)).save(photo)
     red = _photo(2)[..., 0].astype(np.float64)
     plain = np.rint((red - red.min()) / (red.max() - red.min()) * 255)  # the map, stretched: nothing else
-    for extra, runs in (
-        ([], 2),
-        (["--views", "1"], 1),
-        (["--quality", "best"], 4),
-        (["--quality", "fast", "--views", "4"], 4),
+    # (flags, the model's runs in order): the fake map is unsure, so the default's mirror view follows the photo's
+    for case, (extra, runs) in enumerate(
+        (
+            ([], [1, 1]),
+            (["--views", "1"], [1]),
+            (["--quality", "best"], [4]),
+            (["--quality", "fast", "--views", "4"], [1, 3]),
+            (["--unsure-share", "0"], [2]),
+        )
     ):
-        assert main(["remove", str(photo), str(tmp_path / f"cut{runs}{len(extra)}.png"), "-q", *extra]) == 0
-        assert fake_model.batch_sizes[-1] == runs, extra
+        before = len(fake_model.batch_sizes)
+        assert main(["remove", str(photo), str(tmp_path / f"cut{case}.png"), "-q", *extra]) == 0
+        assert fake_model.batch_sizes[before:] == runs, extra
     assert main(["remove", str(photo), str(tmp_path / "plain.png"), "-q", "--views", "1", "--sharpen", "1"]) == 0
     with Image.open(tmp_path / "plain.png") as out:
         np.testing.assert_array_equal(np.asarray(out.getchannel("A")), plain)
@@ -342,8 +347,8 @@ def test_cli_formats_from_the_suffix_or_the_option(tmp_path, fake_model, capsys)
     args = ["remove", str(tmp_path / "in"), str(tmp_path / "out"), "-q", "--format", "webp", "--batch-size", "2"]
     assert main(args) == 0 and _files(tmp_path / "out") == ["00.webp", "01.webp", "02.webp"]
     assert "3 image(s): 3 written, 0 skipped, 0 failed" in capsys.readouterr().out
-    views = RemovalOptions().views
-    assert sorted(fake_model.batch_sizes[-2:]) == [1 * views, 2 * views]
+    # each batch of two photos, then their mirror images (the fake map is unsure everywhere: the default's rule)
+    assert sorted(fake_model.batch_sizes[-4:]) == [1, 1, 2, 2]
 
 
 def test_cli_prints_warnings_as_one_line(tmp_path, capsys) -> None:

@@ -37,15 +37,22 @@ def test_batched_output_is_the_sequential_output(tmp_path, remover) -> None:
 
 def test_predict_batch_gets_batches_of_the_requested_size(tmp_path) -> None:
     _folder(tmp_path / "in", 10)
+    every_view = RemovalOptions(unsure_share=0.0)  # the model gets each photo's two views in the same run
     predictor = RecordingPredictor()
-    report = remove_batch(BackgroundRemover(predictor), tmp_path / "in", tmp_path / "out", progress=False, batch_size=4)
-    views = RemovalOptions().views  # the model gets each photo's views in the same run
-    assert report.done == 10 and sorted(predictor.batch_sizes) == [2 * views, 4 * views, 4 * views]
+    report = remove_batch(
+        BackgroundRemover(predictor), tmp_path / "in", tmp_path / "out", every_view, progress=False, batch_size=4
+    )
+    assert report.done == 10 and sorted(predictor.batch_sizes) == [4, 8, 8]
     predictor = RecordingPredictor()  # a batch larger than the folder: one run
     report = remove_batch(
-        BackgroundRemover(predictor), tmp_path / "in", tmp_path / "big", progress=False, batch_size=64
+        BackgroundRemover(predictor), tmp_path / "in", tmp_path / "big", every_view, progress=False, batch_size=64
     )
-    assert report.done == 10 and predictor.batch_sizes == [10 * views]
+    assert report.done == 10 and predictor.batch_sizes == [20]
+    predictor = RecordingPredictor()  # the default: the photos, then the mirror images of the unsure ones (all here)
+    report = remove_batch(
+        BackgroundRemover(predictor), tmp_path / "in", tmp_path / "dflt", progress=False, batch_size=4
+    )
+    assert report.done == 10 and predictor.batch_sizes == [4, 4, 4, 4, 2, 2]
     assert default_batch_size(predictor) == CPU_BATCH_SIZE  # no GPU backend
 
 

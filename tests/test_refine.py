@@ -17,7 +17,7 @@ from u2net.inference.refine import (
     subject_box,
     upsample_probability,
 )
-from u2net.inference.remover import rembg_preprocess
+from u2net.inference.remover import rembg_preprocess, unsure_fraction
 
 
 def _step_photo(h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -212,11 +212,52 @@ def test_two_views_run_the_mirror_image_in_the_same_batch_and_halve_an_asymmetri
     errors = {}
     for views in (1, 2):
         predictor = LeftBiasedPredictor()
-        options = RemovalOptions(views=views, sharpen=1.0, input_resize="area", upsampling="linear", stretch=False)
+        options = RemovalOptions(
+            views=views, unsure_share=0.0, sharpen=1.0, input_resize="area", upsampling="linear", stretch=False
+        )
         mask = BackgroundRemover(predictor).mask(photo, options)
         assert (predictor.batches, predictor.images) == (1, views)
         errors[views] = np.abs(np.clip(mask / 255.0, 0, 1) - truth)[:, :100].mean()  # the biased left part
     assert errors[2] == pytest.approx(errors[1] / 2, rel=0.1)
+
+
+class RecordingPredictor(CountingPredictor):
+    """A "model" whose map is its input's brightness, with its left half seen 0.2 too bright (an error that is not
+    mirror-symmetric); keeps what it was shown (each input's mean), batch by batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[float]] = []
+
+    def predict_batch(self, batch: np.ndarray, sizes=None) -> list[np.ndarray]:
+        self.seen.append([round(float(x.mean()), 4) for x in batch])
+        maps = [np.clip(x.mean(0), 0.0, 1.0) for x in batch]
+        for m in maps:
+            m[:, : m.shape[1] // 2] = np.clip(m[:, : m.shape[1] // 2] + 0.2 * (m[:, : m.shape[1] // 2] > 0), 0, 1)
+        return maps
+
+
+def test_extra_views_run_only_for_the_inputs_whose_first_view_is_unsure() -> None:
+    # Two photos in one batch: the model is sure of the plain one (a clean 0/1 map), unsure of the one with a
+    # soft gradient in its left half (the map's values there fall strictly between 0.1 and 0.9).
+    sure = np.zeros((3, 32, 32), np.float32)
+    sure[:, 8:24, 8:24] = 1.0
+    unsure = sure.copy()
+    unsure[:, :, :16] += np.linspace(0.0, 0.5, 16, dtype=np.float32)  # a soft ramp where the background was
+    predictor = RecordingPredictor()
+    maps = BackgroundRemover(predictor).model_output(np.stack([sure, unsure]), RemovalOptions(unsure_share=0.03))
+    # one run of both photos, then one of the unsure photo's mirror image alone
+    assert [len(batch) for batch in predictor.seen] == [2, 1]
+    assert predictor.seen[1] == [predictor.seen[0][1]]  # mirrored: the same mean as the unsure photo
+    every = BackgroundRemover(RecordingPredictor()).model_output(
+        np.stack([sure, unsure]), RemovalOptions(unsure_share=0.0)
+    )
+    np.testing.assert_array_equal(maps[1], every[1])  # the unsure photo: the two views' average, as without the rule
+    assert not np.array_equal(maps[1], predictor.predict_batch(unsure[None])[0])  # (which differs from one view)
+    np.testing.assert_array_equal(maps[0], predictor.predict_batch(sure[None])[0])  # the sure one: its own map
+    assert unsure_fraction(maps[0]) == 0.0 < 0.03 <= unsure_fraction(predictor.predict_batch(unsure[None])[0])
+    with pytest.raises(ValueError, match=r"unsure_share must be in \[0, 1\]"):
+        RemovalOptions(unsure_share=1.5)
 
 
 def test_four_views_map_the_shifted_views_back_onto_the_photo() -> None:
@@ -229,7 +270,7 @@ def test_four_views_map_the_shifted_views_back_onto_the_photo() -> None:
     for views in (1, 4):
         predictor = LeftBiasedPredictor()
         predictor.bias = 0.0
-        options = RemovalOptions(views=views, input_resize="area", stretch=False)
+        options = RemovalOptions(views=views, unsure_share=0.0, input_resize="area", stretch=False)
         masks[views] = BackgroundRemover(predictor).mask(photo, options)
         assert (predictor.batches, predictor.images) == (1, views)
     np.testing.assert_array_equal(masks[4], masks[1])

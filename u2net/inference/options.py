@@ -30,6 +30,11 @@ __all__ = [
 ]
 
 VIEWS = (1, 2, 4)  # RemovalOptions.views: the photo; and its mirror image; and both shifted by VIEW_SHIFT
+# RemovalOptions.unsure_share of the default preset: the extra views run for a photo whose first view leaves at least
+# 5 % of the map unsure. Tuned on duts_te_dev (558 photos): the cheapest rule that kept 90 % of the mirror view's
+# gain in Boundary IoU and relaxed boundary F there (94 % and 94 %, at 1.32 model runs a photo instead of 2); ecssd_dev
+# is its held-out check (docs/quality.md, "Extra views where the model is unsure").
+UNSURE_SHARE = 0.05
 
 
 @dataclass
@@ -76,6 +81,10 @@ class RemovalOptions:
       costs one model run): 1, the photo; 2, also its mirror image; 4, also both shifted by
       :data:`VIEW_SHIFT` of the input's side (8 px at 320², a quarter of the network's coarsest cell). The
       network's errors are neither mirror- nor shift-symmetric, so the average is more often right.
+    - ``unsure_share``: the views after the first run only for a photo whose first view is unsure: at least this
+      share of its S×S map strictly between 0.1 and 0.9 after the min–max stretch
+      (:func:`~u2net.inference.remover.unsure_fraction`); where the model is sure, more views change little. 0 runs
+      them for every photo.
     - ``sharpen``: after the stretch, map each probability through ``sigmoid(sharpen · logit(p))``
       (:func:`~u2net.inference.refine.sharpen_probability`): 0.5 stays, the soft band upsampling leaves
       around the edges narrows ``sharpen``-fold (1: unchanged).
@@ -110,6 +119,7 @@ class RemovalOptions:
     second_pass_area: float = 0.5
     soft_edges: bool = False
     views: int = 2
+    unsure_share: float = UNSURE_SHARE
     sharpen: float = 1.5
 
     def __post_init__(self) -> None:
@@ -141,13 +151,15 @@ class RemovalOptions:
 QUALITY_PRESETS: dict[str, dict[str, object]] = {
     # one model run, Lanczos down and up on the float map: rembg's cost, its scores (MAE lower, the rest level)
     "fast": {"views": 1, "sharpen": 1.0},
-    # the defaults: Lanczos down and up, the photo and its mirror image averaged, edges sharpened 1.5-fold
+    # the defaults: Lanczos down and up, the photo and (where the model is unsure) its mirror image averaged,
+    # edges sharpened 1.5-fold
     "balanced": {},
-    # four views (also shifted); the guided filter and the second pass measured worse (docs/quality.md)
-    "best": {"views": 4},
+    # four views (also shifted) of every photo; the guided filter and the second pass measured worse
+    # (docs/quality.md)
+    "best": {"views": 4, "unsure_share": 0.0},
     # best, then the uncertain band matted (hair, fur, plants): lower matting errors on real alpha mattes, higher
     # MAE and lower boundary IoU on hard-edged subjects than best (docs/quality.md, benchmarks/soft_edges.py)
-    "soft": {"views": 4, "soft_edges": True},
+    "soft": {"views": 4, "unsure_share": 0.0, "soft_edges": True},
 }
 DEFAULT_QUALITY = "balanced"
 
@@ -221,6 +233,15 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
         "override the preset's test-time views: 1 (the photo), 2 (and its mirror image), "
         "4 (both also shifted); each costs one model run",
         choices=VIEWS,
+    ),
+    OptionSpec(
+        "unsure_share",
+        float,
+        "override the preset's rule for the extra views: run them only for photos whose first view leaves at "
+        "least this share of the map unsure (0.1 < p < 0.9); 0: for every photo",
+        low=0,
+        high=1,
+        metavar="S",
     ),
     OptionSpec(
         "sharpen",

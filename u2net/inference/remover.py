@@ -39,7 +39,7 @@ from .refine import (
     upsample_probability,
 )
 
-__all__ = ["BackgroundRemover", "Decoded", "Matte", "matte_here", "rembg_mask", "rembg_preprocess"]
+__all__ = ["BackgroundRemover", "Decoded", "Matte", "matte_here", "rembg_mask", "rembg_preprocess", "unsure_fraction"]
 
 REMBG_INPUT_SIZE = 320  # rembg feeds every U²-Net session 320×320
 VIEW_SHIFT = 1 / 40  # of the model input's side: 8 px at 320², a quarter of U²-Net's coarsest (32 px) cell
@@ -127,27 +127,46 @@ class BackgroundRemover:
 
     def model_output(self, batch: np.ndarray, options: RemovalOptions) -> list[np.ndarray]:
         """The model's S×S probability maps for a batch of :meth:`model_input` arrays (N×3×S×S): the predictor's
-        ``predict_batch``, averaged over ``options.views`` views of each input (one run of views × N)."""
+        ``predict_batch``, averaged over ``options.views`` views of each input. With ``unsure_share`` the photo
+        runs first and the other views follow only for the inputs whose map is unsure (:func:`unsure_fraction`);
+        without, all the views run in one batch."""
         if options.views == 1 or options.rembg_compatible:
             return self.predictor.predict_batch(batch)
+        if not options.unsure_share:
+            return self._averaged_views(batch, options.views)
+        maps = list(self.predictor.predict_batch(batch))
+        unsure = [i for i, m in enumerate(maps) if unsure_fraction(m) >= options.unsure_share]
+        if unsure:
+            more = self._averaged_views(batch[unsure], options.views, first=np.stack([maps[i] for i in unsure]))
+            for i, averaged in zip(unsure, more):
+                maps[i] = averaged
+        return maps
+
+    def _averaged_views(self, batch: np.ndarray, views: int, first: np.ndarray | None = None) -> list[np.ndarray]:
+        """Each input's S×S map averaged over ``views`` views, the other views in one run (the photo's own too,
+        unless its maps are given as ``first``, N×S×S)."""
         n, side = len(batch), batch.shape[-1]
         shift = max(1, round(VIEW_SHIFT * side))
-        inputs = [batch, batch[..., ::-1]]
-        if options.views == 4:
+        inputs = [batch[..., ::-1]]
+        if views == 4:
             # content moved right and down by `shift`, the uncovered edge repeated
             shifted = np.pad(batch, ((0, 0), (0, 0), (shift, 0), (shift, 0)), mode="edge")[..., :-shift, :-shift]
             inputs += [shifted, shifted[..., ::-1]]
+        if first is None:
+            inputs.insert(0, batch)
         maps = self.predictor.predict_batch(np.concatenate(inputs))
+        if first is not None:
+            maps = np.concatenate([first, maps])
         averaged = []
         for i in range(n):
             plain, mirrored = maps[i], maps[n + i][:, ::-1]
-            views = [plain, mirrored]
-            if options.views == 4:  # moved back; the last `shift` rows and columns no view shifted covers
+            views_of_i = [plain, mirrored]
+            if views == 4:  # moved back; the last `shift` rows and columns no view shifted covers
                 for unshifted, m in ((plain, maps[2 * n + i]), (mirrored, maps[3 * n + i][:, ::-1])):
                     back = unshifted.copy()
                     back[:-shift, :-shift] = m[shift:, shift:]
-                    views.append(back)
-            averaged.append(np.mean(views, axis=0, dtype=np.float32))
+                    views_of_i.append(back)
+            averaged.append(np.mean(views_of_i, axis=0, dtype=np.float32))
         return averaged
 
     def alpha_from_output(
@@ -199,6 +218,13 @@ class BackgroundRemover:
         raw = self.model_output(self.model_input(crop, options)[None], options)[0]
         crop_prob = upsample_probability(raw, crop, options.upsampling)
         return paste_probability(prob, crop_prob, box, feather=max(1, min(x1 - x0, y1 - y0) // 20))
+
+
+def unsure_fraction(prob: np.ndarray) -> float:
+    """The share of an S×S probability map strictly between 0.1 and 0.9 after the min–max stretch: how much of
+    the photo the model is unsure about (``RemovalOptions.unsure_share`` compares it)."""
+    stretched = stretch_range(prob)
+    return float(((stretched > 0.1) & (stretched < 0.9)).mean())
 
 
 # -- rembg's own preprocessing and mask (rembg_compatible) ---------------------------------
