@@ -44,9 +44,12 @@ EXTRAS_ONLY = (
     "fastapi",
     "uvicorn",
     "pymatting",
+    "cv2",
+    "onnx",
 )
-# torch alone is over 700 MB: a base dependency that pulls it (or the like) in fails here, well before that.
-LIGHT_LIMIT_MB = 500
+# The light install measured 213 MB with the venv's own pip and setuptools (docs/deploy.md; the target is 250). The
+# guard leaves room for the dependencies' own growth; OpenCV (170 MB) or torch (over 700 MB) coming back fails it.
+LIGHT_LIMIT_MB = 300
 TRAIN_HINT = "pip install 'u2net[train]' (from a checkout: pip install -e '.[train]')"
 PYTORCH_NEEDED = f"the PyTorch backend (checkpoints, .pth files) needs PyTorch: {TRAIN_HINT}"
 
@@ -175,10 +178,14 @@ def test_light_install_removes_backgrounds_without_torch(light_venv, tmp_path) -
     print(f"light install: {size:.0f} MB of site-packages")
     assert size < LIGHT_LIMIT_MB
 
-    # `u2net remove` with the bundled model, offline
+    # `u2net remove` with the bundled model, offline; the clean-up and the QA table need no OpenCV either
     done = run([u2net, "remove", str(PHOTO), "cutout.png", "-q"])
     assert done.returncode == 0, done.stderr
     _assert_cutout(tmp_path / "cutout.png")
+    done = run([u2net, "remove", str(PHOTO), "clean.png", "--post-process", "--qa-csv", "qa.csv", "-q"])
+    assert done.returncode == 0, done.stderr
+    _assert_cutout(tmp_path / "clean.png")
+    assert (tmp_path / "qa.csv").read_text(encoding="utf-8").startswith("input,output,confidence,flags")
 
     # the Python API, on ONNX Runtime, with no torch imported
     api = (
