@@ -7,8 +7,11 @@ module; no test module imports another."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -22,6 +25,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks PyPI for updates on import
+
+
+def run_python_json(code: str, *args: str, cwd: Path, timeout: int = 600) -> dict:
+    """Run ``code`` in a fresh Python (one thread, this checkout first on the path) with ``args``; its last line of
+    output, parsed as JSON. Fails the test with the child's stderr if it exits with an error."""
+    env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 TINY_PREPROCESSING = {"image_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

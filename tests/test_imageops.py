@@ -4,9 +4,6 @@ what still needs OpenCV says so on one line."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +28,7 @@ from u2net.data.preprocessing import resize_image
 from u2net.errors import MissingExtraError
 from u2net.inference.refine import clean_mask, guided_filter, upsample_probability
 
-from .conftest import REPO
+from .conftest import REPO, run_python_json
 
 RNG_SEED = 20240607
 
@@ -318,17 +315,7 @@ def test_removal_mining_and_qa_run_without_opencv(tmp_path: Path) -> None:
     disc = np.zeros((48, 64, 3), np.uint8)
     disc[np.hypot(*np.mgrid[-24:24, -32:32]) < 15] = (230, 60, 40)
     Image.fromarray(disc).save(photos / "c_disc.png")
-    env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_OPENCV, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = run_python_json(_WITHOUT_OPENCV, str(tmp_path), cwd=REPO)
     assert results["cv2"] is False and results["training"] == []
     assert results["default"][:2] == ["RGBA", [240, 160]] and results["crop"][0] == "RGBA"
     assert results["bg_color"][0] == results["bg_image"][0] == "RGB"

@@ -8,16 +8,13 @@ install without it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from u2net.models.pretrained import bundled_weights_path
 
-from .conftest import REPO
+from .conftest import run_python_json
 
 onnx = pytest.importorskip("onnx")
 
@@ -103,17 +100,7 @@ def test_onnx_files_load_and_run_without_the_onnx_package(tmp_path: Path) -> Non
     }
     Path(files["junk"]).write_bytes(b"not an ONNX file")
 
-    env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-c", _CHECK, json.dumps(files)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = run_python_json(_CHECK, json.dumps(files), cwd=tmp_path, timeout=300)
 
     assert seen["tag"] == {"max_batch": 1, "input": [1, 3, 320, 320]}  # the bundled fp32 file: batch fixed
     assert Path(seen["int8"]["source"]).name == "u2netp_int8.onnx" and seen["int8"]["max_batch"] == 1
