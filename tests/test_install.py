@@ -70,6 +70,15 @@ def test_require_extra_names_what_is_missing_and_the_extra(monkeypatch) -> None:
         require_extra("training", "train", torch="PyTorch", hydra="Hydra", omegaconf="OmegaConf")
 
 
+def test_onnx_export_without_onnx_names_the_train_extra(monkeypatch) -> None:
+    from u2net.models.onnx_format import require_onnx
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # the light install: running files needs no onnx, export does
+    with pytest.raises(MissingExtraError) as caught:
+        require_onnx()
+    assert str(caught.value) == f"converting ONNX files (export, int8, import into PyTorch) needs onnx: {TRAIN_HINT}"
+
+
 @pytest.mark.parametrize(
     ("script", "purpose"), [("train.py", "training"), ("evaluate.py", "evaluation"), ("export_onnx.py", "export")]
 )

@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..errors import require_extra
 from ..fileio import atomic_write
 
 __all__ = [
@@ -35,11 +36,11 @@ STRING_KEYS = frozenset({"model_name", "normalization", "interpolation", "u2net_
 
 
 def require_onnx():
-    """The ``onnx`` module, imported on first use (only export and import need it)."""
-    try:
-        import onnx
-    except ImportError:
-        raise RuntimeError("ONNX export and import need the onnx package: pip install onnx") from None
+    """The ``onnx`` module, imported on first use (only export, int8 quantisation and import need it: running a file
+    does not); :class:`~u2net.errors.MissingExtraError` naming the ``train`` extra when it is not installed."""
+    require_extra("converting ONNX files (export, int8, import into PyTorch)", "train", onnx="onnx")
+    import onnx
+
     return onnx
 
 
