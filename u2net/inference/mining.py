@@ -29,12 +29,12 @@ from ..data.imageops import component_areas
 from ..data.io import list_images, read_image, read_problem
 from ..errors import one_line
 from ..fileio import atomic_write, write_image
+from .options import UNSURE_BAND
 from .predictor import Predictor
 from .qa import COMPONENT_SHARE
 from .refine import resize_probability
 
 RANKINGS = ("combined", "band", "flip", "entropy", "random")
-UNCERTAIN = (0.1, 0.9)  # probabilities between these count as unsure
 PARTS_WEIGHT = 0.25  # what several sizeable regions add to the combined score
 _EPS = 1e-6
 
@@ -61,7 +61,7 @@ def _several_parts(mask: np.ndarray) -> int:
 def uncertainty_of(plain: np.ndarray, mirrored: np.ndarray) -> PhotoUncertainty:
     """The signals of two S×S probability maps of one photo: as it is, and mirrored then flipped back."""
     mean = (plain + mirrored) / 2
-    low, high = UNCERTAIN
+    low, high = UNSURE_BAND
     unsure = (mean > low) & (mean < high)
     sure_foreground = mean >= high
     region = unsure | sure_foreground

@@ -19,6 +19,7 @@ __all__ = [
     "EXCLUSIVE",
     "OPTION_SPECS",
     "QUALITY_PRESETS",
+    "UNSURE_BAND",
     "VIEWS",
     "OptionSpec",
     "RemovalOptions",
@@ -35,6 +36,7 @@ VIEWS = (1, 2, 4)  # RemovalOptions.views: the photo; and its mirror image; and 
 # gain in Boundary IoU and relaxed boundary F there (94 % and 94 %, at 1.32 model runs a photo instead of 2); ecssd_dev
 # is its held-out check (docs/quality.md, "Extra views where the model is unsure").
 UNSURE_SHARE = 0.05
+UNSURE_BAND = (0.1, 0.9)  # probabilities strictly between these count as unsure: unsure_share's and u2net mine's
 
 
 @dataclass

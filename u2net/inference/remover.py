@@ -27,7 +27,7 @@ from PIL import Image
 from ..data.io import ImageInput, load_rgb, load_rgb_alpha, unit_to_uint8
 from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, resize_image
 from .compositing import compose_output
-from .options import RemovalOptions
+from .options import UNSURE_BAND, RemovalOptions
 from .refine import (
     alpha_matting,
     clean_mask,
@@ -221,10 +221,12 @@ class BackgroundRemover:
 
 
 def unsure_fraction(prob: np.ndarray) -> float:
-    """The share of an S×S probability map strictly between 0.1 and 0.9 after the min–max stretch: how much of
-    the photo the model is unsure about (``RemovalOptions.unsure_share`` compares it)."""
+    """The share of an S×S probability map strictly inside :data:`~u2net.inference.options.UNSURE_BAND` (0.1–0.9)
+    after the min–max stretch: how much of the photo the model is unsure about (``RemovalOptions.unsure_share``
+    compares it)."""
+    low, high = UNSURE_BAND
     stretched = stretch_range(prob)
-    return float(((stretched > 0.1) & (stretched < 0.9)).mean())
+    return float(((stretched > low) & (stretched < high)).mean())
 
 
 # -- rembg's own preprocessing and mask (rembg_compatible) ---------------------------------
