@@ -127,7 +127,9 @@ class SaliencyDataModule:
     ``weight`` if they have one (all or none). Without ``val`` sources, ``val_fraction`` of the
     training pairs is held out. ``synthetic`` (generator arguments incl. ``root``) makes the built-in
     synthetic set first if it is missing. ``color_jitter``, ``blur`` and ``noise`` are the
-    probabilities of the training images' appearance augmentations (see :class:`SaliencyTransform`).
+    probabilities of the training images' appearance augmentations (see :class:`SaliencyTransform`);
+    ``distractors`` that of another training subject pasted behind the sample's (hard negatives, see
+    :class:`SaliencyDataset`).
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class SaliencyDataModule:
         color_jitter: float = 0.0,
         blur: float = 0.0,
         noise: float = 0.0,
+        distractors: float = 0.0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         normalization: str = "max",
@@ -170,6 +173,7 @@ class SaliencyDataModule:
         self.check, self.on_invalid = check, on_invalid
         self.max_val_samples = max_val_samples
         self.synthetic = dict(synthetic) if synthetic else None
+        self.distractors = distractors
         self.pin_memory = pin_memory
         self.progress = progress
         # What validation feeds the model: stored in checkpoints, so inference and export feed the same.
@@ -210,7 +214,9 @@ class SaliencyDataModule:
             for source, weight, size in zip(self.train_sources, self.source_weights, train_sizes):
                 if weight > 0 and size == 0:
                     raise DatasetCheckError(f"dataset {source.name} has weight {weight} but no training pairs left")
-        self.train_set = SaliencyDataset(list(train_pairs), self.train_transform, True, self.mask_reader)
+        self.train_set = SaliencyDataset(
+            list(train_pairs), self.train_transform, True, self.mask_reader, distractors=self.distractors
+        )
         self.train_sizes = list(train_sizes) if train_sizes is not None else []
         self.val_set = (
             SaliencyDataset(list(val_pairs), self.val_transform, False, self.mask_reader) if val_pairs else None

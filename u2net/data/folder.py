@@ -17,10 +17,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import one_line
+from .distractors import paste_behind
 from .io import IMAGE_EXTENSIONS, ImageReadError, list_images, oriented_size, read_image, read_mask, read_problem
 from .labels import LABEL_MAP_EXTENSIONS, LabelsOption, MaskReader
 
 MaskFn = Callable[[Path], np.ndarray]  # reads a mask file as H×W float32 in [0, 1]
+DISTRACTOR_STREAM = 1  # the pasting's random stream is seeded by (sample seed, this)
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,9 @@ class SaliencyDataset(Dataset):
     names the file; when more than :data:`MAX_UNREADABLE_FRACTION` of the pairs (at least 3) have
     failed in one process, it raises :class:`DatasetCheckError` instead. Without it, the first
     unreadable pair raises.
+
+    ``distractors`` (training): the probability that another pair's subject is pasted behind this pair's
+    (:func:`~u2net.data.distractors.paste_behind`; the mask stays this pair's), drawn from the sample's seed.
     """
 
     def __init__(
@@ -258,9 +263,13 @@ class SaliencyDataset(Dataset):
         transform: Callable,
         skip_unreadable: bool = False,
         mask_fn: MaskFn = read_mask,
+        distractors: float = 0.0,
     ) -> None:
+        if not 0.0 <= distractors <= 1.0:
+            raise ValueError(f"distractors is a probability in [0, 1], got {distractors}")
         self.pairs = list(pairs)
         self.mask_fn = mask_fn
+        self.distractors = distractors
         self.transform = transform
         self.skip_unreadable = skip_unreadable
         self.unreadable: dict[int, str] = {}  # index -> why, in this process (each loader worker has its own)
@@ -281,6 +290,8 @@ class SaliencyDataset(Dataset):
                     raise
                 self._skip(candidate, str(exc))
                 continue
+            if self.distractors > 0 and len(self.pairs) > 1:
+                image = self._with_distractor(candidate, image, mask, seed)
             image_t, mask_t = self.transform(image, mask, seed)
             return {"image": image_t, "mask": mask_t, "index": candidate}
         raise DatasetCheckError(f"none of the {len(self.pairs)} training pairs can be read any more")
@@ -298,6 +309,19 @@ class SaliencyDataset(Dataset):
         if image.shape[:2] != mask.shape:
             raise RuntimeError(f"{mask_path}: mask size {mask.shape[::-1]} differs from image {image.shape[1::-1]}")
         return image, mask
+
+    def _with_distractor(self, index: int, image: np.ndarray, mask: np.ndarray, seed: int | None) -> np.ndarray:
+        # A stream of its own (not the transform's), so the geometry draws are the same with or without pasting.
+        rng = np.random.default_rng(None if seed is None else (int(seed), DISTRACTOR_STREAM))
+        if rng.random() >= self.distractors:
+            return image
+        other = int(rng.integers(len(self.pairs) - 1))
+        other += other >= index  # any pair but this one
+        try:
+            other_image, other_mask = self._read(other)
+        except RuntimeError:
+            return image  # the other pair is reported when its own turn comes
+        return paste_behind(image, mask, other_image, other_mask, rng)
 
     def _skip(self, index: int, problem: str) -> None:
         self.unreadable[index] = problem
