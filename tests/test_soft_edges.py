@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
 
 from u2net.inference import soft_edges
-from u2net.inference.soft_edges import MAX_SOLVE_PIXELS, MAX_UNKNOWN_PIXELS, auto_trimap, soft_alpha, solve_box
+from u2net.inference.soft_edges import (
+    GROW_PER_HALF_WIDTH,
+    MAX_SOLVE_PIXELS,
+    MAX_UNKNOWN_PIXELS,
+    auto_trimap,
+    soft_alpha,
+    solve_box,
+)
 from u2net.metrics.matting import matting_errors
 
 pytest.importorskip("pymatting")
@@ -47,11 +56,14 @@ def _model_like(alpha: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(hard, (0, 0), sigma) if sigma > 0 else hard
 
 
-@pytest.mark.parametrize("sigma", [0.0, 3.0], ids=["hard", "blurred"])
-def test_soft_alpha_recovers_a_soft_edge_better_than_the_map(sigma: float) -> None:
+# a hard mask carries no width for the growth to adapt to: its caller asks for the full growth
+@pytest.mark.parametrize(
+    ("sigma", "grow_per_width"), [(0.0, math.inf), (3.0, GROW_PER_HALF_WIDTH)], ids=["hard", "blurred"]
+)
+def test_soft_alpha_recovers_a_soft_edge_better_than_the_map(sigma: float, grow_per_width: float) -> None:
     photo, truth, trimap = _soft_disk()
     prob = _model_like(truth, sigma)
-    alpha = soft_alpha(photo, prob)
+    alpha = soft_alpha(photo, prob, grow_per_width=grow_per_width)
     assert alpha.shape == truth.shape and alpha.dtype == np.float32
     assert alpha.min() >= 0.0 and alpha.max() <= 1.0
     ours = matting_errors(alpha, truth, trimap)
@@ -76,11 +88,56 @@ def test_auto_trimap_grows_the_uncertain_core_more_into_the_foreground() -> None
     prob = np.zeros((100, 400), np.float32)
     prob[:, 200:] = 1.0
     prob[:, 198:202] = 0.6  # uncertain at x = 198..201; the 0.5 contour adds x = 197, its background neighbour
-    trimap = auto_trimap(prob, grow_fg=0.03, grow_bg=0.01)  # 12 px and 4 px at a longer side of 400
+    # 12 px and 4 px at a longer side of 400, whatever the core's width
+    trimap = auto_trimap(prob, grow_fg=0.03, grow_bg=0.01, grow_per_width=math.inf)
     assert set(np.unique(trimap)) == {0, 128, 255}
     unknown = np.flatnonzero(trimap[50] == 128)
     assert unknown[0] == 197 - 4 and unknown[-1] == 201 + 12
     assert (trimap[:, : 197 - 4] == 0).all() and (trimap[:, 201 + 13 :] == 255).all()
+
+
+def _unknown_columns(prob: np.ndarray, **growth) -> tuple[int, int]:
+    """The first and last column of row 50's unknown band in ``auto_trimap(prob)``."""
+    unknown = np.flatnonzero(auto_trimap(prob, **growth)[50] == 128)
+    return int(unknown[0]), int(unknown[-1])
+
+
+def test_the_growth_shrinks_where_the_model_draws_a_crisp_edge() -> None:
+    """A vertical edge at x = 200 (background left), 400 px wide photo: 12 px / 4 px of full growth."""
+    x = np.arange(400, dtype=np.float32)
+    halo = np.tile(np.clip((x - 180) / 40, 0, 1), (100, 1))  # unsure from x = 181 to 219: half-width up to 20 px
+    crisp = np.tile((x >= 200).astype(np.float32), (100, 1))  # only the 0.5 contour (x = 199, 200): half-width 1
+    growth = {"grow_fg": 0.03, "grow_bg": 0.01}
+    # a wide halo keeps most of the growth: all 4 px into the background; into the foreground, up to where the
+    # core's widest half-width within 12 px (shrinking towards the core's edge) still allows it, 8 of 12 px
+    assert _unknown_columns(halo, grow_per_width=math.inf, **growth) == (181 - 4, 219 + 12)
+    assert _unknown_columns(halo, grow_per_width=2.0, **growth) == (181 - 4, 219 + 8)
+    assert _unknown_columns(crisp, grow_per_width=math.inf, **growth) == (199 - 4, 200 + 12)
+    # a crisp edge: 2 × 1 px into the foreground, 2 × 1 × 4 / 12 px into the background
+    assert _unknown_columns(crisp, grow_per_width=2.0, **growth) == (199, 200 + 2)
+
+
+def test_a_thin_part_the_model_is_sure_of_survives_the_matte() -> None:
+    """A body with a thin leg whose colours are the background's (a dark leg on dark ground), drawn crisply by the
+    model: with the full growth the whole leg is unknown and the matte fades it out; grown by the core's width it
+    keeps its middle."""
+    h, w = 240, 320
+    truth = np.zeros((h, w), np.float32)
+    truth[40:120, 80:240] = 1.0  # the body
+    truth[120:220, 150:166] = 1.0  # the leg, 16 px wide: the full growth (10 px) covers it
+    body = _texture(h, w, (200, 150, 90), 3)
+    ground = _texture(h, w, (50, 45, 40), 4)
+    leg = _texture(h, w, (56, 50, 44), 5)
+    colours = np.where(truth[..., None] > 0, body, ground)
+    colours[120:220, 150:166] = leg[120:220, 150:166]
+    photo = np.rint(colours * 255).astype(np.uint8)
+    prob = _model_like(truth, 1.0)
+    middle = (slice(140, 210), slice(156, 160))
+    full = soft_alpha(photo, prob, grow_per_width=math.inf)
+    adapted = soft_alpha(photo, prob)
+    assert full[middle].mean() < 0.7  # measured 0.55: the fixed growth's matte fades the leg
+    assert adapted[middle].min() == 1.0
+    assert np.abs(adapted - truth).sum() < 0.5 * np.abs(full - truth).sum()
 
 
 def test_the_solve_is_capped_on_a_large_photo(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,9 +8,13 @@ matte that follows the photo's colours:
    nor sure foreground (:data:`UNCERTAIN_LO` < p < :data:`UNCERTAIN_HI`). It is grown by a distance proportional to
    the photo's longer side, more on the foreground side (:data:`GROW_FG`; the model's fuzzy edges sit outside the
    true soft band as often as inside it, and hair it calls foreground has gaps) than on the background side
-   (:data:`GROW_BG`; every pixel of plain background left unknown is one more where the matte can go grey). The
-   0.5 contour is part of the core too, so that a hard mask (a thresholded map) gets its edge matted as well.
-   Outside it, ``p ≥ 0.5`` is known foreground and the rest known background. No user trimap is involved.
+   (:data:`GROW_BG`; every pixel of plain background left unknown is one more where the matte can go grey). Both
+   growths shrink where the core is narrow: at most :data:`GROW_PER_HALF_WIDTH` times the core's widest half-width
+   nearby (on the background side in the same proportion). Where the model draws a crisp edge (a horse's leg, a
+   cow's horn) the band stays a few pixels wide, so the matte cannot erase a thin part whose colours resemble the
+   background; where it draws a wide halo (hair, fur) the band gets most of it. The 0.5 contour is part of the
+   core too, so that a hard mask (a thresholded map) gets its edge matted as well. Outside it, ``p ≥ 0.5`` is
+   known foreground and the rest known background. No user trimap is involved.
 2. **Bounded solve**: only the bounding box of the unknown band (plus a margin) is solved, downscaled (area
    averaging) so that it holds at most :data:`MAX_SOLVE_PIXELS` pixels and :data:`MAX_UNKNOWN_PIXELS` unknowns:
    time and memory stay bounded on any photo (a 24 MP photo is solved at about 0.5 MP).
@@ -30,12 +34,18 @@ The constants were tuned on the alphamatting.com training photos GT01–GT13 onl
 GT15–GT27 are the held-out report). Measured and not kept (same tuning photos): a fixed erosion of the 0.5
 boundary instead of the uncertain core; a uniform prior towards ``p`` (λ 1e-3…1e-1); KNN, LKM and LBDM matting
 instead of closed form (no better, 2–20× slower); a second solve on the matte's own uncertain band; the model run
-at 480² or 640²; a guided filter after upsampling the matte.
+at 480² or 640²; a guided filter after upsampling the matte; known pixels on the medial axis of the model's sure
+regions inside the band (spares thin parts as the narrower growth does, but loses most of the hair gain); the
+matte kept only where it is soft over a neighbourhood, the map elsewhere (no gain on ECSSD); the core limited to
+3–5 % of the longer side from the 0.5 contour, the map snapped to its side beyond (worse on the tune photos).
 
 On hard-edged subjects with binary truths (ECSSD) the matte costs MAE and boundary IoU against the mask it starts
-from (the matte moves and softens edges the annotation draws hard); a larger ``prior`` trades the soft-edge gains
-back for that: about neutral on ECSSD at 3e-2, where most of the gain on hair is gone (``benchmarks/soft_edges.py
---binary`` measures it).
+from (the matte moves and softens edges the annotation draws hard, and fades thin parts whose colours resemble the
+background). The growth by the core's width (:data:`GROW_PER_HALF_WIDTH`) and the prior (:data:`PRIOR_WEIGHT`) were
+chosen together on the tune photos and ECSSD's first 100: the lowest ECSSD MAE among the settings that keep each
+tune-part error within 0.02 of its ratio to rembg with the fixed growth (ECSSD MAE 0.0452 → 0.0407); a narrower
+growth or a larger ``prior`` trades the rest of the hair gain back for that: about neutral on ECSSD at λ 3e-2,
+where most of the gain on hair is gone (``benchmarks/soft_edges.py --binary`` measures it).
 
 References: A. Levin, D. Lischinski, Y. Weiss, "A Closed-Form Solution to Natural Image Matting", IEEE TPAMI 30(2),
 2008 (the Laplacian, and soft constraints as a data term); T. Germer et al., "PyMatting: A Python Library for Alpha
@@ -57,6 +67,7 @@ __all__ = [
     "EPSILON",
     "GROW_BG",
     "GROW_FG",
+    "GROW_PER_HALF_WIDTH",
     "LEVELS",
     "MAX_SOLVE_PIXELS",
     "MAX_UNKNOWN_PIXELS",
@@ -76,6 +87,9 @@ UNCERTAIN_HI = 0.98
 GROW_FG = 0.03  # the core grown into the model's foreground by this fraction of the photo's longer side (24 px at 800)
 GROW_BG = 0.01  # ... and into its background by this one (8 px at 800)
 EPSILON = 1e-7  # the matting Laplacian's regularisation (Levin et al.'s ε): pymatting's default measured best
+# the growth at most this × the core's widest half-width within GROW_FG of the pixel: 2 keeps the tune photos' gain
+# on hair (each error within 0.02 of its ratio to rembg with the fixed growth) at a lower cost on hard edges
+GROW_PER_HALF_WIDTH = 2.0
 PRIOR_WEIGHT = 3e-4  # λ of the confidence prior, per pixel, against the Laplacian's O(1) diagonal
 PRIOR_POWER = 8.0  # k in c = |2p − 1|^k: c ≈ 0.4 at p = 0.03, ≈ 0.02 at p = 0.1, 0 at 0.5
 LEVELS = (0.05, 0.95)  # the result's levels: ≤ 0.05 → 0, ≥ 0.95 → 1, linear between (the matte's faint haze either way)
@@ -97,13 +111,15 @@ def auto_trimap(
     hi: float = UNCERTAIN_HI,
     grow_fg: float = GROW_FG,
     grow_bg: float = GROW_BG,
+    grow_per_width: float = GROW_PER_HALF_WIDTH,
 ) -> np.ndarray:
     """A trimap (H×W uint8: 0 background, 128 unknown, 255 foreground) from the model's map ``prob`` (H×W in [0, 1]).
 
-    Unknown: the uncertain core ``lo < prob < hi`` and the pixels either side of the 0.5 contour, grown by
-    ``grow_fg`` × the longer side into ``prob ≥ 0.5`` and by ``grow_bg`` × the longer side into ``prob < 0.5``
-    (Euclidean distance, so that the cost does not depend on the growth); known: ``prob ≥ 0.5`` foreground, the rest
-    background."""
+    Unknown: the uncertain core ``lo < prob < hi`` and the pixels either side of the 0.5 contour, grown by up to
+    ``grow_fg`` × the longer side into ``prob ≥ 0.5`` and up to ``grow_bg`` × the longer side into ``prob < 0.5``
+    (Euclidean distance, so that the cost does not depend on the growth). Both growths are scaled down where the
+    core is narrow: to at most ``grow_per_width`` × the core's widest half-width within the foreground growth of the
+    pixel (``math.inf``: the full growth everywhere). Known: ``prob ≥ 0.5`` foreground, the rest background."""
     cv2 = opencv("soft edges", "matting")  # the matting extra brings OpenCV with pymatting
     prob = np.asarray(prob, np.float32)
     foreground = prob >= 0.5
@@ -116,9 +132,25 @@ def auto_trimap(
     side = max(prob.shape)
     # the distance of every pixel to the core (0 on it): one linear-time pass for any growth
     distance = cv2.distanceTransform(np.where(core, 0, 255).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    reach = np.where(foreground, np.float32(grow_fg * side), np.float32(grow_bg * side))  # float32: 24 MP photos
+    share = np.float32(1.0)  # of the full growth, per pixel
+    if math.isfinite(grow_per_width) and grow_fg > 0:
+        full = grow_fg * side / grow_per_width  # the half-width from which the growth is full
+        share = _core_half_width(core, grow_fg * side, full) * np.float32(1 / 255)
+    reach = np.where(foreground, np.float32(grow_fg * side), np.float32(grow_bg * side)) * share  # float32: 24 MP
     trimap[core | (distance <= reach)] = 128
     return trimap
+
+
+def _core_half_width(core: np.ndarray, radius: float, cap: float) -> np.ndarray:
+    """H×W uint8: the largest half-width of ``core`` (its pixels' distance to the nearest pixel outside it) within
+    a square of ``radius`` px around each pixel, in 255ths of ``cap`` (255: ``cap`` or wider). In 8 bits (finer than
+    0.4 px up to 24 MP photos), OpenCV's max filter is 4× faster than on floats."""
+    cv2 = opencv("soft edges", "matting")
+    half = cv2.distanceTransform(core.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    # |half · 255 / cap + 0.499| rounded and saturated: rounded up, never narrower than the half-width
+    quantised = cv2.convertScaleAbs(half, alpha=255.0 / cap, beta=0.499)
+    size = 2 * math.ceil(radius) + 1
+    return cv2.dilate(quantised, cv2.getStructuringElement(cv2.MORPH_RECT, (size, size)))
 
 
 def solve_box(trimap: np.ndarray, max_pixels: int = MAX_SOLVE_PIXELS) -> tuple[Box, float] | None:
@@ -173,6 +205,7 @@ def soft_alpha(
     hi: float = UNCERTAIN_HI,
     grow_fg: float = GROW_FG,
     grow_bg: float = GROW_BG,
+    grow_per_width: float = GROW_PER_HALF_WIDTH,
     epsilon: float = EPSILON,
     prior: float = PRIOR_WEIGHT,
     power: float = PRIOR_POWER,
@@ -181,7 +214,8 @@ def soft_alpha(
 ) -> np.ndarray:
     """A soft alpha matte (H×W float32 in [0, 1]) of ``rgb`` (H×W×3 uint8, the photo at full resolution) from the
     model's map ``prob`` (H×W, in [0, 1], upsampled to the photo; the constants were tuned on a preset's final mask /
-    255: Lanczos-upsampled, stretched and sharpened): see the module docstring.
+    255: Lanczos-upsampled, stretched and sharpened): see the module docstring. A hard (thresholded) mask has no
+    uncertain band whose width the growth could follow: pass ``grow_per_width=math.inf`` for the full growth.
 
     The matte replaces ``prob`` inside the unknown band of :func:`auto_trimap`, then ``levels`` = (black, white) are
     applied to the whole result (``(a − black) / (white − black)``, clipped): outside the band, where ``prob`` ≤
@@ -196,7 +230,7 @@ def soft_alpha(
         raise MissingExtraError(extra_hint("soft edges", "matting", "pymatting")) from None
     cv2 = opencv("soft edges", "matting")
     prob = np.asarray(prob, np.float32)
-    trimap = auto_trimap(prob, lo, hi, grow_fg, grow_bg)
+    trimap = auto_trimap(prob, lo, hi, grow_fg, grow_bg, grow_per_width)
     found = solve_box(trimap, max_pixels)
     if found is None or not (trimap == 255).any() or not (trimap == 0).any():
         return prob
