@@ -18,11 +18,12 @@ rembg, rembg -a, soft edges, its part named).
 
     python benchmarks/soft_edges.py                        # ../shared/real/alpha_dev, runs/soft_edges/crops.png
     python benchmarks/soft_edges.py --data DIR --out crops.png --crops 8
-    python benchmarks/soft_edges.py --binary ../shared/real/ecssd_dev --binary-limit 100   # also a binary set
+    python benchmarks/soft_edges.py --binary ../shared/real/ecssd_dev ../shared/real/duts_te_dev   # binary sets too
 
-``--binary DIR``: also the default preset, ``--base`` and the soft-edge mode (its matte rounded to 8 bits) on the
-first ``--binary-limit`` pairs of a binary saliency set (``images/``, ``masks/``), scored as ``benchmarks/quality.py``
-does (maxF, MAE, S-measure, boundary IoU, relaxed boundary F): what soft edges cost where the truth is hard.
+``--binary DIR …``: also the default preset, ``--base`` and the soft-edge mode (its matte rounded to 8 bits) on the
+first ``--binary-limit`` pairs of each binary saliency set (``images/``, ``masks/``), scored as
+``benchmarks/quality.py`` does (maxF, MAE, S-measure, boundary IoU, relaxed boundary F): what soft edges cost where
+the truth is hard.
 """
 
 from __future__ import annotations
@@ -200,14 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "soft_edges" / "crops.png")
     parser.add_argument("--crops", type=int, default=6, help="windows of highest soft-edge band error in --out")
     parser.add_argument("--base", default="best", choices=QUALITY_PRESETS, help="the preset whose mask is matted")
-    parser.add_argument("--binary", type=Path, help="also a binary saliency set (images/, masks/), e.g. ecssd_dev")
-    parser.add_argument("--binary-limit", type=int, default=100, help="its first N pairs")
+    parser.add_argument(
+        "--binary", type=Path, nargs="+", default=[], help="also binary saliency sets (images/, masks/), e.g. ecssd_dev"
+    )
+    parser.add_argument("--binary-limit", type=int, default=100, help="the first N pairs of each")
     parser.add_argument("--no-alpha", action="store_true", help="only the --binary check")
     args = parser.parse_args(argv)
     if args.no_alpha:
         if not args.binary:
             parser.error("--no-alpha needs --binary")
-        print(binary_check(args.binary, args.binary_limit, args.base))
+        binary_checks(args.binary, args.binary_limit, args.base)
         return 0
     parts = photo_parts(args.data)
     runs = pipelines(args.base)
@@ -229,10 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(hardest_crops(args.data, parts, mattes, args.crops)).save(args.out)
     print(f"crops (photo, truth, rembg, rembg -a, soft edges): {args.out}")
-    if args.binary:
-        print(f"\n### binary set: {args.binary.name}, first {args.binary_limit} pairs\n")
-        print(binary_check(args.binary, args.binary_limit, args.base))
+    binary_checks(args.binary, args.binary_limit, args.base)
     return 0
+
+
+def binary_checks(folders: list[Path], limit: int, base: str) -> None:
+    """Print :func:`binary_check`'s table for each of ``folders``."""
+    for folder in folders:
+        print(f"\n### binary set: {folder.name}, first {limit} pairs\n")
+        print(binary_check(folder, limit, base), flush=True)
 
 
 if __name__ == "__main__":
