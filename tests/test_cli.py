@@ -288,7 +288,7 @@ def test_cli_passes_the_input_size_providers_and_precision_to_the_predictor(tmp_
     Image.fromarray(_photo(1)).save(photo)
     assert main(["remove", str(photo), str(tmp_path / "o.png"), "-q", "--input-size", "512", "--providers", "CPU"]) == 0
     assert seen == {
-        "precision": "auto",  # the default: the bundled int8 file where it runs on a CPU, else fp32
+        "precision": "auto",  # the default: the bundled int8 file on a CPU whose int8 is exact, else fp32
         "image_size": 512,
         "backend": "onnxruntime",
         "providers": ["CPUExecutionProvider"],

@@ -203,6 +203,16 @@ def test_provider_options_set_openvino_inference_precision() -> None:
         provider_options(providers, "int4")
 
 
+def test_int8_saturates_on_x86_without_vnni() -> None:
+    from u2net.inference.runtime import int8_saturates
+
+    assert int8_saturates(frozenset({"sse2", "avx2", "fma"}))  # AVX2 alone: VPMADDUBSW saturates
+    for flags in ({"sse2", "avx2", "avx512_vnni"}, {"sse2", "avx2", "avx_vnni"}, {"sse2", "amx_int8"}):
+        assert not int8_saturates(frozenset(flags))
+    assert not int8_saturates(frozenset({"fp", "asimd", "asimddp"}))  # ARM
+    assert not int8_saturates(None)  # unknown CPU: as before, the int8 file
+
+
 def test_cpu_flags_tell_where_reduced_precision_brings_no_speed(tmp_path) -> None:
     from u2net.inference.runtime import cpu_flags, precision_warning
 

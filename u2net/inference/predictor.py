@@ -27,7 +27,7 @@ from ..models.pretrained import PRETRAINED, bundled_weights_path, local_weights,
 from .onnx_backend import OnnxBackend
 from .onnx_backend import symbolic_batch_dim as symbolic_batch_dim  # re-exported: its callers import it from here
 from .refine import resize_probability
-from .runtime import median_seconds, pick_providers
+from .runtime import cpu_flags, int8_saturates, median_seconds, pick_providers
 
 BACKENDS = ("auto", "pytorch", "onnxruntime")
 # What Predictor.from_path computes in. auto: the bundled int8 file of a tag on ONNX Runtime's CPU provider (where it
@@ -54,15 +54,17 @@ def _onnx_source(
     path: str | os.PathLike, tag: str | None, precision: str, providers: list[str] | None
 ) -> tuple[str, str, bool]:
     """(the ONNX file to run, ONNX Runtime's precision for it, whether that file is the tag's bundled int8 one):
-    that int8 file for ``int8``, and for ``auto`` where ONNX Runtime runs on its CPU provider; else the weights'
-    own file (``auto``: at fp32)."""
+    that int8 file for ``int8``, and for ``auto`` where ONNX Runtime runs on its CPU provider and the CPU's int8
+    arithmetic does not saturate (:func:`~u2net.inference.runtime.int8_saturates`); else the weights' own file
+    (``auto``: at fp32)."""
     int8 = bundled_weights_path(tag, int8=True) if tag is not None and precision in ("auto", "int8") else None
     if precision == "int8" and int8 is None:
         raise ValueError(
             f"{path}: no int8 file ships for it; make one (export_onnx.py weights=... int8=static) and give that file"
         )
+    # auto: the int8 file on ONNX Runtime's CPU provider, unless this CPU's int8 arithmetic saturates (AVX2 alone)
     on_cpu = pick_providers(providers)[:1] == ["CPUExecutionProvider"]
-    if int8 is not None and (precision == "int8" or on_cpu):
+    if int8 is not None and (precision == "int8" or (on_cpu and not int8_saturates(cpu_flags()))):
         return str(int8), "fp32", True  # the file is quantised: ONNX Runtime runs it as it is
     source = _onnx_file(path)
     if not source.is_file():

@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_PROVIDERS",
     "ONNX_PRECISIONS",
     "cpu_flags",
+    "int8_saturates",
     "median_seconds",
     "onnx_session",
     "pick_providers",
@@ -75,6 +76,19 @@ def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str] | 
     except OSError:
         return None
     return None
+
+
+# x86 instructions that multiply 8-bit integers without the 16-bit saturation of AVX2's VPMADDUBSW, which ONNX
+# Runtime's U8S8 kernels use otherwise (its quantization docs). Measured (docs/performance.md): the bundled int8 files
+# on a 2-core AMD EPYC with AVX2 alone, MAE +18 % (person, CCP) and +7 % (general, ECSSD) against fp32; on an Ice
+# Lake Xeon with AVX-512 VNNI, within 0.0001.
+INT8_EXACT_X86_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_saturates(flags: frozenset[str] | None) -> bool:
+    """Whether ONNX Runtime's int8 kernels lose accuracy on a CPU with feature ``flags`` (see :func:`cpu_flags`): an
+    x86 CPU (it lists ``sse2``) without any of :data:`INT8_EXACT_X86_FLAGS`. ARM and unknown CPUs: ``False``."""
+    return flags is not None and "sse2" in flags and not flags.intersection(INT8_EXACT_X86_FLAGS)
 
 
 def precision_warning(precision: str, flags: frozenset[str] | None) -> str | None:
