@@ -809,8 +809,10 @@ def test_serve_without_model_serves_the_bundled_file_offline(offline, monkeypatc
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the test process keeps its threads
+    # a CPU whose int8 arithmetic is exact (VNNI), whatever this machine's is
+    monkeypatch.setattr("u2net.inference.predictor.cpu_flags", lambda: frozenset({"sse2", "avx2", "avx512_vnni"}))
     assert main(["serve", "--device", "cpu", "--workers", "1"]) == 0
-    info = seen["info"]  # on a CPU the default runs the bundled int8 file, and says so
+    info = seen["info"]  # on such a CPU the default runs the bundled int8 file, and says so
     assert info["name"] == "u2netp" and info["file"] == "u2netp_int8.onnx" and info["precision"] == "int8"
     assert info["model"] == DEFAULT_MODEL and info["choices"] == ["u2netp.duts", "u2netp.person"]
     assert info["sha256"] == get_pretrained_cfg("u2netp.duts").bundled_int8.sha256
