@@ -126,7 +126,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         default="auto",
         help="the model's arithmetic. auto (default): on a CPU, the int8 file the bundled models ship (as good as "
-        "rembg's masks or better, at less of its time: docs/quality.md), else fp32; fp32: the float file; int8: the "
+        "rembg's masks or better, at less of its time: docs/quality.md), but fp32 on x86 CPUs without VNNI (their "
+        "int8 arithmetic saturates: docs/performance.md), else fp32; fp32: the float file; int8: the "
         "bundled int8 file. On ONNX Runtime, fp16 and bf16 need --providers OpenVINO "
         "(onnxruntime-openvino): on Intel CPUs with AVX512-FP16 (Xeon Sapphire Rapids and later) fp16 ran U2-Net "
         "about 4x faster than fp32, 0.0015 from it (docs/quality.md). On PyTorch: autocast (bf16 on CPUs, fp16 "

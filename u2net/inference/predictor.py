@@ -31,8 +31,9 @@ from .runtime import cpu_flags, int8_saturates, median_seconds, pick_providers
 
 BACKENDS = ("auto", "pytorch", "onnxruntime")
 # What Predictor.from_path computes in. auto: the bundled int8 file of a tag on ONNX Runtime's CPU provider (where it
-# measured at least as good as rembg at lower cost, docs/quality.md), else fp32 on ONNX Runtime and PyTorch's own
-# auto (bf16 where the hardware runs it fast); int8: that file, or an error; fp16/bf16: see ONNX_PRECISIONS.
+# measured at least as good as rembg at lower cost, docs/quality.md) unless the CPU's int8 saturates, else fp32 on
+# ONNX Runtime and PyTorch's own auto (bf16 where the hardware runs it fast); int8: that file, or an error;
+# fp16/bf16: see ONNX_PRECISIONS.
 PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 
 
