@@ -63,7 +63,6 @@ def _onnx_source(
         raise ValueError(
             f"{path}: no int8 file ships for it; make one (export_onnx.py weights=... int8=static) and give that file"
         )
-    # auto: the int8 file on ONNX Runtime's CPU provider, unless this CPU's int8 arithmetic saturates (AVX2 alone)
     on_cpu = pick_providers(providers)[:1] == ["CPUExecutionProvider"]
     if int8 is not None and (precision == "int8" or (on_cpu and not int8_saturates(cpu_flags()))):
         return str(int8), "fp32", True  # the file is quantised: ONNX Runtime runs it as it is

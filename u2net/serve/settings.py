@@ -68,8 +68,7 @@ class ServeSettings:
     - ``device``: PyTorch device when :func:`create_app` loads the model from a path.
     - ``precision``: what the models loaded from paths or tags compute in (``Predictor.from_path``'s: ``auto``
       runs a tag's bundled int8 file on ONNX Runtime's CPU provider, but not on an x86 CPU without VNNI; ``fp32``
-      the float file). ``/model-info`` says
-      which runs.
+      the float file). ``/model-info`` says which runs.
     - ``warmup``: run one tiny image through the model at start-up (first request not slower).
     """
 
