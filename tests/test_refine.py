@@ -276,3 +276,32 @@ def test_four_views_map_the_shifted_views_back_onto_the_photo() -> None:
     np.testing.assert_array_equal(masks[4], masks[1])
     with pytest.raises(ValueError, match="views must be one of 1, 2, 4"):
         RemovalOptions(views=3)
+
+
+def test_pymatting_quiet_restores_stdout_after_overlapping_threads(capsys) -> None:
+    """Two threads inside ``pymatting_quiet`` at once: stdout stays silenced until the last one leaves, then it is
+    the stream that was there before (not the other thread's silenced one)."""
+    import sys
+    import threading
+
+    from u2net.inference.refine import pymatting_quiet
+
+    before = sys.stdout
+    inside, leave = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with pymatting_quiet:
+            inside.set()
+            leave.wait(5)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert inside.wait(5)
+    with pymatting_quiet:
+        print("dropped")
+        leave.set()
+        thread.join(5)
+        print("dropped too")  # the other thread has left; this one is still inside
+    assert sys.stdout is before
+    print("kept")
+    assert capsys.readouterr().out == "kept\n"

@@ -220,3 +220,27 @@ def test_the_soft_preset_mattes_the_remover_output() -> None:
     assert set(np.unique(np.asarray(hard))) <= {0, 255}
     cutout = remover.remove(photo, RemovalOptions.preset("soft"))
     assert cutout.mode == "RGBA" and cutout.size == (128, 128)
+
+
+# -- pymatting's retries stay off stdout, where `u2net remove IN -` writes the cut-out --------------------------
+def _posterised_disk() -> tuple[np.ndarray, np.ndarray]:
+    """(photo, true alpha) of :func:`_soft_disk` with its colours cut to 8 levels a channel: flat patches whose
+    matting Laplacian needs a diagonal shift before incomplete Cholesky succeeds (measured: a zero shift fails)."""
+    photo, truth, _ = _soft_disk()
+    return photo // 32 * 32, truth
+
+
+def test_alpha_matting_prints_nothing_on_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    from u2net.inference.refine import alpha_matting
+
+    photo, truth = _posterised_disk()
+    alpha, colours = alpha_matting(photo, np.rint(_model_like(truth, 2.0) * 255).astype(np.uint8))
+    assert colours is not None and 0 < alpha.mean() < 255
+    assert capsys.readouterr().out == ""
+
+
+def test_soft_edges_print_nothing_on_stdout(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    photo, truth = _posterised_disk()
+    monkeypatch.setattr(soft_edges, "ICHOL_SHIFTS", (0.0, *soft_edges.ICHOL_SHIFTS))  # a shift that fails here
+    soft_alpha(photo, _model_like(truth, 3.0))
+    assert capsys.readouterr().out == ""
