@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -13,6 +16,7 @@ from u2net.inference.predictor import resize_probability
 from u2net.inference.refine import (
     guided_filter,
     paste_probability,
+    pymatting_quiet,
     sharpen_probability,
     subject_box,
     upsample_probability,
@@ -281,11 +285,6 @@ def test_four_views_map_the_shifted_views_back_onto_the_photo() -> None:
 def test_pymatting_quiet_restores_stdout_after_overlapping_threads(capsys) -> None:
     """Two threads inside ``pymatting_quiet`` at once: stdout stays silenced until the last one leaves, then it is
     the stream that was there before (not the other thread's silenced one)."""
-    import sys
-    import threading
-
-    from u2net.inference.refine import pymatting_quiet
-
     before = sys.stdout
     inside, leave = threading.Event(), threading.Event()
 
